@@ -1,0 +1,1 @@
+"""FlexCache: feature reuse across denoising steps (strategy interface, registry, strategies)."""
