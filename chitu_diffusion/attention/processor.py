@@ -1,0 +1,64 @@
+"""Wan self-attention processor with the attention computation as a parameter.
+
+diffusers' `WanAttnProcessor` fixes how q/k/v meet (its dispatcher); we keep its projections, norms and RoPE and
+swap only the core `attention_fn(q, k, v) -> out` (layout (B, tokens, heads, head_dim)). That one seam carries a
+faster kernel (FA3) on one GPU and Ulysses / ring / DiTango attention under context parallelism, without
+editing the model. Cross-attention keeps diffusers' own processor (512 text tokens: not worth a custom path).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from diffusers.models.transformers.transformer_wan import _get_qkv_projections
+
+AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def apply_rotary(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
+    """Wan's interleaved RoPE. x: (B, L, H, D); freqs: (1, L, 1, D)."""
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)  # (B, L, H, D/2) each
+    cos, sin = freqs_cos[..., 0::2], freqs_sin[..., 1::2]
+    rotated = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)  # (B, L, H, D/2, 2)
+    return rotated.flatten(-2).type_as(x)
+
+
+class WanSelfAttnProcessor:
+    """Drop-in processor for `WanAttention` self-attention (`attn1`) calling `attention_fn` for the core."""
+
+    def __init__(self, attention_fn: AttentionFn):
+        self.attention_fn = attention_fn
+
+    def __call__(
+        self,
+        attn: torch.nn.Module,
+        hidden_states: torch.Tensor,  # (B, L, C)
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        if encoder_hidden_states is not None or attention_mask is not None:
+            raise ValueError("WanSelfAttnProcessor handles unmasked self-attention (attn1) only")
+        query, key, value = _get_qkv_projections(attn, hidden_states, None)  # (B, L, C) each
+        query, key = attn.norm_q(query), attn.norm_k(key)
+        query, key, value = (t.unflatten(2, (attn.heads, -1)) for t in (query, key, value))  # (B, L, H, D)
+        if rotary_emb is not None:
+            query, key = apply_rotary(query, *rotary_emb), apply_rotary(key, *rotary_emb)
+        out = self.attention_fn(query, key, value).flatten(2, 3).type_as(query)  # (B, L, C)
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+def set_self_attention(transformer: torch.nn.Module, blocks_attr: str, self_attn_attr: str, attention_fn: AttentionFn) -> list:
+    """Install `attention_fn` on every block's self-attention; returns the previous processors for restoring."""
+    previous = []
+    for block in getattr(transformer, blocks_attr):
+        module = getattr(block, self_attn_attr)
+        previous.append(module.processor)
+        module.set_processor(WanSelfAttnProcessor(attention_fn))
+    return previous
+
+
+def restore_self_attention(transformer: torch.nn.Module, blocks_attr: str, self_attn_attr: str, previous: list) -> None:
+    for block, processor in zip(getattr(transformer, blocks_attr), previous, strict=True):
+        getattr(block, self_attn_attr).set_processor(processor)
