@@ -123,7 +123,7 @@ class FlexCacheStrategy(ABC):
         self.log.clear()
 
     def extra_memory_bytes(self) -> int:
-        """Bytes of cached tensors currently held (reported in metrics)."""
+        """Peak bytes of cached tensors held during the request (reported in metrics)."""
         return 0
 
     def describe_ratio(self) -> dict:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks.hooks import BaseState, CacheContext, StateManager
@@ -39,3 +42,39 @@ def current_step(context: CacheContext) -> int:
     if context.step_index is None or context.num_inference_steps is None:
         raise ValueError("FlexCache hooks need cache_context(name, step_index=..., num_inference_steps=...)")
     return int(context.step_index)
+
+
+@functools.cache
+def _parameter_index(module_cls: type[torch.nn.Module], name: str) -> int:
+    params = list(inspect.signature(module_cls.forward).parameters)[1:]  # drop `self`
+    if name not in params:
+        raise ValueError(f"{module_cls.__name__}.forward has no parameter {name!r} (has {', '.join(params)})")
+    return params.index(name)
+
+
+def forward_argument(module: torch.nn.Module, name: str, args: tuple, kwargs: dict):
+    """The value passed for `module.forward`'s parameter `name`, whether given by position or by keyword."""
+    if name in kwargs:
+        return kwargs[name]
+    return args[_parameter_index(type(module), name)]
+
+
+def tensor_bytes(tensor: torch.Tensor | None) -> int:
+    return 0 if tensor is None else tensor.numel() * tensor.element_size()
+
+
+class CacheMeter:
+    """Bytes of cached tensors a strategy holds now, and the peak since the last reset (reported in metrics)."""
+
+    def __init__(self) -> None:
+        self.current = 0
+        self.peak = 0
+
+    def replace(self, old: torch.Tensor | None, new: torch.Tensor | None) -> None:
+        """Account for a cache slot whose tensor `old` is being replaced by `new` (either may be None)."""
+        self.current += tensor_bytes(new) - tensor_bytes(old)
+        self.peak = max(self.peak, self.current)
+
+    def reset(self) -> None:
+        self.current = 0
+        self.peak = 0

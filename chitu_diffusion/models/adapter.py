@@ -23,6 +23,8 @@ class ModelAdapter:
     hidden_states_arg: str = "hidden_states"
     #: published TeaCache rescale polynomials (highest degree first), keyed by `variant()`
     teacache_coefficients: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    #: the published "fast" TeaCache threshold that goes with those polynomials, keyed by `variant()`
+    teacache_fast_thresholds: dict[str, float] = field(default_factory=dict)
 
     def blocks(self, transformer: torch.nn.Module) -> torch.nn.ModuleList:
         return getattr(transformer, self.blocks_attr)
@@ -41,11 +43,14 @@ WAN21 = ModelAdapter(
     self_attention_attr="attn1",
     cross_attention_attr="attn2",
     modulation_arg="temb",  # WanTransformerBlock.forward(hidden_states, encoder_hidden_states, temb, rotary_emb)
-    # TeaCache4Wan2.1 (use_ret_steps=True: the signal is the per-block time projection e0 = timestep_proj)
+    # TeaCache4Wan2.1 with use_ret_steps=True, whose signal is the per-block time projection e0 (diffusers'
+    # `timestep_proj`, the blocks' `temb`); the use_ret_steps=False polynomials watch the time embedding `e`.
     teacache_coefficients={
-        "wan2.1-1.3b": (2.39676752e03, -1.31110545e03, 2.01331979e02, -8.29855975e00, 1.37887774e-01),
-        "wan2.1-14b": (-5784.54975374, 5449.50911966, -1811.16591783, 256.27178429, -13.02252404),
+        "wan2.1-1.3b": (-5.21862437e04, 9.23041404e03, -5.28275948e02, 1.36987616e01, -4.99875664e-02),
+        "wan2.1-14b": (-3.03318725e05, 4.90537029e04, -2.65530556e03, 5.87365115e01, -3.15583525e-01),
     },
+    # TeaCache4Wan2.1 README, use_ret_steps=True: t2v-1.3B slow 0.05 / fast 0.10, t2v-14B slow 0.10 / fast 0.20
+    teacache_fast_thresholds={"wan2.1-1.3b": 0.10, "wan2.1-14b": 0.20},
 )
 
 _ADAPTERS = (WAN21,)

@@ -1,0 +1,145 @@
+"""TeaCache on a tiny Wan2.1 transformer driven by a fake CFG denoising loop."""
+
+import dataclasses
+
+import pytest
+import torch
+from flexcache_loop import decisions, denoise, make_strategy, run, tiny_transformer
+
+from chitu_diffusion.flex_cache.strategy.teacache import FALLBACK_COEFFICIENTS, TeaCacheConfig
+from chitu_diffusion.models.adapter import WAN21
+
+STEPS = 12
+
+
+@pytest.fixture(scope="module")
+def transformer():
+    return tiny_transformer()
+
+
+@pytest.fixture(scope="module")
+def reference(transformer):
+    return denoise(transformer, STEPS)
+
+
+def test_apply_then_remove_leaves_forward_identical(transformer, reference):
+    strategy = make_strategy("teacache", 1.0, transformer=transformer)
+    strategy.apply(transformer)
+    assert not torch.equal(denoise(transformer, STEPS), reference)  # the hooks do act...
+    strategy.remove(transformer)
+    assert torch.equal(denoise(transformer, STEPS), reference)  # ...and leave nothing behind
+
+
+def test_ratio_zero_is_bit_identical_to_no_cache(transformer, reference):
+    latents, summary, _ = run(transformer, "teacache", 0.0, STEPS)
+    assert torch.equal(latents, reference)
+    assert summary["units_reused"] == 0
+    assert summary["units_computed"] == 2 * STEPS  # one block-stack unit per (step, branch)
+
+
+def test_reset_clears_state_and_a_rerun_repeats_the_request(transformer):
+    strategy = make_strategy("teacache", 0.5, warmup=0, transformer=transformer)
+    strategy.apply(transformer)
+    try:
+        first = denoise(transformer, STEPS)
+        first_log = strategy.log.summary()["decisions"]
+        strategy.reset()
+        assert strategy.log.records == []
+        assert strategy.state_manager._state_cache == {}  # no per-branch residual or accumulator survives
+        assert strategy.meter.current == 0 and strategy.extra_memory_bytes() == 0
+        assert torch.equal(denoise(transformer, STEPS), first)
+        assert strategy.log.summary()["decisions"] == first_log
+    finally:
+        strategy.remove(transformer)
+
+
+def test_reuse_never_decreases_with_the_ratio(transformer):
+    ratios = [i / 20 for i in range(21)]
+    fractions = [run(transformer, "teacache", r, STEPS)[1]["reuse_fraction"] for r in ratios]
+    assert fractions == sorted(fractions), dict(zip(ratios, fractions))
+    assert fractions[ratios.index(0.5)] > 0
+    assert fractions[-1] > fractions[0] == 0
+
+
+def test_reuse_never_decreases_with_an_absolute_threshold(transformer):
+    """The published / calibrated path: fixed coefficients, threshold = ratio x max_threshold (here 1.2)."""
+    adapter = dataclasses.replace(
+        WAN21,
+        teacache_coefficients={"wan2.1-custom": (0.0, 0.0, 1.0, 0.5, 0.0)},
+        teacache_fast_thresholds={"wan2.1-custom": 0.6},
+    )
+    ratios = [i / 10 for i in range(11)]
+    fractions = [run(transformer, "teacache", r, STEPS, adapter=adapter)[1]["reuse_fraction"] for r in ratios]
+    assert fractions == sorted(fractions), dict(zip(ratios, fractions))
+    assert fractions[5] > 0
+
+
+def test_warmup_and_cooldown_steps_always_compute(transformer):
+    _, summary, _ = run(transformer, "teacache", 1.0, STEPS, warmup=3, cooldown=2)
+    by_step = {d["step"]: set() for d in summary["decisions"]}
+    for d in summary["decisions"]:
+        by_step[d["step"]].add(d["decision"])
+    assert all(by_step[s] == {"warmup"} for s in range(3))
+    assert all(by_step[s] == {"cooldown"} for s in range(STEPS - 2, STEPS))
+    assert summary["units_reused"] > 0
+
+
+def test_each_branch_reuses_its_own_residual(transformer):
+    stack_in, stack_out = [], []  # block-stack input and output of every transformer call, in call order
+    handles = [
+        transformer.blocks[0].register_forward_pre_hook(lambda module, args: stack_in.append(args[0])),
+        transformer.norm_out.register_forward_pre_hook(lambda module, args: stack_out.append(args[0])),
+    ]
+    strategy = make_strategy("teacache", 1.0, transformer=transformer)
+    strategy.apply(transformer)
+    try:
+        denoise(transformer, STEPS)
+        log = strategy.log.summary()["decisions"]
+    finally:
+        strategy.remove(transformer)
+        for handle in handles:
+            handle.remove()
+    assert len(log) == len(stack_in) == len(stack_out) == 2 * STEPS
+    residual, reused = {}, 0
+    for record, x, y in zip(log, stack_in, stack_out):
+        branch, other = record["branch"], "uncond" if record["branch"] == "cond" else "cond"
+        if record["decision"] == "reuse":
+            assert torch.equal(y, x + residual[branch])
+            assert not torch.allclose(y, x + residual[other])
+            reused += 1
+        else:
+            residual[branch] = y - x
+    assert reused >= 2 and {d["branch"] for d in log if d["decision"] == "reuse"} == {"cond", "uncond"}
+
+
+def test_reports_the_residual_memory_it_holds(transformer):
+    _, summary, memory = run(transformer, "teacache", 0.5, STEPS)
+    assert summary["units_reused"] > 0
+    tokens, channels = 48, 64
+    assert memory >= 2 * tokens * channels * 4  # one fp32 (1, 48, 64) residual per branch
+
+
+def config(ratio, variant):
+    return TeaCacheConfig.from_ratio(ratio, variant, WAN21.teacache_coefficients, WAN21.teacache_fast_thresholds)
+
+
+def test_published_wan_thresholds_map_slow_to_quarter_and_fast_to_half():
+    assert config(0.25, "wan2.1-1.3b").threshold == pytest.approx(0.05)  # published "slow"
+    assert config(0.5, "wan2.1-1.3b").threshold == pytest.approx(0.10)  # published "fast"
+    assert config(0.5, "wan2.1-14b").threshold == pytest.approx(0.20)
+    assert config(0.5, "wan2.1-1.3b").coefficients[0] == pytest.approx(-5.21862437e04)  # use_ret_steps=True fit
+    fallback = config(0.5, "wan2.1-custom")
+    assert fallback.relative and fallback.coefficients == FALLBACK_COEFFICIENTS
+    assert config(0.0, "wan2.1-1.3b").threshold == 0.0
+
+
+def test_rescale_is_clamped_at_zero():
+    published = config(0.5, "wan2.1-1.3b")
+    assert published.rescale(0.0) == 0.0  # the raw polynomial is -0.05 there
+    assert published.rescale(0.02) > 0
+
+
+def test_decisions_are_logged_per_step_and_branch(transformer):
+    _, summary, _ = run(transformer, "teacache", 0.5, STEPS)
+    for branch in ("cond", "uncond"):
+        assert [d["step"] for d in decisions(summary, branch)] == list(range(STEPS))
