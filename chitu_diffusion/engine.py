@@ -1,0 +1,249 @@
+"""The single-device engine: load a Wan2.1 T2V model once, then generate one video per request.
+
+`Engine.generate(params, output_dir, name)` writes `<output_dir>/<name>.mp4`, `<output_dir>/metrics.json` and
+any FlexCache policy files. A request's FlexCache strategy is attached for that request only and removed
+afterwards (even on error), so the transformer is clean for the next prompt of the job.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Iterable, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import WanPipeline
+
+from chitu_diffusion.config import ConfigError, EngineConfig
+from chitu_diffusion.flex_cache.base import FlexCacheStrategy
+from chitu_diffusion.flex_cache.registry import get_strategy
+from chitu_diffusion.metrics import StageTimer, peak_memory, reset_peak_memory, versions, write_metrics
+from chitu_diffusion.models.adapter import adapter_for
+from chitu_diffusion.models.loading import load_wan_pipeline
+from chitu_diffusion.pipeline import (
+    StepCallback,
+    decode_latents,
+    denoise,
+    encode_text,
+    guided_noise,
+    initial_noise,
+    transformer_noise_predictor,
+)
+from chitu_diffusion.task import DiffusionUserParams
+from chitu_diffusion.video import write_mp4
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    video_path: Path
+    metrics_path: Path
+    extra_paths: list[Path]  # FlexCache policy pictures and the like
+    metrics: dict
+
+
+@dataclass
+class Sample:
+    """Denoised latents of one request, before decoding (what every rank of a parallel gang ends with)."""
+
+    latents: torch.Tensor  # (1, z_dim, F', H/8, W/8) fp32
+    seed: int
+    cache: dict = field(default_factory=dict)  # the strategy's report
+    extra_paths: list[Path] = field(default_factory=list)
+
+
+def check_single_process(config: EngineConfig, strategy: type[FlexCacheStrategy] | None = None) -> None:
+    """Reject, before any work, what needs more than one process."""
+    cp_size = config.diffusion.cp_size
+    if cp_size > 1:
+        raise ConfigError(
+            f"infer.diffusion.cp_size={cp_size} needs context parallelism across processes: launch under torchrun "
+            f"with world size = cfg degree x cp_size (e.g. torchrun --nproc-per-node={2 * cp_size} for cfg 2); "
+            "a single process runs cp_size=1"
+        )
+    if strategy is not None and strategy.requires_context_parallel:
+        raise ConfigError(
+            f"{strategy.name} needs context parallelism: run with infer.diffusion.cp_size>=2 under torchrun"
+        )
+
+
+def check_output_name(name: str) -> None:
+    """`name` becomes `<output_dir>/<name>.mp4`: it must not leave the folder or hide the file."""
+    if not name or Path(name).name != name or name.startswith("."):
+        raise ValueError(f"name must be a plain file name stem (no folders, not hidden), got {name!r}")
+
+
+@contextmanager
+def attached(strategy: FlexCacheStrategy, transformer: torch.nn.Module):
+    """`strategy`'s hooks on `transformer` for the duration of one request; removed and reset afterwards."""
+    strategy.apply(transformer)
+    try:
+        yield strategy
+    finally:
+        strategy.remove(transformer)
+        strategy.reset()
+
+
+def cache_report(strategy: FlexCacheStrategy, output_dir: Path | None) -> tuple[dict, list[Path]]:
+    """The strategy's metrics (read before `reset` forgets them) and its visualisation files."""
+    files = strategy.write_visualisations(output_dir) if output_dir is not None else []
+    report = {
+        "strategy": strategy.name,
+        "params": strategy.params.model_dump(mode="json"),
+        "summary": strategy.log.summary(),
+        "ratio": strategy.describe_ratio(),
+        "extra_memory_bytes": strategy.extra_memory_bytes(),
+        "visualisations": [Path(f).name for f in files],
+    }
+    return report, [Path(f) for f in files]
+
+
+class Engine:
+    """A Wan2.1 T2V pipeline on one device, loaded once and reused for every request."""
+
+    def __init__(self, pipe: WanPipeline, config: EngineConfig | None = None, *, model_dir: str | Path | None = None):
+        """Wrap an already loaded/built pipeline (used as it is: its device and dtype); see `Engine.load`."""
+        self.config = config or EngineConfig()
+        self.check_config(self.config)
+        self.pipe = pipe
+        self.transformer = pipe.transformer
+        self.adapter = adapter_for(self.transformer)
+        self.device = self.transformer.device
+        self.model_dir = Path(model_dir) if model_dir is not None else None
+        self.load_s: float | None = None
+        self._configure_transformer()
+
+    @classmethod
+    def load(cls, model_dir: str | Path, config: EngineConfig | None = None) -> Engine:
+        """Load a diffusers-format Wan2.1 T2V folder on the configured device and dtype."""
+        config = config or EngineConfig()
+        cls.check_config(config)
+        device = config.diffusion.resolved_device(torch.cuda.is_available())
+        dtype = getattr(torch, config.diffusion.resolved_dtype(device))
+        start = time.perf_counter()
+        engine = cls(load_wan_pipeline(model_dir, dtype, device), config, model_dir=model_dir)
+        engine.load_s = time.perf_counter() - start
+        logger.info("model loaded in %.1f s", engine.load_s)
+        return engine
+
+    @classmethod
+    def check_config(cls, config: EngineConfig, strategy: type[FlexCacheStrategy] | None = None) -> None:
+        """Reject, before any work, what this engine cannot run (parallel.engine.ParallelEngine overrides it)."""
+        check_single_process(config, strategy)
+
+    def _configure_transformer(self) -> None:
+        """Attention backend, then compile (compile last: it traces whatever the forward is by then)."""
+        settings = self.config.diffusion
+        if settings.attention_backend is not None:
+            try:
+                self.transformer.set_attention_backend(settings.attention_backend)
+            except ValueError as err:
+                raise ConfigError(f"infer.diffusion.attention_backend={settings.attention_backend!r}: {err}") from None
+        if settings.compile:
+            # fullgraph=False: FlexCache hooks inside the blocks make data-dependent choices dynamo must break on.
+            self.transformer.compile_repeated_blocks(fullgraph=False)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        params: DiffusionUserParams,
+        *,
+        timer: StageTimer | None = None,
+        on_step: StepCallback | None = None,
+        visualisation_dir: Path | None = None,
+    ) -> Sample:
+        """Text encoding and the denoising loop with the request's FlexCache strategy attached."""
+        strategy_cls = get_strategy(params.cache.strategy)
+        self.check_config(self.config, strategy_cls)
+        timer = timer or StageTimer(self.device)
+        seed = params.seed if params.seed is not None else secrets.randbits(32)
+        with timer.stage("text_encode"):
+            embeds = encode_text(
+                self.pipe, params.prompt, params.negative_prompt, params.do_classifier_free_guidance, self.device
+            )
+        latents = initial_noise(self.pipe, params.num_frames, params.height, params.width, seed, self.device)
+        scheduler = type(self.pipe.scheduler).from_config(self.pipe.scheduler.config)  # per-request solver state
+        guide = partial(guided_noise, transformer_noise_predictor(self.transformer, embeds), params.guidance_scale)
+        with attached(strategy_cls(params.cache, self.adapter), self.transformer) as strategy:
+            with timer.stage("denoise"):
+                latents = denoise(latents, scheduler, params.num_inference_steps, guide, timer, on_step)
+            report, files = cache_report(strategy, visualisation_dir)
+        return Sample(latents, seed, report, files)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        params: DiffusionUserParams | Mapping[str, Any],
+        output_dir: str | Path,
+        name: str = "video",
+        on_step: StepCallback | None = None,
+    ) -> GenerationResult:
+        """One video: `<output_dir>/<name>.mp4` and `<output_dir>/metrics.json`."""
+        if not isinstance(params, DiffusionUserParams):
+            params = DiffusionUserParams.model_validate(params)
+        check_output_name(name)
+        self.check_config(self.config, get_strategy(params.cache.strategy))
+        output_dir = Path(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        timer = StageTimer(self.device)
+        reset_peak_memory(self.device)
+        with timer.stage("total"):
+            sample = self.sample(params, timer=timer, on_step=on_step, visualisation_dir=output_dir)
+            with timer.stage("decode"):
+                frames = decode_latents(self.pipe, sample.latents)  # (F, H, W, 3) uint8
+            with timer.stage("encode_mp4"):
+                video_path = write_mp4(frames, output_dir / f"{name}.mp4", params.fps)
+        metrics = self._metrics(params, sample, timer, video_path, frames.shape)
+        metrics_path = write_metrics(output_dir, metrics)
+        logger.info("wrote %s and %s in %.2f s", video_path, metrics_path, timer.stages["total"])
+        return GenerationResult(video_path, metrics_path, sample.extra_paths, metrics)
+
+    def _metrics(self, params, sample: Sample, timer: StageTimer, video_path: Path, frames_shape) -> dict:
+        num_frames, height, width, _ = frames_shape
+        return {
+            "video": video_path.name,
+            "seed": sample.seed,
+            "seed_source": "request" if params.seed is not None else "random",
+            "params": params.model_dump(mode="json"),
+            "engine_config": self.config.model_dump(mode="json"),
+            "runtime": {"device": str(self.device), "dtype": str(self.transformer.dtype).removeprefix("torch.")},
+            "model": {
+                "dir": str(self.model_dir) if self.model_dir else None,
+                "family": self.adapter.family,
+                "variant": self.adapter.variant(self.transformer),
+                "transformer_parameters": sum(p.numel() for p in self.transformer.parameters()),
+                "load_s": self.load_s,
+            },
+            "output": {
+                "num_frames": num_frames,
+                "height": height,
+                "width": width,
+                "fps": params.fps,
+                "bytes": video_path.stat().st_size,
+            },
+            "timings_s": timer.stages,
+            "dit_step_s": timer.steps,
+            "peak_memory": peak_memory(self.device),
+            "cache": sample.cache,
+            "versions": versions(),
+        }
+
+
+def generate(
+    model_dir: str | Path,
+    params: DiffusionUserParams | Mapping[str, Any],
+    output_dir: str | Path,
+    name: str = "video",
+    engine_config: EngineConfig | Iterable[str] | Mapping[str, Any] | None = None,
+) -> GenerationResult:
+    """Load `model_dir` and generate one video (for many prompts, load an `Engine` once instead)."""
+    if not isinstance(engine_config, EngineConfig):
+        engine_config = EngineConfig.from_overrides(engine_config or ())
+    return Engine.load(model_dir, engine_config).generate(params, output_dir, name)

@@ -1,0 +1,28 @@
+"""Fixtures shared by every tier: a tiny random Wan2.1 model folder and an engine loaded from it, built once.
+
+Imports happen inside the fixtures so tiers that never use them (e2e) do not pay for torch and diffusers.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny random Wan2.1 T2V folder (`chitu make-tiny-model`, seed 0), shared by the session: treat it as
+    read-only (copy it, or make your own with `make_tiny_model`, before writing into it)."""
+    from chitu_diffusion.models.tiny import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-wan", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tiny_model_dir):
+    """An `Engine` loaded from `tiny_model_dir` on the CPU in fp32, shared by the session. Sharing it is safe
+    because the engine removes each request's FlexCache hooks afterwards; a test that changes the engine's
+    transformer otherwise must build its own (`Engine(build_random_pipeline())`)."""
+    from chitu_diffusion.config import EngineConfig
+    from chitu_diffusion.engine import Engine
+
+    return Engine.load(tiny_model_dir, EngineConfig.from_overrides(["infer.diffusion.device=cpu"]))

@@ -1,0 +1,114 @@
+"""The `chitu` command line: one real subprocess run, the rest in-process through `main(argv)`."""
+
+import json
+import subprocess
+import sys
+import types
+
+import pytest
+
+from chitu_diffusion import cli
+from chitu_diffusion.video import read_mp4
+
+TINY_REQUEST = ["--prompt", "A cat walking on grass", "--frames", "5", "--height", "32", "--width", "32"]
+TINY_REQUEST += ["--steps", "2"]
+
+
+def test_generate_subprocess_writes_video_and_metrics(tiny_model_dir, tmp_path):
+    command = [sys.executable, "-m", "chitu_diffusion.cli", "generate", "--model", str(tiny_model_dir)]
+    command += TINY_REQUEST + ["--flexcache", "none", "--cache-ratio", "0.5", "--warmup", "0", "--cooldown", "1"]
+    command += ["--seed", "3", "--name", "cat", "--output", str(tmp_path), "infer.diffusion.dtype=float32"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"video: {tmp_path / 'cat.mp4'}" in done.stdout
+    assert "denoising step 2/2" in done.stderr  # plain log lines when not on a terminal
+    assert read_mp4(tmp_path / "cat.mp4").num_frames == 5
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["params"]["flexcache_params"] == {"strategy": "none", "cache_ratio": 0.5, "warmup": 0, "cooldown": 1}
+    assert metrics["engine_config"]["infer"]["diffusion"]["dtype"] == "float32"
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--frames", "8"], "--frames (num_frames): num_frames must be 4k+1"),
+        (["--height", "40"], "--height (height): height must be a multiple of 16"),
+        (["--steps", "0"], "--steps (num_inference_steps): Input should be greater than 0"),
+        (["--guidance-scale", "-1"], "--guidance-scale (guidance_scale)"),
+        (["--cache-ratio", "1.5"], "--cache-ratio (flexcache_params.cache_ratio): Input should be less than or equal"),
+        (["--flexcache", "magic"], "--flexcache (flexcache_params.strategy): strategy must be one of"),
+        (["--flexcache", "teacache", "--warmup", "1", "--cooldown", "1"], "[--steps, --warmup, --cooldown]"),
+        (["--prompt", " "], "--prompt (prompt): prompt must be a non-empty text"),
+        (["infer.diffusion.cp=2"], "unknown engine config key 'infer.diffusion.cp'"),
+        (["infer.diffusion.cp_size=2"], "infer.diffusion.cp_size=2 needs context parallelism"),
+        (["infer.diffusion.dtype=fp8"], "infer.diffusion.dtype: Input should be"),
+    ],
+)
+def test_bad_input_exits_2_naming_the_flag(tiny_model_dir, tmp_path, capsys, flags, expected):
+    argv = ["generate", "--model", str(tiny_model_dir), "--output", str(tmp_path / "out")] + TINY_REQUEST + flags
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("chitu generate: error: ") and expected in err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+def test_bad_name_exits_2(tiny_model_dir, tmp_path, capsys):
+    argv = ["generate", "--model", str(tiny_model_dir), "--output", str(tmp_path), "--name", "../up"] + TINY_REQUEST
+    assert cli.main(argv) == 2
+    assert "chitu generate: error: --name: name must be a plain file name stem" in capsys.readouterr().err
+
+
+def test_missing_model_exits_2_naming_the_path(tmp_path, capsys):
+    argv = ["generate", "--model", str(tmp_path / "nowhere"), "--output", str(tmp_path / "out")] + TINY_REQUEST
+    assert cli.main(argv) == 2
+    assert f"--model: model folder {tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err
+
+
+def test_argparse_type_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["generate", "--model", "m", "--output", "o", "--prompt", "p", "--steps", "many"])
+    assert exit_info.value.code == 2 and "--steps" in capsys.readouterr().err
+
+
+def test_make_tiny_model(tmp_path, capsys):
+    assert cli.main(["make-tiny-model", str(tmp_path / "tiny"), "--seed", "1"]) == 0
+    assert (tmp_path / "tiny" / "model_index.json").is_file()
+    assert str(tmp_path / "tiny") in capsys.readouterr().out
+
+
+def test_make_random_model_choices_match_the_builders(tmp_path):
+    from chitu_diffusion.models.tiny import ARCHS, TEXT_ENCODERS
+
+    random_model = cli.build_parser()._subparsers._group_actions[0].choices["make-random-model"]
+    choices = {a.dest: a.choices for a in random_model._actions if a.choices}
+    assert choices == {"arch": tuple(ARCHS), "text_encoder": TEXT_ENCODERS}
+    assert cli.main(["make-random-model", str(tmp_path / "m"), "--arch", "tiny", "--seed", "2"]) == 0
+    assert (tmp_path / "m" / "transformer" / "config.json").is_file()
+
+
+def test_external_commands_get_the_remaining_argv(monkeypatch):
+    seen = []
+    monkeypatch.setitem(sys.modules, "fake_devcluster_cli", types.SimpleNamespace(main=lambda argv: seen.append(argv)))
+    monkeypatch.setitem(cli.EXTERNAL_COMMANDS, "dev-cluster", cli.ExternalCommand("fake_devcluster_cli", "main", "x"))
+    assert cli.main(["dev-cluster", "up", "--wait"]) == 0
+    assert seen == [["up", "--wait"]]
+
+
+def test_missing_external_package_is_a_clear_error(monkeypatch, capsys):
+    monkeypatch.setitem(cli.EXTERNAL_COMMANDS, "job", cli.ExternalCommand("chitu_not_installed.cli", "main", "x"))
+    assert cli.main(["job", "list"]) == 1
+    assert "chitu job: error: needs chitu_not_installed.cli, which is not installed" in capsys.readouterr().err
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    for command in ["generate", "make-tiny-model", "make-random-model", "dev-cluster", "calibrate-teacache"]:
+        assert command in out
+
+
+def test_cli_and_config_import_without_torch():
+    """`chitu --help` and config validation (the operator's) must not pay for torch."""
+    code = "import sys, chitu_diffusion, chitu_diffusion.cli, chitu_diffusion.config; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
