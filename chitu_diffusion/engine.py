@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from diffusers import WanPipeline
 
+from chitu_diffusion.attention.kernels import get_kernel, resolve_backend
+from chitu_diffusion.attention.processor import set_self_attention
 from chitu_diffusion.config import ConfigError, EngineConfig
 from chitu_diffusion.flex_cache.base import FlexCacheStrategy
 from chitu_diffusion.flex_cache.registry import get_strategy
@@ -36,7 +38,6 @@ from chitu_diffusion.pipeline import (
     transformer_noise_predictor,
 )
 from chitu_diffusion.task import DiffusionUserParams
-from chitu_diffusion.video import write_mp4
 
 logger = logging.getLogger(__name__)
 
@@ -139,13 +140,17 @@ class Engine:
         check_single_process(config, strategy)
 
     def _configure_transformer(self) -> None:
-        """Attention backend, then compile (compile last: it traces whatever the forward is by then)."""
+        """Attention kernel, then compile (compile last: it traces whatever the forward is by then)."""
         settings = self.config.diffusion
-        if settings.attention_backend is not None:
-            try:
-                self.transformer.set_attention_backend(settings.attention_backend)
-            except ValueError as err:
-                raise ConfigError(f"infer.diffusion.attention_backend={settings.attention_backend!r}: {err}") from None
+        try:
+            backend = resolve_backend(settings.attention_backend, self.device, self.transformer.dtype)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        if backend != "sdpa":  # sdpa is diffusers' own processor: leave the model untouched
+            set_self_attention(
+                self.transformer, self.adapter.blocks_attr, self.adapter.self_attention_attr, get_kernel(backend)
+            )
+        self.attention_backend = backend
         if settings.compile:
             # fullgraph=False: FlexCache hooks inside the blocks make data-dependent choices dynamo must break on.
             self.transformer.compile_repeated_blocks(fullgraph=False)
@@ -199,6 +204,8 @@ class Engine:
             with timer.stage("decode"):
                 frames = decode_latents(self.pipe, sample.latents)  # (F, H, W, 3) uint8
             with timer.stage("encode_mp4"):
+                from chitu_diffusion.video import write_mp4  # ffmpeg is needed to write, not to sample
+
                 video_path = write_mp4(frames, output_dir / f"{name}.mp4", params.fps)
         metrics = self._metrics(params, sample, timer, video_path, frames.shape)
         metrics_path = write_metrics(output_dir, metrics)
@@ -213,7 +220,11 @@ class Engine:
             "seed_source": "request" if params.seed is not None else "random",
             "params": params.model_dump(mode="json"),
             "engine_config": self.config.model_dump(mode="json"),
-            "runtime": {"device": str(self.device), "dtype": str(self.transformer.dtype).removeprefix("torch.")},
+            "runtime": {
+                "device": str(self.device),
+                "dtype": str(self.transformer.dtype).removeprefix("torch."),
+                "attention_backend": self.attention_backend,
+            },
             "model": {
                 "dir": str(self.model_dir) if self.model_dir else None,
                 "family": self.adapter.family,

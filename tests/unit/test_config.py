@@ -20,7 +20,7 @@ def test_defaults_and_keys():
     config = EngineConfig()
     assert (config.diffusion.cp_size, config.diffusion.up_limit, config.diffusion.dtype) == (1, 8, "auto")
     assert (config.diffusion.device, config.diffusion.compile) == ("auto", False)
-    assert config.diffusion.attention_backend is None
+    assert config.diffusion.attention_backend == "auto"
     assert EngineConfig.valid_keys() == KEYS
 
 
@@ -35,10 +35,9 @@ def test_seed_overrides_are_parsed_by_field_type():
     assert EngineConfig.from_overrides({"infer.diffusion.compile": False}).diffusion.compile is False
 
 
-@pytest.mark.parametrize("word", ["none", "null", ""])
-def test_attention_backend_none_words(word):
-    config = EngineConfig.from_overrides([f"infer.diffusion.attention_backend={word}"])
-    assert config.diffusion.attention_backend is None
+def test_attention_backend_lists_the_kernels():
+    with pytest.raises(ConfigError, match="infer.diffusion.attention_backend.*'auto', 'sdpa', 'fa3'"):
+        EngineConfig.from_overrides(["infer.diffusion.attention_backend=native"])
 
 
 def test_last_override_wins_and_the_original_is_untouched():

@@ -6,6 +6,7 @@ import pytest
 import torch
 from diffusers.hooks import HookRegistry
 
+from chitu_diffusion.attention.processor import WanSelfAttnProcessor
 from chitu_diffusion.config import ConfigError, EngineConfig
 from chitu_diffusion.engine import Engine, generate
 from chitu_diffusion.flex_cache.registry import available_strategies, get_strategy
@@ -50,7 +51,7 @@ def test_generate_writes_video_and_metrics(tiny_pipeline, tmp_path):
     assert metrics["peak_memory"]["kind"] == "process_peak_rss" and metrics["peak_memory"]["bytes"] > 0
     assert metrics["params"] == request(fps=8).model_dump(mode="json")
     assert metrics["engine_config"] == tiny_pipeline.config.model_dump(mode="json")
-    assert metrics["runtime"] == {"device": "cpu", "dtype": "float32"}
+    assert metrics["runtime"] == {"device": "cpu", "dtype": "float32", "attention_backend": "sdpa"}
     assert metrics["model"]["variant"] == "wan2.1-custom" and metrics["model"]["load_s"] > 0
     assert (metrics["seed"], metrics["seed_source"]) == (7, "request")
     assert {"torch", "diffusers", "transformers"} <= set(metrics["versions"])
@@ -155,11 +156,25 @@ def test_compile_and_attention_backend_settings(monkeypatch):
     compiled = []
     pipe = build_random_pipeline()
     monkeypatch.setattr(type(pipe.transformer), "compile_repeated_blocks", lambda self, **kw: compiled.append(kw))
-    settings = ["infer.diffusion.compile=true", "infer.diffusion.attention_backend=native"]
-    Engine(pipe, EngineConfig.from_overrides(settings))
+    settings = ["infer.diffusion.compile=true", "infer.diffusion.attention_backend=math"]
+    engine = Engine(pipe, EngineConfig.from_overrides(settings))
     assert compiled == [{"fullgraph": False}]
-    with pytest.raises(ConfigError, match="infer.diffusion.attention_backend='warp-drive'"):
-        Engine(build_random_pipeline(), EngineConfig.from_overrides(["infer.diffusion.attention_backend=warp-drive"]))
+    assert engine.attention_backend == "math"
+    assert all(type(block.attn1.processor) is WanSelfAttnProcessor for block in pipe.transformer.blocks)
+    with pytest.raises(ConfigError, match="infer.diffusion.attention_backend"):
+        EngineConfig.from_overrides(["infer.diffusion.attention_backend=warp-drive"])
+    with pytest.raises(ConfigError, match="fa3 needs a CUDA GPU"):
+        Engine(build_random_pipeline(), EngineConfig.from_overrides(["infer.diffusion.attention_backend=fa3"]))
+
+
+def test_math_attention_backend_matches_default():
+    """The pluggable self-attention processor changes the kernel, not the model: same video within fp32 noise."""
+    math_engine = Engine(build_random_pipeline(), EngineConfig.from_overrides(["infer.diffusion.attention_backend=math"]))
+    default_engine = Engine(build_random_pipeline())
+    assert default_engine.attention_backend == "sdpa"
+    reference = default_engine.sample(request(flexcache=None)).latents
+    latents = math_engine.sample(request(flexcache=None)).latents
+    assert (latents - reference).norm() / reference.norm() < 1e-5
 
 
 def test_python_api_generate(tiny_model_dir, tmp_path):
