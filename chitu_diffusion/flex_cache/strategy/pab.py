@@ -86,6 +86,10 @@ class PABAttentionHook(ModelHook):
         self.broadcast_range = broadcast_range
         self.state_manager = StateManager(PABState)
 
+    # Opaque to torch.compile: tracing this per-module, per-step state makes dynamo guard on it and recompile
+    # every block until its limit (seen on H200: recompile_limit hit, blocks fell back to eager). The attention
+    # call inside runs eagerly; its kernel (FA3/cuDNN) gains nothing from compile anyway.
+    @torch.compiler.disable
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         context = self.state_manager.context
         step, num_steps = current_step(context), context.num_inference_steps
