@@ -1,0 +1,86 @@
+"""How a worker fails: exit codes, the one-line reason, and the two files that carry it.
+
+A pod's reason for failing reaches the operator (and `kubectl describe`) through the container's termination
+message: one line, at most 4 KiB, in the file named by CHITU_TERMINATION_LOG (default /dev/termination-log).
+A rank process started by torchrun hands its line to the launcher through torchrun's own channel, the JSON
+error file named by TORCHELASTIC_ERROR_FILE, so the launcher can report the rank that failed first.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from chitu_diffusion.config import ConfigError
+
+logger = logging.getLogger(__name__)
+
+EXIT_FAILED = 1
+EXIT_INVALID_INPUT = 2  # a bad spec or pod env: retrying the same input cannot help
+MAX_MESSAGE_BYTES = 4096  # the kubelet's limit on a termination message
+DEFAULT_TERMINATION_LOG = "/dev/termination-log"
+
+
+class InvalidInput(ValueError):
+    """The job spec or the pod's environment is unusable; `field` names what to fix (`spec.generation.height`)."""
+
+    def __init__(self, field: str, reason: str):
+        self.field = field
+        super().__init__(f"{field}: {reason}")
+
+
+def validation_message(error: Mapping) -> str:
+    """One pydantic error as text, quoting the value for its built-in checks (our validators' messages do)."""
+    if error["type"] == "value_error":
+        return error["msg"].removeprefix("Value error, ")
+    if "input" in error and not isinstance(error["input"], dict):
+        return f"{error['msg']} (got {error['input']!r})"
+    return error["msg"]
+
+
+def exit_code(exc: BaseException) -> int:
+    # The engine's ConfigError is invalid input too: an unsupported combination of settings.
+    return EXIT_INVALID_INPUT if isinstance(exc, (InvalidInput, ConfigError)) else EXIT_FAILED
+
+
+def one_line(exc: BaseException, prefix: str = "") -> str:
+    """`[prefix]ExceptionType: message` on one line, cut to fit a termination message."""
+    text = " ".join(str(exc).split()) or "(no message)"
+    return truncate(f"{prefix}{type(exc).__name__}: {text}")
+
+
+def truncate(line: str, limit: int = MAX_MESSAGE_BYTES) -> str:
+    data = line.encode()
+    if len(data) <= limit:
+        return line
+    return data[: limit - 3].decode(errors="ignore") + "..."
+
+
+def termination_log_path(environ: Mapping[str, str] = os.environ) -> Path:
+    return Path(environ.get("CHITU_TERMINATION_LOG") or DEFAULT_TERMINATION_LOG)
+
+
+def write_termination_message(line: str, environ: Mapping[str, str] = os.environ) -> None:
+    """Best effort: outside a pod /dev/termination-log usually cannot be written, and that is fine."""
+    path = termination_log_path(environ)
+    try:
+        path.write_text(truncate(line))
+    except OSError as err:
+        logger.debug("termination message not written to %s: %s", path, err)
+
+
+def write_rank_error_file(line: str, environ: Mapping[str, str] = os.environ) -> None:
+    """Hand `line` to the torchrun agent (the string form of torch.distributed.elastic's error file).
+
+    `time_ns` breaks the ties of torchrun's whole-second timestamps, so the launcher can tell the first failure
+    from the ranks that failed after it (a peer's collective breaking because the first one died).
+    """
+    path = environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    report = {"message": truncate(line), "timestamp": int(time.time()), "time_ns": time.time_ns()}
+    Path(path).write_text(json.dumps(report))

@@ -1,0 +1,81 @@
+"""Where a prompt's results go, when a prompt counts as done, and the status entry that reports it.
+
+Keys follow docs/generationjob.md: `<output.uri>/<job name>-<uid[:8]>/prompt-<index:04d>/{video.mp4,
+metrics.json,<policy files>}`. They depend only on the job's identity and the prompt index, so a restarted gang
+overwrites what a failed attempt left half-written, and a new job with an old job's name starts clean.
+
+metrics.json is uploaded last: "metrics.json exists" means every other file of the prompt is there too.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+from chitu_worker.storage import ObjectStore
+
+VIDEO = "video.mp4"
+METRICS = "metrics.json"
+# Policy pictures, most viewable first: the status entry names one of them.
+POLICY_PREFERENCE = (".png", ".ppm")
+
+
+class GenerationOutputs(Protocol):
+    """The files chitu_diffusion's `GenerationResult` names."""
+
+    video_path: Path
+    metrics_path: Path
+    extra_paths: list[Path]
+
+
+def job_prefix(output_uri: str, job_name: str, job_uid: str) -> str:
+    return f"{output_uri.rstrip('/')}/{job_name}-{job_uid[:8]}"
+
+
+def prompt_prefix(job_prefix: str, index: int) -> str:
+    return f"{job_prefix}/prompt-{index:04d}"
+
+
+def is_complete(store: ObjectStore, prefix: str) -> bool:
+    """Both the video and metrics.json are stored (metrics.json alone would do: it goes last; both is cheap)."""
+    return store.exists(f"{prefix}/{VIDEO}") and store.exists(f"{prefix}/{METRICS}")
+
+
+def upload(store: ObjectStore, prefix: str, outputs: GenerationOutputs) -> list[str]:
+    """Video, then policy files, then metrics.json; returns the policy files' URIs."""
+    store.upload_file(outputs.video_path, f"{prefix}/{VIDEO}")
+    policies = []
+    for path in outputs.extra_paths:
+        uri = f"{prefix}/{path.name}"
+        store.upload_file(path, uri)
+        policies.append(uri)
+    store.upload_file(outputs.metrics_path, f"{prefix}/{METRICS}")
+    return policies
+
+
+def status_entry(index: int, prompt: str, prefix: str, policies: Sequence[str] = ()) -> dict:
+    """One item of `status.outputs`."""
+    entry = {
+        "index": index,
+        "prompt": prompt,
+        "video": f"{prefix}/{VIDEO}",
+        "metrics": f"{prefix}/{METRICS}",
+        "completedTime": now_rfc3339(),
+    }
+    policy = _preferred_policy(policies)
+    if policy is not None:
+        entry["policy"] = policy
+    return entry
+
+
+def now_rfc3339() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _preferred_policy(policies: Sequence[str]) -> str | None:
+    if not policies:
+        return None
+    rank = {suffix: i for i, suffix in enumerate(POLICY_PREFERENCE)}
+    return min(policies, key=lambda uri: rank.get(Path(uri).suffix.lower(), len(rank)))
