@@ -1,0 +1,202 @@
+"""Distributed benchmark: CFG parallelism, Ulysses / ring context parallelism and DiTango on a 2-GPU host.
+
+The Wan2.1-T2V-1.3B transformer with RANDOM bf16 weights (seed 0, identical on both ranks), 81x480x832 (32760
+tokens), 50 steps, CFG 5. Only the transformer denoising loop is timed: text encoder and VAE are excluded, and
+every mode gets the same random text embeddings and the same seeded noise. Run under torchrun with NCCL:
+
+    torchrun --nproc-per-node 2 bench/bench_distributed.py --out bench/results/distributed_h100x2.json
+    torchrun --nproc-per-node 2 bench/bench_distributed.py --steps 3 --frames 5 --height 128 --width 128 \
+        --out /tmp/distributed_smoke.json                                   # smoke: seconds, not minutes
+
+On the device (no packages there beyond torch): carry `.whl`, then before torchrun
+`python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:.`
+(FA3 from `.whl` makes `--kernel auto` pick it; without it auto is torch SDPA / cuDNN).
+
+Modes (`--modes`, comma-separated):
+- stock-1gpu: diffusers' forward loop as shipped (WanAttnProcessor, SDPA/cuDNN), rank 0 alone, 2 forwards/step.
+- ours-1gpu: our self-attention processor with `--kernel`, rank 0 alone (the single-device engine's attention).
+- cfg2: CFG parallelism, cond on GPU 0 and uncond on GPU 1, predictions all-gathered each step.
+- ulysses2 / ring2: context parallelism over 2 GPUs (both CFG branches on each rank, one after the other).
+- ditango2: ring2 plus DiTango at `--cache-ratio`; reported with rel-L2 against ring2 (its full compute).
+rel_l2_vs_stock compares every mode's final latents with stock-1gpu's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from diffusers import UniPCMultistepScheduler
+
+from chitu_diffusion.attention.kernels import get_kernel, resolve_backend
+from chitu_diffusion.attention.processor import restore_self_attention, set_self_attention
+from chitu_diffusion.metrics import StageTimer, versions
+from chitu_diffusion.models.adapter import adapter_for
+from chitu_diffusion.models.tiny import WAN21_SCHEDULER, build_wan21_1_3b_transformer
+from chitu_diffusion.parallel.groups import build_groups
+from chitu_diffusion.parallel.launch import DistributedEnv, init_distributed
+from chitu_diffusion.parallel.layout import ParallelLayout
+from chitu_diffusion.parallel.parallelize import parallelized
+from chitu_diffusion.pipeline import denoise, guided_noise, transformer_noise_predictor
+from chitu_diffusion.task import FlexCacheParams
+
+MODES = ("stock-1gpu", "ours-1gpu", "cfg2", "ulysses2", "ring2", "ditango2")
+LAYOUTS = {"cfg2": (1, 8), "ulysses2": (2, 8), "ring2": (2, 1), "ditango2": (2, 1)}  # (cp_size, up_limit)
+TEXT_TOKENS, TEXT_DIM = 512, 4096
+
+
+def commit() -> str:
+    """The device gets the tree without .git: pass CHITU_COMMIT there."""
+    if os.environ.get("CHITU_COMMIT"):
+        return os.environ["CHITU_COMMIT"]
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+def inputs(args, device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Seeded noise (1, 16, F', H/8, W/8) fp32 and random text embeddings (1, 512, 4096) bf16 per branch."""
+    generator = torch.Generator().manual_seed(0)
+    shape = (1, 16, (args.frames - 1) // 4 + 1, args.height // 8, args.width // 8)
+    latents = torch.randn(shape, generator=generator).to(device)
+    embeds = {
+        branch: torch.randn(1, TEXT_TOKENS, TEXT_DIM, generator=generator).to(device, torch.bfloat16)
+        for branch in ("cond", "uncond")
+    }
+    return latents, embeds
+
+
+@torch.no_grad()
+def timed_loop(transformer, args, device, guide_for) -> tuple[torch.Tensor, float]:
+    """Warm up (`--warmup-steps`, untimed), then the timed denoising loop; returns (latents, seconds)."""
+    latents, embeds = inputs(args, device)
+    guide = guide_for(transformer_noise_predictor(transformer, embeds))
+    for steps in (args.warmup_steps, args.steps):
+        if steps == 0:
+            continue
+        timer = StageTimer(device)
+        with timer.stage("denoise"):
+            out = denoise(latents, UniPCMultistepScheduler(**WAN21_SCHEDULER), steps, guide, timer)
+    return out, timer.stages["denoise"]
+
+
+def run_mode(mode: str, transformer, args, device, rank: int) -> dict | None:
+    """One mode on this rank; the result (latents, seconds, ...) on the ranks that ran it, None elsewhere."""
+    single_guide = lambda predict: lambda x, step: guided_noise(predict, args.guidance_scale, x, step)  # noqa: E731
+    torch.cuda.reset_peak_memory_stats()
+    if mode in ("stock-1gpu", "ours-1gpu"):
+        if rank != 0:
+            return None
+        adapter = adapter_for(transformer)
+        previous = None
+        if mode == "ours-1gpu":
+            kernel = get_kernel(resolve_backend(args.kernel, device, transformer.dtype))
+            previous = set_self_attention(transformer, adapter.blocks_attr, adapter.self_attention_attr, kernel)
+        try:
+            latents, seconds = timed_loop(transformer, args, device, single_guide)
+        finally:
+            if previous is not None:
+                restore_self_attention(transformer, adapter.blocks_attr, adapter.self_attention_attr, previous)
+        return {"latents": latents, "seconds": seconds}
+    cp_size, up_limit = LAYOUTS[mode]
+    layout = ParallelLayout.resolve(dist.get_world_size(), cp_size, up_limit, transformer.config.num_attention_heads)
+    groups = build_groups(layout, device)
+    strategy = "ditango" if mode == "ditango2" else "none"
+    cache = FlexCacheParams(strategy=strategy, cache_ratio=args.cache_ratio if strategy != "none" else 0.0)
+    with parallelized(transformer, adapter_for(transformer), groups, cache=cache, backend=args.kernel) as par:
+        guide_for = lambda predict: par.guide(predict, args.guidance_scale)  # noqa: E731
+        latents, seconds = timed_loop(transformer, args, device, guide_for)
+        summary = par.strategy.log.summary()
+        return {
+            "latents": latents,
+            "seconds": seconds,
+            "layout": layout.describe(),
+            "reuse_fraction": summary["reuse_fraction"],
+            "cache": par.strategy.describe_ratio(),
+            "extra_memory_bytes": par.strategy.extra_memory_bytes(),
+        }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--warmup-steps", type=int, default=2, help="untimed steps before each mode's timed loop")
+    parser.add_argument("--frames", type=int, default=81)
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--width", type=int, default=832)
+    parser.add_argument("--guidance-scale", type=float, default=5.0)
+    parser.add_argument("--cache-ratio", type=float, default=0.5, help="DiTango's cache_ratio")
+    parser.add_argument("--kernel", default="auto", help="attention kernel of our modes (attention.kernels names)")
+    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+
+    env = DistributedEnv.from_env()
+    if env is None or env.world_size != 2:
+        raise SystemExit("run under torchrun --nproc-per-node 2")
+    device = init_distributed(env, "cuda")
+    torch.manual_seed(0)
+    transformer = build_wan21_1_3b_transformer(torch.bfloat16, str(device)).requires_grad_(False)
+    for tensor in transformer.state_dict().values():  # the same random weights on both ranks
+        dist.broadcast(tensor, src=0)
+
+    tokens = ((args.frames - 1) // 4 + 1) * (args.height // 16) * (args.width // 16)
+    results: dict = {
+        "benchmark": "wan2.1-t2v-1.3b transformer denoising loop: CFG / Ulysses / ring / DiTango on 2 GPUs",
+        "weights": "random (seed 0), bf16",
+        "excluded": "text encoder and VAE (every mode gets the same random 512-token embeddings and seeded noise)",
+        "card": torch.cuda.get_device_name(device),
+        "gpus": env.world_size,
+        "torch": torch.__version__,
+        "versions": versions(),
+        "commit": commit(),
+        "kernel": resolve_backend(args.kernel, device, torch.bfloat16),
+        "shapes": {
+            "frames": args.frames, "height": args.height, "width": args.width, "tokens": tokens, "steps": args.steps,
+            "guidance_scale": args.guidance_scale, "forwards_per_video": 2 * args.steps,
+        },  # fmt: skip
+        "modes": {},
+    }
+    kept: dict[str, torch.Tensor] = {}
+    for mode in args.modes.split(","):
+        if mode not in MODES:
+            raise SystemExit(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+        start = time.perf_counter()
+        result = run_mode(mode, transformer, args, device, env.rank)
+        dist.barrier()
+        if env.rank != 0 or result is None:
+            continue
+        latents = result.pop("latents")
+        entry = {**result, "s_per_step": result["seconds"] / args.steps}
+        entry["wall_with_warmup_s"] = time.perf_counter() - start
+        entry["peak_memory_bytes"] = torch.cuda.max_memory_allocated(device)
+        if "stock-1gpu" in kept:
+            entry["rel_l2_vs_stock"] = rel_l2(latents, kept["stock-1gpu"])
+            entry["speedup_vs_stock"] = results["modes"]["stock-1gpu"]["seconds"] / result["seconds"]
+        if mode == "ditango2" and "ring2" in kept:
+            entry["rel_l2_vs_full_compute"] = rel_l2(latents, kept["ring2"])
+            entry["speedup_vs_full_compute"] = results["modes"]["ring2"]["seconds"] / result["seconds"]
+        results["modes"][mode] = entry
+        kept[mode] = latents
+        brief = {k: v for k, v in entry.items() if k != "cache"}
+        print(f"{mode}: {result['seconds']:.2f} s", json.dumps(brief), flush=True)
+    if env.rank == 0:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        print(json.dumps(results, indent=2))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
