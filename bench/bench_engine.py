@@ -161,10 +161,14 @@ def main() -> None:
         results["modes"][f"chitu-{mode_name}"] = mode
         print(f"chitu {mode_name}: {mode['seconds']:.2f} s ({mode['speedup_vs_stock']:.2f}x stock), "
               f"reuse {mode['reuse_fraction']:.2f}", flush=True)
+        write(results, args.out)  # after every mode: a later failure keeps what was measured
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
     print(json.dumps(results["modes"], indent=2))
+
+
+def write(results: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":
