@@ -1,0 +1,123 @@
+"""The CRD on the real kube-apiserver (no operator): schema bounds and CEL rules reject bad specs with
+messages naming the field, defaults are filled in, and the spec is immutable except runPolicy (and
+scheduling while suspended)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes.client.exceptions import ApiException
+
+pytestmark = pytest.mark.e2e
+
+GROUP, VERSION, PLURAL = "chitu.dev", "v1alpha1", "generationjobs"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+VALID = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "GenerationJob", "metadata": {"name": "probe"},
+         "spec": {"model": {"uri": "/models/wan"}, "prompt": "a cat", "worker": {"image": "w"},
+                  "output": {"uri": "s3://videos/runs"}}}
+
+
+def create(k8s, namespace: str, manifest: dict, dry_run: bool = False) -> dict:
+    return k8s.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, manifest,
+                                                      dry_run="All" if dry_run else None)
+
+
+def rejection(k8s, namespace: str, manifest: dict) -> str:
+    with pytest.raises(ApiException) as err:
+        create(k8s, namespace, manifest, dry_run=True)
+    assert err.value.status == 422
+    return json.loads(err.value.body)["message"]
+
+
+def with_spec(**changes) -> dict:
+    manifest = copy.deepcopy(VALID)
+    manifest["spec"].update(changes)
+    return manifest
+
+
+@pytest.mark.parametrize("changes, expected", [
+    ({"generation": {"frames": 80}}, "spec.generation.frames: Invalid value: 80: generation.frames must be 4k+1"),
+    ({"generation": {"width": 100}}, "spec.generation.width: Invalid value: 100: generation.width must be a multiple"),
+    ({"generation": {"steps": 0}}, "spec.generation.steps: Invalid value: 0"),
+    ({"flexCache": {"cacheRatio": 1.5}}, "spec.flexCache.cacheRatio: Invalid value: 1.5"),
+    ({"flexCache": {"strategy": "foo"}}, 'spec.flexCache.strategy: Unsupported value: "foo"'),
+    ({"output": {"uri": "http://x"}}, 'spec.output.uri: Invalid value: "http://x": output.uri must start with s3://'),
+    ({"model": {"uri": "models/wan"}}, "spec.model.uri: Invalid value: \"models/wan\": model.uri must be an absolute"),
+    ({"parallelism": {"cfg": 1, "cpSize": 3, "gpusPerPod": 2}},
+     "spec.parallelism.gpusPerPod: Invalid value: world size (cfg x cpSize) must be a multiple of gpusPerPod"),
+    ({"parallelism": {"cfg": 3}}, "spec.parallelism.cfg: Unsupported value: 3"),
+    ({"generation": {"steps": 4}, "flexCache": {"strategy": "teacache", "warmup": 2, "cooldown": 2}},
+     "spec.flexCache: Invalid value: flexCache.warmup + flexCache.cooldown must be less than generation.steps"),
+    ({"prompts": ["a dog"]}, "spec.prompts: Invalid value: exactly one of spec.prompt or spec.prompts must be set"),
+    ({"flexCache": {"strategy": "ditango"}}, "spec.parallelism.cpSize: Invalid value: the ditango strategy needs"),
+    ({"runPolicy": {"cleanPodPolicy": "Sometimes"}}, 'spec.runPolicy.cleanPodPolicy: Unsupported value: "Sometimes"'),
+    ({"runPolicy": {"backoffLimit": 101}}, "spec.runPolicy.backoffLimit: Invalid value: 101"),
+])
+def test_invalid_specs_are_rejected_naming_the_field(k8s, namespace, changes, expected):
+    assert expected in rejection(k8s, namespace, with_spec(**changes))
+
+
+def test_prompt_lists_must_hold_non_blank_texts(k8s, namespace):
+    manifest = with_spec(prompts=["a cat", "  "])
+    del manifest["spec"]["prompt"]
+    assert 'spec.prompts[1]: Invalid value: "  ": prompts must not be blank' in rejection(k8s, namespace, manifest)
+    manifest["spec"]["prompts"] = []
+    assert "spec.prompts: Invalid value: 0: spec.prompts in body should have at least 1 items" in rejection(
+        k8s, namespace, manifest)
+
+
+def test_job_names_must_leave_room_for_pod_hostnames(k8s, namespace):
+    manifest = with_spec()
+    manifest["metadata"]["name"] = "x" * 53
+    assert "metadata.name must be a DNS label of at most 52 characters" in rejection(k8s, namespace, manifest)
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in EXAMPLES.glob("*.yaml")))
+def test_examples_are_accepted(k8s, namespace, cluster, example):
+    for manifest in yaml.safe_load_all((EXAMPLES / example).read_text()):
+        if manifest["kind"] == "GenerationJob":
+            create(k8s, namespace, manifest, dry_run=True)
+
+
+def test_defaults_are_filled_in(k8s, namespace):
+    spec = create(k8s, namespace, with_spec())["spec"]
+    assert spec["generation"] == {"steps": 50, "guidanceScale": 5, "height": 480, "width": 832, "frames": 81, "fps": 16}
+    assert spec["flexCache"] == {"strategy": "none", "cacheRatio": 0.5, "warmup": 1, "cooldown": 1}
+    assert spec["parallelism"] == {"cfg": 1, "cpSize": 1, "upLimit": 8, "gpusPerPod": 1}
+    assert spec["runPolicy"] == {"backoffLimit": 3, "preRunningDeadlineSeconds": 600, "cleanPodPolicy": "Running",
+                                 "suspend": False}
+    assert spec["worker"]["serviceAccountName"] == "chitu-worker" and spec["model"]["mountPath"] == "/models"
+
+
+def test_spec_is_immutable_except_run_policy_and_scheduling_while_suspended(k8s, namespace):
+    create(k8s, namespace, with_spec())
+
+    def patch(spec: dict) -> str | None:
+        try:
+            k8s.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "probe", {"spec": spec})
+            return None
+        except ApiException as err:
+            return json.loads(err.body)["message"]
+    assert "spec.generation: Invalid value: spec.generation is immutable" in patch({"generation": {"steps": 10}})
+    assert "spec.prompt: Invalid value: \"a dog\": spec.prompt is immutable" in patch({"prompt": "a dog"})
+    assert "spec.worker: Invalid value: spec.worker is immutable" in patch({"worker": {"image": "other"}})
+    assert "a job cannot switch between them" in patch({"prompt": None, "prompts": ["a cat"]})
+    assert "spec.scheduling may change only while the job is suspended" in patch({"scheduling": {"queueName": "q"}})
+    assert patch({"runPolicy": {"ttlSecondsAfterFinished": 60, "activeDeadlineSeconds": 600}}) is None
+    assert patch({"runPolicy": {"suspend": True}}) is None
+    assert patch({"scheduling": {"queueName": "q", "nodeSelector": {"gpu": "h100"}}}) is None
+
+
+def test_status_is_a_subresource_with_a_checked_phase(k8s, namespace):
+    create(k8s, namespace, with_spec())
+    with pytest.raises(ApiException) as err:
+        k8s.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, "probe",
+                                                         {"status": {"phase": "Exploded"}})
+    assert 'status.phase: Unsupported value: "Exploded"' in json.loads(err.value.body)["message"]
+    ignored = {"status": {"phase": "Running"}}  # the main resource ignores status
+    k8s.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "probe", ignored)
+    assert "status" not in k8s.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "probe")

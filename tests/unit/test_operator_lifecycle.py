@@ -1,0 +1,215 @@
+"""decide(job, pods, now): every lifecycle rule on plain values, no cluster."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+
+import pytest
+
+from chitu_operator import status as st
+from chitu_operator.lifecycle import WAIT, Job, decide, reject_invalid, seconds_until_expiry
+from chitu_operator.pods import PodView
+from chitu_operator.spec import parse_spec
+
+NOW = datetime.datetime(2026, 1, 1, 12, 0, tzinfo=datetime.timezone.utc)
+UID = "job-uid"
+
+
+def job(phase: str = st.PENDING, restarts: int = 0, run_policy: dict | None = None, started: int | None = 10,
+        **status) -> Job:
+    """A 2-pod job (cfg 2, one GPU per pod) in ``phase``, started ``started`` seconds ago."""
+    spec = {"model": {"uri": "/models/wan"}, "prompts": ["a", "b"], "parallelism": {"cfg": 2, "gpusPerPod": 1},
+            "worker": {"image": "w"}, "output": {"uri": "s3://b/p"}, "runPolicy": run_policy or {}}
+    if started is not None:
+        status["startTime"] = st.timestamp(NOW - datetime.timedelta(seconds=started))
+    return Job("cats", "ns", UID, 1, parse_spec(spec), {"phase": phase, "restarts": restarts, **status})
+
+
+def pod(rank: int, phase: str = "Running", attempt: int = 0, age: int = 5, **fields) -> PodView:
+    values = dict(name=f"cats-worker-{rank}", uid=f"uid-{rank}-{attempt}", owner_uid=UID, rank=rank, attempt=attempt,
+                  phase=phase, deleting=False, created=NOW - datetime.timedelta(seconds=age))
+    return PodView(**{**values, **fields})
+
+
+def names(pods) -> list[str]:
+    return sorted(p.name for p in pods)
+
+
+# --- creation and progress -----------------------------------------------------------------------
+
+def test_missing_pods_are_created():
+    assert decide(job(), [], NOW).create_ranks == (0, 1)
+    assert decide(job(), [pod(0, "Pending")], NOW).create_ranks == (1,)
+
+
+def test_pending_gang_waits():
+    assert decide(job(), [pod(0, "Pending"), pod(1, "Running")], NOW) == WAIT
+
+
+def test_all_running_moves_to_running():
+    decision = decide(job(), [pod(0), pod(1)], NOW)
+    assert decision.transition == st.Transition(st.RUNNING, st.RUNNING, st.PODS_RUNNING,
+                                                "all 2 worker pods are running (attempt 0)")
+    assert decide(job(st.RUNNING), [pod(0), pod(1)], NOW) == WAIT
+
+
+def test_some_succeeded_rest_running_counts_as_running():
+    assert decide(job(), [pod(0), pod(1, "Succeeded")], NOW).transition.phase == st.RUNNING
+
+
+def test_all_succeeded_finishes_and_cleans_only_unfinished_pods():
+    decision = decide(job(st.RUNNING), [pod(0, "Succeeded"), pod(1, "Succeeded")], NOW)
+    assert decision.transition.phase == st.SUCCEEDED and decision.transition.reason == st.JOB_SUCCEEDED
+    assert decision.status == {"completionTime": st.timestamp(NOW)}
+    assert decision.delete_pods == ()  # cleanPodPolicy Running keeps finished pods (their logs)
+    assert decision.delete_service
+
+
+@pytest.mark.parametrize("policy, deleted, service", [("All", ["cats-worker-0", "cats-worker-1"], True),
+                                                      ("Running", ["cats-worker-1"], True),
+                                                      ("None", [], False)])
+def test_clean_pod_policy_on_failure(policy, deleted, service):
+    failed = pod(0, "Failed", exit_code=1)
+    decision = decide(job(st.RUNNING, run_policy={"backoffLimit": 0, "cleanPodPolicy": policy}),
+                      [failed, pod(1)], NOW)
+    assert decision.transition.reason == st.BACKOFF_LIMIT_EXCEEDED
+    assert names(decision.delete_pods) == deleted
+    assert decision.delete_service is service
+
+
+# --- gang restarts -------------------------------------------------------------------------------
+
+def test_failed_rank_restarts_the_whole_gang():
+    failed = pod(1, "Failed", exit_code=3, termination_message="CUDA out of memory")
+    decision = decide(job(st.RUNNING), [pod(0), failed], NOW)
+    assert decision.transition.phase == st.RESTARTING and decision.transition.reason == st.RANK_FAILED
+    assert "rank 1 (pod cats-worker-1) failed with exit code 3: CUDA out of memory" in decision.transition.message
+    assert decision.status == {"restarts": 1}
+    assert names(decision.delete_pods) == ["cats-worker-0", "cats-worker-1"]
+    assert decision.create_ranks == ()  # only once the old pods are gone
+
+
+def test_first_failure_is_reported_when_several_ranks_fail():
+    early = pod(1, "Failed", exit_code=1, termination_message="root cause",
+                finished=NOW - datetime.timedelta(seconds=9))
+    late = pod(0, "Failed", exit_code=1, termination_message="peer gone", finished=NOW)
+    assert "root cause" in decide(job(st.RUNNING), [late, early], NOW).transition.message
+
+
+def test_restart_waits_for_the_old_pods_then_creates_the_next_attempt():
+    restarting = job(st.RESTARTING, restarts=1)
+    terminating = [pod(0, attempt=0, deleting=True), pod(1, "Failed", attempt=0, deleting=True)]
+    assert decide(restarting, terminating, NOW) == WAIT
+    assert decide(restarting, terminating[:1], NOW) == WAIT  # same names: all must be gone
+    assert decide(restarting, [], NOW).create_ranks == (0, 1)
+
+
+def test_leftover_pods_of_an_older_attempt_are_deleted():
+    decision = decide(job(st.RESTARTING, restarts=1), [pod(0, attempt=0), pod(1, attempt=1)], NOW)
+    assert names(decision.delete_pods) == ["cats-worker-0"] and decision.transition is None
+
+
+def test_restarted_gang_running_again_clears_restarting():
+    decision = decide(job(st.RESTARTING, restarts=1), [pod(0, attempt=1), pod(1, attempt=1)], NOW)
+    assert decision.transition.phase == st.RUNNING
+    assert "attempt 1" in decision.transition.message
+
+
+def test_backoff_limit_exceeded_fails_with_the_rank_message():
+    failed = pod(0, "Failed", attempt=2, exit_code=1, termination_message="model not found")
+    decision = decide(job(st.RUNNING, restarts=2, run_policy={"backoffLimit": 2}), [failed, pod(1, attempt=2)], NOW)
+    assert decision.transition.phase == st.FAILED and decision.transition.reason == st.BACKOFF_LIMIT_EXCEEDED
+    assert "model not found" in decision.transition.message and "backoffLimit 2" in decision.transition.message
+    assert decision.status == {"completionTime": st.timestamp(NOW)}
+
+
+def test_rank_deleted_or_gone_while_running_restarts_the_gang():
+    deleted = decide(job(st.RUNNING), [pod(0), pod(1, deleting=True)], NOW)
+    assert deleted.transition.reason == st.RANK_FAILED and "was deleted" in deleted.transition.message
+    gone = decide(job(st.RUNNING), [pod(0)], NOW)
+    assert gone.transition.reason == st.RANK_FAILED
+    assert "rank 1 (pod cats-worker-1) disappeared" in gone.transition.message
+
+
+def test_pod_deleted_before_the_gang_ran_is_recreated_without_a_restart():
+    assert decide(job(), [pod(0, "Pending"), pod(1, "Pending", deleting=True)], NOW) == WAIT
+    assert decide(job(), [pod(0, "Pending")], NOW).create_ranks == (1,)
+
+
+def test_pods_of_another_job_with_the_same_name_block_creation():
+    old = pod(0, owner_uid="old-uid", deleting=True)
+    assert decide(job(), [old], NOW) == WAIT
+
+
+# --- deadlines -------------------------------------------------------------------------------------
+
+def test_active_deadline_fails_the_job_and_deletes_running_pods():
+    decision = decide(job(st.RUNNING, run_policy={"activeDeadlineSeconds": 10}, started=11), [pod(0), pod(1)], NOW)
+    assert decision.transition.phase == st.FAILED and decision.transition.reason == st.DEADLINE_EXCEEDED
+    assert names(decision.delete_pods) == ["cats-worker-0", "cats-worker-1"]
+    assert decide(job(st.RUNNING, run_policy={"activeDeadlineSeconds": 10}, started=9), [pod(0), pod(1)], NOW) == WAIT
+
+
+def test_pod_stuck_pending_fails_with_its_waiting_reason():
+    stuck = pod(1, "Pending", age=31, waiting_reason="ImagePullBackOff", waiting_message='Back-off pulling image "w"')
+    decision = decide(job(run_policy={"preRunningDeadlineSeconds": 30}), [pod(0), stuck], NOW)
+    assert decision.transition.phase == st.FAILED and decision.transition.reason == "ImagePullBackOff"
+    assert decision.transition.message == ("pod cats-worker-1 did not start within preRunningDeadlineSeconds (30s): "
+                                           'Back-off pulling image "w"')
+    assert names(decision.delete_pods) == ["cats-worker-0", "cats-worker-1"]
+
+
+def test_pod_pending_without_a_reason_fails_with_the_deadline_reason():
+    decision = decide(job(run_policy={"preRunningDeadlineSeconds": 30}), [pod(0, "Pending", age=30), pod(1)], NOW)
+    assert decision.transition.reason == st.PRE_RUNNING_DEADLINE_EXCEEDED
+    assert decide(job(run_policy={"preRunningDeadlineSeconds": 30}), [pod(0, "Pending", age=29), pod(1)], NOW) == WAIT
+
+
+# --- suspension ------------------------------------------------------------------------------------
+
+def test_suspend_deletes_pods_and_resets_start_time():
+    decision = decide(job(st.RUNNING, run_policy={"suspend": True}), [pod(0), pod(1, "Succeeded")], NOW)
+    assert decision.transition == st.Transition(st.SUSPENDED, st.SUSPENDED, st.JOB_SUSPENDED,
+                                                "job suspended: worker pods deleted")
+    assert decision.status == {"startTime": None}
+    assert names(decision.delete_pods) == ["cats-worker-0", "cats-worker-1"]
+
+
+def test_suspended_job_waits_and_deletes_stragglers():
+    suspended = job(st.SUSPENDED, run_policy={"suspend": True}, started=None)
+    assert decide(suspended, [], NOW) == WAIT
+    assert names(decide(suspended, [pod(0)], NOW).delete_pods) == ["cats-worker-0"]
+
+
+def test_resume_restarts_the_clock_then_recreates_pods():
+    resumed = decide(job(st.SUSPENDED, started=None), [], NOW)
+    assert resumed.transition == st.Transition(st.PENDING, st.SUSPENDED, st.JOB_RESUMED,
+                                               "job resumed: recreating worker pods", condition_status=False)
+    assert resumed.status == {"startTime": st.timestamp(NOW)}
+    assert decide(job(st.PENDING, started=0), [], NOW).create_ranks == (0, 1)
+
+
+def test_suspension_wins_over_deadlines():
+    expired = job(st.RUNNING, run_policy={"suspend": True, "activeDeadlineSeconds": 1}, started=100)
+    assert decide(expired, [pod(0), pod(1)], NOW).transition.phase == st.SUSPENDED
+
+
+# --- invalid specs and TTL -------------------------------------------------------------------------
+
+def test_reject_invalid_fails_and_deletes_only_this_jobs_unfinished_pods():
+    pods = [pod(0), pod(1, "Succeeded"), pod(2, owner_uid="other")]
+    decision = reject_invalid(UID, pods, "spec.generation: frames must be 4k+1", NOW)
+    assert decision.transition.phase == st.FAILED and decision.transition.reason == st.INVALID_SPEC
+    assert names(decision.delete_pods) == ["cats-worker-0"]
+
+
+def test_seconds_until_expiry_counts_from_completion():
+    status = {"completionTime": st.timestamp(NOW - datetime.timedelta(seconds=30))}
+    assert seconds_until_expiry(status, 100, NOW) == 70
+    assert seconds_until_expiry(status, 10, NOW) == -20
+
+
+def test_job_attempt_follows_restarts():
+    assert job(restarts=2).attempt == 2
+    assert dataclasses.replace(job(), status={}).attempt == 0

@@ -1,0 +1,48 @@
+"""The chitu-operator command line and the handlers it registers with kopf (no cluster)."""
+
+from __future__ import annotations
+
+import logging
+
+import kopf
+import pytest
+
+from chitu_operator import handlers, main
+
+
+def test_arguments_and_defaults():
+    args = main.parse_args(["--kubeconfig", "/k", "--namespace", "jobs", "--liveness", "http://0.0.0.0:8080/healthz"])
+    assert (args.kubeconfig, args.namespace, args.liveness, args.log_format) == (
+        "/k", "jobs", "http://0.0.0.0:8080/healthz", "plain")
+    assert main.parse_args([]).namespace is None  # all namespaces
+    with pytest.raises(SystemExit):
+        main.parse_args(["--namespace", "a", "--all-namespaces"])
+
+
+def test_timer_successes_are_not_logged_but_everything_else_is():
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("kopf.objects", logging.INFO, __file__, 1, message, None, None)
+    drop = main._DropTimerSuccess()
+    assert not drop.filter(record("Timer 'reconcile' succeeded."))
+    assert drop.filter(record("Handler 'create_gang' succeeded."))
+    assert drop.filter(record("Timer 'reconcile' failed temporarily: boom"))
+
+
+def test_handlers_are_registered():
+    registry = kopf.get_default_registry()
+
+    def ids(kind) -> set[str]:
+        return {handler.id for handler in kind.get_all_handlers()}
+    assert {"reconcile", "expire_finished"} <= ids(registry._spawning)
+    assert "create_gang" in ids(registry._changing)
+    assert "worker_pods" in ids(registry._indexing)
+    assert {"configure", "login"} <= ids(registry._activities)
+
+
+def test_timers_serve_active_jobs_and_finished_jobs_with_a_ttl():
+    assert handlers._is_active({"phase": "Suspended"}) and not handlers._is_active({"phase": "Succeeded"})
+    assert not handlers._is_active({})  # created, not yet initialised by create_gang
+    ttl = {"runPolicy": {"ttlSecondsAfterFinished": 60}}
+    assert handlers._expires({"phase": "Failed"}, ttl) and not handlers._expires({"phase": "Failed"}, {})
+    assert not handlers._expires({"phase": "Running"}, ttl)
+    assert handlers._seconds_left({"completionTime": "2000-01-01T00:00:00Z"}, ttl) == 0

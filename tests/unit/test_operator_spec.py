@@ -1,0 +1,69 @@
+"""The operator's typed spec: defaults, derived sizes, and the checks behind phase Failed/InvalidSpec."""
+
+from __future__ import annotations
+
+import pytest
+
+from chitu_operator.spec import InvalidSpec, parse_spec
+
+MINIMAL = {"model": {"uri": "/models/wan"}, "prompt": "a cat", "worker": {"image": "w"},
+           "output": {"uri": "s3://bucket/prefix"}}
+
+
+def spec_with(**changes) -> dict:
+    return {**MINIMAL, **changes}
+
+
+def test_minimal_spec_gets_the_contract_defaults():
+    spec = parse_spec(MINIMAL)
+    assert spec.prompt_list == ("a cat",)
+    assert (spec.generation.steps, spec.generation.height, spec.generation.width, spec.generation.frames) == (
+        50, 480, 832, 81)
+    assert spec.flex_cache.strategy == "none" and spec.engine.dtype == "auto"
+    assert spec.worker.service_account_name == "chitu-worker" and spec.worker.image_pull_policy == "IfNotPresent"
+    assert spec.run_policy.backoff_limit == 3 and spec.run_policy.clean_pod_policy == "Running"
+    assert spec.run_policy.ttl_seconds_after_finished is None and not spec.run_policy.suspend
+    assert spec.model.mount_path == "/models"
+
+
+@pytest.mark.parametrize("parallelism, world, pods, procs", [
+    ({"cfg": 2, "cpSize": 1, "gpusPerPod": 1}, 2, 2, 1),
+    ({"cfg": 2, "cpSize": 4, "gpusPerPod": 8}, 8, 1, 8),
+    ({"cfg": 2, "cpSize": 2, "gpusPerPod": 2}, 4, 2, 2),
+    ({"cfg": 2, "cpSize": 3, "gpusPerPod": 0}, 6, 6, 1),  # CPU-only: one process per pod
+])
+def test_gang_size_follows_parallelism(parallelism, world, pods, procs):
+    spec = parse_spec(spec_with(parallelism=parallelism))
+    assert (spec.parallelism.world_size, spec.parallelism.pods, spec.parallelism.procs_per_pod) == (world, pods, procs)
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"generation": {"frames": 80}}, "spec.generation: frames must be 4k+1"),
+    ({"generation": {"height": 100}}, "spec.generation.height"),
+    ({"flexCache": {"cacheRatio": 1.5}}, "spec.flexCache.cacheRatio"),
+    ({"flexCache": {"strategy": "foo"}}, "spec.flexCache.strategy"),
+    ({"output": {"uri": "http://x"}}, "spec.output: uri must start with s3://"),
+    ({"model": {"uri": "models/wan"}}, "spec.model: uri must be an absolute path"),
+    ({"parallelism": {"cfg": 1, "cpSize": 3, "gpusPerPod": 2}}, "spec.parallelism: world size"),
+    ({"generation": {"steps": 4}, "flexCache": {"strategy": "pab", "warmup": 2, "cooldown": 2}},
+     "flexCache.warmup + flexCache.cooldown (2 + 2) must be less than generation.steps (4)"),
+    ({"prompts": ["a"]}, "exactly one of prompt or prompts"),
+    ({"prompt": "  "}, "prompts must be non-empty texts"),
+    ({"flexCache": {"strategy": "ditango"}}, "parallelism.cpSize must be at least 2"),
+    ({"worker": {"image": "w", "env": [{"name": "WORLD_SIZE", "value": "9"}]}},
+     "spec.worker: env[0].name: WORLD_SIZE is set by the operator"),
+    ({"runPolicy": {"cleanPodPolicy": "Some"}}, "spec.runPolicy.cleanPodPolicy"),
+])
+def test_invalid_specs_name_the_field(changes, field):
+    with pytest.raises(InvalidSpec) as err:
+        parse_spec(spec_with(**changes))
+    assert field in str(err.value)
+
+
+def test_missing_required_fields_are_named():
+    with pytest.raises(InvalidSpec, match=r"^spec\.worker: Field required"):
+        parse_spec({key: value for key, value in MINIMAL.items() if key != "worker"})
+
+
+def test_unknown_fields_are_ignored_for_forward_compatibility():
+    assert parse_spec(spec_with(futureField={"x": 1})).prompt_list == ("a cat",)
