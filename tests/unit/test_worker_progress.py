@@ -68,7 +68,7 @@ def test_steps_are_throttled_and_prompt_ends_always_sent(api, clock):
     r.prompt_done(status_entry(1, "a dog", "s3://b/j/prompt-0001"))
     assert progress(api.sent[-1]) == (2, 2, 10, 10, 100)
     assert api.sent[-1]["progress"]["lastUpdateTime"].endswith("Z")
-    assert "summary" not in api.sent[-1]["progress"]  # the operator's field
+    assert api.sent[-1]["progress"]["summary"] == "2/2"  # the Prompts column, in the same patch as the counts
 
 
 def test_percent_never_reads_100_before_the_last_prompt(api, clock):

@@ -78,6 +78,9 @@ class ProgressReporter:
                 "percent": 100 if all_done else min(99, (self._done * self._steps + current) * 100 // max(work, 1)),
                 "promptsDone": self._done,
                 "promptsTotal": self._prompts_total,
+                # the Prompts printer column, in the same patch as the counts so `kubectl get gj` never
+                # shows a count that disagrees with the percent (the operator only fills it in when behind)
+                "summary": f"{self._done}/{self._prompts_total}",
                 "lastUpdateTime": now_rfc3339(),
             }
         }
