@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +32,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from diffusers import UniPCMultistepScheduler
+
+from benchlib import commit, rel_l2
 
 from chitu_diffusion.attention.kernels import get_kernel, resolve_backend
 from chitu_diffusion.attention.processor import restore_self_attention, set_self_attention
@@ -52,18 +52,8 @@ LAYOUTS = {"cfg2": (1, 8), "ulysses2": (2, 8), "ring2": (2, 1), "ditango2": (2, 
 TEXT_TOKENS, TEXT_DIM = 512, 4096
 
 
-def commit() -> str:
-    """The device gets the tree without .git: pass CHITU_COMMIT there."""
-    if os.environ.get("CHITU_COMMIT"):
-        return os.environ["CHITU_COMMIT"]
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
-def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).norm() / b.float().norm())
 
 
 def inputs(args, device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+from benchlib import commit, rel_l2
 
 from chitu_diffusion.config import EngineConfig
 from chitu_diffusion.flex_cache.calibrate import calibration_path, fit, record_runs, write_calibration
@@ -39,18 +39,8 @@ from chitu_diffusion.task import DiffusionUserParams, FlexCacheParams
 PROMPT, NEGATIVE = "A cat walking on grass", "blurry, low quality"
 
 
-def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).norm() / b.float().norm())
 
 
-def commit() -> str:
-    """The device gets a copy of the tree without .git: the caller passes CHITU_COMMIT."""
-    if os.environ.get("CHITU_COMMIT"):
-        return os.environ["CHITU_COMMIT"]
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def stock_loop(pipe, params: DiffusionUserParams) -> tuple[torch.Tensor, float]:

@@ -26,3 +26,29 @@ def tiny_pipeline(tiny_model_dir):
     from chitu_diffusion.engine import Engine
 
     return Engine.load(tiny_model_dir, EngineConfig.from_overrides(["infer.diffusion.device=cpu"]))
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory):
+    """A SeaweedFS S3 server on loopback with keys enforced (the dev cluster's own `start_s3`), for tests that
+    need S3 without a control plane. Yields its `S3Credentials`."""
+    from chitu_devcluster.layout import StateDir
+    from chitu_devcluster.processes import ProcessTable
+    from chitu_devcluster.s3 import start_s3
+
+    state = StateDir(tmp_path_factory.mktemp("seaweedfs"))
+    procs = ProcessTable(state.pids, state.logs)
+    try:
+        yield start_s3(state, procs)
+    finally:
+        procs.stop_all()
+
+
+@pytest.fixture
+def bucket(seaweedfs) -> str:
+    """A fresh bucket on `seaweedfs`."""
+    import uuid
+
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    seaweedfs.client().create_bucket(Bucket=name)
+    return name

@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -19,9 +18,7 @@ import pytest
 import yaml
 from harness import free_port
 
-from chitu_devcluster.layout import StateDir
-from chitu_devcluster.processes import ProcessTable
-from chitu_devcluster.s3 import S3Credentials, start_s3
+from chitu_devcluster.s3 import S3Credentials
 
 pytestmark = pytest.mark.distributed
 
@@ -40,21 +37,9 @@ if os.environ.get("RANK") == "1":
 """
 
 
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory) -> Iterator[S3Credentials]:
-    state = StateDir(tmp_path_factory.mktemp("seaweedfs"))
-    procs = ProcessTable(state.pids, state.logs)
-    try:
-        yield start_s3(state, procs)
-    finally:
-        procs.stop_all()
-
-
 @pytest.fixture
-def bucket(s3) -> str:
-    name = f"t-{uuid.uuid4().hex[:12]}"
-    s3.client().create_bucket(Bucket=name)
-    return name
+def s3(seaweedfs):
+    return seaweedfs
 
 
 def write_job(path: Path, model_dir: Path, bucket: str, prompts: list[str], **spec) -> Path:

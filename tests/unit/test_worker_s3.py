@@ -14,8 +14,6 @@ import os
 import subprocess
 import sys
 import threading
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,9 +21,7 @@ import yaml
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
-from chitu_devcluster.layout import StateDir
-from chitu_devcluster.processes import ProcessTable
-from chitu_devcluster.s3 import S3Credentials, start_s3
+from chitu_devcluster.s3 import S3Credentials
 from chitu_worker import outputs
 from chitu_worker.config import build_plan
 from chitu_worker.env import PodEnv
@@ -38,14 +34,9 @@ WORKER = Path(sys.executable).with_name("chitu-worker")
 GENERATION = {"steps": 4, "height": 64, "width": 64, "frames": 9, "fps": 8, "seed": 3}
 
 
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory) -> Iterator[S3Credentials]:
-    state = StateDir(tmp_path_factory.mktemp("seaweedfs"))
-    procs = ProcessTable(state.pids, state.logs)
-    try:
-        yield start_s3(state, procs)
-    finally:
-        procs.stop_all()
+@pytest.fixture
+def s3(seaweedfs):
+    return seaweedfs
 
 
 @pytest.fixture
@@ -54,13 +45,6 @@ def s3_env(s3, monkeypatch) -> S3Credentials:
     for name, value in s3.env().items():
         monkeypatch.setenv(name, value)
     return s3
-
-
-@pytest.fixture
-def bucket(s3) -> str:
-    name = f"t-{uuid.uuid4().hex[:12]}"
-    s3.client().create_bucket(Bucket=name)
-    return name
 
 
 @pytest.fixture
