@@ -180,6 +180,7 @@ def _run_generate(args: argparse.Namespace) -> int:
     from chitu_diffusion.flex_cache.registry import get_strategy
     from chitu_diffusion.models.loading import ModelFolderError
     from chitu_diffusion.parallel.engine import check_launch, load_engine
+    from chitu_diffusion.parallel.launch import leave_gang
     from chitu_diffusion.task import DiffusionUserParams
 
     try:
@@ -197,6 +198,7 @@ def _run_generate(args: argparse.Namespace) -> int:
         engine = load_engine(args.model, config)  # a ParallelEngine under torchrun
         with _progress(params.num_inference_steps) as on_step:
             result = engine.generate(params, args.output, args.name, on_step=on_step)
+        leave_gang()
     except ConfigError as err:
         raise UsageError(err.errors) from None
     except ModelFolderError as err:

@@ -55,3 +55,15 @@ def init_distributed(env: DistributedEnv, device: str) -> torch.device:
         dist.init_process_group(backend, rank=env.rank, world_size=env.world_size, timeout=COLLECTIVE_TIMEOUT)
     logger.info("rank %d/%d joined the gang (%s on %s)", env.rank, env.world_size, backend, torch_device)
     return torch_device
+
+
+def leave_gang() -> None:
+    """Wait for every rank (rank 0 may still be decoding and writing), then tear the process group down.
+
+    A rank that exits while its gloo group is alive can abort in the group's destructor ("terminate called
+    without an active exception", seen on the 2-core CI machine), turning a finished run into a failure.
+    No-op outside a gang.
+    """
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

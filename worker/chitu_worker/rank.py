@@ -25,7 +25,7 @@ import torch.distributed as dist
 
 from chitu_diffusion.flex_cache.registry import get_strategy
 from chitu_diffusion.parallel.engine import check_launch, load_engine
-from chitu_diffusion.parallel.launch import DistributedEnv, init_distributed
+from chitu_diffusion.parallel.launch import DistributedEnv, init_distributed, leave_gang
 from chitu_worker import outputs
 from chitu_worker.config import WorkerPlan
 from chitu_worker.failures import EXIT_FAILED, exit_code, one_line, write_rank_error_file
@@ -55,7 +55,7 @@ def gang(env: DistributedEnv, plan: WorkerPlan) -> Iterator[None]:
         return
     init_distributed(env, plan.engine.diffusion.resolved_device(torch.cuda.is_available()))
     yield
-    dist.destroy_process_group()  # only after success: a failed rank exits and torchrun tears the rest down
+    leave_gang()  # only after success: a failed rank exits and torchrun tears the rest down
 
 
 def from_leader(env: DistributedEnv, compute: Callable[[], T]) -> T:
