@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from diffusers.hooks import ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
 from chitu_diffusion.flex_cache.hooks import (
+    StatefulHook,
     attach_hook,
     current_step,
     detach_hooks,
@@ -112,16 +112,13 @@ class _RecorderState(BaseState):
         self.__init__()
 
 
-class _RecordHook(ModelHook):
+class _RecordHook(StatefulHook):
     """Head: remember the modulation and the stack input. Tail: measure both relative changes. Never alters
     the computation, so calibration runs are full-compute runs."""
 
-    _is_stateful = True
-
     def __init__(self, recorder: TeaCacheRecorder, is_head: bool, is_tail: bool) -> None:
-        super().__init__()
+        super().__init__(recorder.state_manager)
         self.recorder = recorder
-        self.state_manager = recorder.state_manager
         self.is_head = is_head
         self.is_tail = is_tail
 
@@ -147,10 +144,6 @@ class _RecordHook(ModelHook):
             state.previous_modulation, state.previous_residual = state.modulation, residual
             state.modulation = state.stack_input = None
         return output
-
-    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
-        self.state_manager.reset()
-        return module
 
 
 @dataclass

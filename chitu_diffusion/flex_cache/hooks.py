@@ -34,6 +34,21 @@ class ContextState(BaseState):
         pass
 
 
+class StatefulHook(ModelHook):
+    """A hook whose per-branch state lives in `state_manager`, so `cache_context` reaches it and diffusers'
+    `reset_stateful_hooks` clears it."""
+
+    _is_stateful = True
+
+    def __init__(self, state_manager: StateManager) -> None:
+        super().__init__()
+        self.state_manager = state_manager
+
+    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        self.state_manager.reset()
+        return module
+
+
 def context_manager() -> StateManager:
     return StateManager(ContextState)
 

@@ -14,21 +14,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from kubernetes import client
 
 from chitu_devcluster.cluster import DevCluster, operator_installed
+from chitu_operator.gang import KubeClients
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class K8s:
-    """Admin clients (system:masters) of the session's cluster."""
-
-    api_client: client.ApiClient
-    core: client.CoreV1Api
-    custom: client.CustomObjectsApi
-    rbac: client.RbacAuthorizationV1Api
 
 
 @dataclass(frozen=True)
@@ -74,14 +64,13 @@ def operator_process(cluster: DevCluster) -> Iterator[DevCluster]:
 
 
 @pytest.fixture(scope="session")
-def k8s(cluster: DevCluster) -> K8s:
-    api_client = cluster.api_client()
-    return K8s(api_client, client.CoreV1Api(api_client), client.CustomObjectsApi(api_client),
-               client.RbacAuthorizationV1Api(api_client))
+def k8s(cluster: DevCluster) -> KubeClients:
+    """Admin clients (system:masters) of the session's cluster: the operator's own client bundle."""
+    return KubeClients.from_api_client(cluster.api_client())
 
 
 @pytest.fixture
-def namespace(k8s: K8s) -> Iterator[str]:
+def namespace(k8s: KubeClients) -> Iterator[str]:
     """A fresh namespace, deleted (with everything in it, by the namespace controller) after the test."""
     name = f"e2e-{uuid.uuid4().hex[:8]}"
     k8s.core.create_namespace({"metadata": {"name": name}})

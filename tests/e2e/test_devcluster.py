@@ -71,7 +71,7 @@ def test_control_plane_and_node_are_ready(cluster: DevCluster, k8s):
     assert node.status.allocatable[GPU_RESOURCE] == "8"
     assert {c.type: c.status for c in node.status.conditions}["Ready"] == "True"
     assert not node.spec.taints
-    lease = client.CoordinationV1Api(k8s.api_client).read_namespaced_lease(NODE_NAME, "kube-node-lease")
+    lease = client.CoordinationV1Api(k8s.core.api_client).read_namespaced_lease(NODE_NAME, "kube-node-lease")
     assert lease.spec.holder_identity == NODE_NAME
 
 

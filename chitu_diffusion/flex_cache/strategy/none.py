@@ -3,31 +3,23 @@
 from __future__ import annotations
 
 import torch
-from diffusers.hooks import ModelHook
 
 from chitu_diffusion.flex_cache.base import Decision, DecisionLog, FlexCacheStrategy
-from chitu_diffusion.flex_cache.hooks import attach_hook, context_manager, current_step, detach_hooks
+from chitu_diffusion.flex_cache.hooks import StatefulHook, attach_hook, context_manager, current_step, detach_hooks
 from chitu_diffusion.flex_cache.registry import register_strategy
 
 _HOOK = "chitu_flexcache_none"
 
 
-class _LogComputeHook(ModelHook):
-    _is_stateful = True
-
+class _LogComputeHook(StatefulHook):
     def __init__(self, log: DecisionLog):
-        super().__init__()
-        self.state_manager = context_manager()
+        super().__init__(context_manager())
         self.log = log
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         context = self.state_manager.context
         self.log.record(current_step(context), context.name, "blocks", Decision.COMPUTE)
         return self.fn_ref.original_forward(*args, **kwargs)
-
-    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
-        self.state_manager.reset()
-        return module
 
 
 @register_strategy

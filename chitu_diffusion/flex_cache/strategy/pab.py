@@ -23,11 +23,17 @@ import math
 from dataclasses import dataclass
 
 import torch
-from diffusers.hooks import ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
 from chitu_diffusion.flex_cache.base import Decision, FlexCacheStrategy
-from chitu_diffusion.flex_cache.hooks import CacheMeter, attach_hook, current_step, detach_hooks, refresh_registries
+from chitu_diffusion.flex_cache.hooks import (
+    CacheMeter,
+    StatefulHook,
+    attach_hook,
+    current_step,
+    detach_hooks,
+    refresh_registries,
+)
 from chitu_diffusion.flex_cache.registry import register_strategy
 
 logger = logging.getLogger(__name__)
@@ -74,17 +80,14 @@ class PABState(BaseState):
         self.__init__()
 
 
-class PABAttentionHook(ModelHook):
+class PABAttentionHook(StatefulHook):
     """Computes or broadcasts one attention module's output, per branch."""
 
-    _is_stateful = True
-
     def __init__(self, strategy: PAB, unit: str, broadcast_range: int) -> None:
-        super().__init__()
+        super().__init__(StateManager(PABState))
         self.strategy = strategy
         self.unit = unit
         self.broadcast_range = broadcast_range
-        self.state_manager = StateManager(PABState)
 
     # Opaque to torch.compile: tracing this per-module, per-step state makes dynamo guard on it and recompile
     # every block until its limit (seen on H200: recompile_limit hit, blocks fell back to eager). The attention
@@ -117,10 +120,6 @@ class PABAttentionHook(ModelHook):
         if state.output is None or not self._reusable(step, num_steps):
             return Decision.COMPUTE
         return Decision.REUSE if step - state.computed_step < self.broadcast_range else Decision.COMPUTE
-
-    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
-        self.state_manager.reset()
-        return module
 
 
 @register_strategy

@@ -23,13 +23,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from diffusers.hooks import ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
 from chitu_diffusion.flex_cache.base import Decision, FlexCacheStrategy
 from chitu_diffusion.flex_cache.calibrate import find_calibration, load_calibration
 from chitu_diffusion.flex_cache.hooks import (
     CacheMeter,
+    StatefulHook,
     attach_hook,
     current_step,
     detach_hooks,
@@ -120,16 +120,13 @@ class TeaCacheState(BaseState):
         self.__init__()
 
 
-class TeaCacheBlockHook(ModelHook):
+class TeaCacheBlockHook(StatefulHook):
     """On every block: the head (block 0) decides and, when reusing, returns input + cached residual; the
     middle blocks then pass their input through; the tail (last block) stores the fresh residual."""
 
-    _is_stateful = True
-
     def __init__(self, strategy: TeaCache, state_manager: StateManager, is_head: bool, is_tail: bool) -> None:
-        super().__init__()
+        super().__init__(state_manager)
         self.strategy = strategy
-        self.state_manager = state_manager
         self.is_head = is_head
         self.is_tail = is_tail
 
@@ -185,10 +182,6 @@ class TeaCacheBlockHook(ModelHook):
         if not decision.reused:
             state.accumulated = 0.0
         return decision.reused
-
-    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
-        self.state_manager.reset()
-        return module
 
 
 @register_strategy

@@ -29,11 +29,17 @@ import logging
 from pathlib import Path
 
 import torch
-from diffusers.hooks import ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
 from chitu_diffusion.flex_cache.base import FlexCacheStrategy
-from chitu_diffusion.flex_cache.hooks import CacheMeter, attach_hook, current_step, detach_hooks, refresh_registries
+from chitu_diffusion.flex_cache.hooks import (
+    CacheMeter,
+    StatefulHook,
+    attach_hook,
+    current_step,
+    detach_hooks,
+    refresh_registries,
+)
 from chitu_diffusion.flex_cache.registry import register_strategy
 from chitu_diffusion.flex_cache.strategy.ditango.planner import DiTangoConfig, DiTangoPlanner
 from chitu_diffusion.flex_cache.strategy.ditango.policy_image import LEGEND, write_png, write_ppm
@@ -56,24 +62,17 @@ class DiTangoBranchState(BaseState):
         self.states.clear()
 
 
-class DiTangoStepHook(ModelHook):
+class DiTangoStepHook(StatefulHook):
     """On the transformer: plans each step before its first layer runs, and carries the branch context."""
 
-    _is_stateful = True
-
     def __init__(self, planner: DiTangoPlanner) -> None:
-        super().__init__()
+        super().__init__(StateManager(DiTangoBranchState))
         self.planner = planner
-        self.state_manager = StateManager(DiTangoBranchState)
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         context = self.state_manager.context
         self.planner.begin_step(current_step(context), context.num_inference_steps)
         return self.fn_ref.original_forward(*args, **kwargs)
-
-    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
-        self.state_manager.reset()
-        return module
 
 
 def attention_state_error_sq(fresh: AttentionState, cached: AttentionState, total_lse: torch.Tensor) -> torch.Tensor:
