@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -29,6 +29,8 @@ from chitu_diffusion.metrics import StageTimer, peak_memory, reset_peak_memory, 
 from chitu_diffusion.models.adapter import adapter_for
 from chitu_diffusion.models.loading import load_wan_pipeline
 from chitu_diffusion.pipeline import (
+    Guide,
+    PredictNoise,
     StepCallback,
     decode_latents,
     denoise,
@@ -155,6 +157,22 @@ class Engine:
             # fullgraph=False: FlexCache hooks inside the blocks make data-dependent choices dynamo must break on.
             self.transformer.compile_repeated_blocks(fullgraph=False)
 
+    def _check_request(self, params: DiffusionUserParams) -> None:
+        """Reject, before any work, a request this engine cannot run."""
+        self.check_config(self.config, get_strategy(params.cache.strategy))
+
+    def _seed(self, params: DiffusionUserParams) -> int:
+        return params.seed if params.seed is not None else secrets.randbits(32)
+
+    @contextmanager
+    def _denoiser(
+        self, params: DiffusionUserParams, predict_noise: PredictNoise
+    ) -> Iterator[tuple[Guide, FlexCacheStrategy]]:
+        """The guide of the denoising loop and the request's FlexCache strategy, attached for this request only.
+        Both CFG branches on this device; `ParallelEngine` swaps in its gang's layout here."""
+        with attached(get_strategy(params.cache.strategy)(params.cache, self.adapter), self.transformer) as strategy:
+            yield partial(guided_noise, predict_noise, params.guidance_scale), strategy
+
     @torch.no_grad()
     def sample(
         self,
@@ -165,18 +183,16 @@ class Engine:
         visualisation_dir: Path | None = None,
     ) -> Sample:
         """Text encoding and the denoising loop with the request's FlexCache strategy attached."""
-        strategy_cls = get_strategy(params.cache.strategy)
-        self.check_config(self.config, strategy_cls)
+        self._check_request(params)
         timer = timer or StageTimer(self.device)
-        seed = params.seed if params.seed is not None else secrets.randbits(32)
+        seed = self._seed(params)
         with timer.stage("text_encode"):
             embeds = encode_text(
                 self.pipe, params.prompt, params.negative_prompt, params.do_classifier_free_guidance, self.device
             )
         latents = initial_noise(self.pipe, params.num_frames, params.height, params.width, seed, self.device)
         scheduler = type(self.pipe.scheduler).from_config(self.pipe.scheduler.config)  # per-request solver state
-        guide = partial(guided_noise, transformer_noise_predictor(self.transformer, embeds), params.guidance_scale)
-        with attached(strategy_cls(params.cache, self.adapter), self.transformer) as strategy:
+        with self._denoiser(params, transformer_noise_predictor(self.transformer, embeds)) as (guide, strategy):
             with timer.stage("denoise"):
                 latents = denoise(latents, scheduler, params.num_inference_steps, guide, timer, on_step)
             report, files = cache_report(strategy, visualisation_dir)
@@ -194,7 +210,7 @@ class Engine:
         if not isinstance(params, DiffusionUserParams):
             params = DiffusionUserParams.model_validate(params)
         check_output_name(name)
-        self.check_config(self.config, get_strategy(params.cache.strategy))
+        self._check_request(params)
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         timer = StageTimer(self.device)

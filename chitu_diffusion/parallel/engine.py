@@ -18,7 +18,8 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,19 +32,17 @@ from chitu_diffusion.engine import (
     Engine,
     GenerationResult,
     Sample,
-    cache_report,
     check_output_name,
     check_single_process,
 )
 from chitu_diffusion.flex_cache.base import FlexCacheStrategy
 from chitu_diffusion.flex_cache.registry import get_strategy
-from chitu_diffusion.metrics import StageTimer
 from chitu_diffusion.models.loading import check_model_folder, load_wan_pipeline
 from chitu_diffusion.parallel.groups import ParallelGroups, build_groups
 from chitu_diffusion.parallel.launch import DistributedEnv, init_distributed
 from chitu_diffusion.parallel.layout import LayoutError, ParallelLayout
 from chitu_diffusion.parallel.parallelize import parallelized
-from chitu_diffusion.pipeline import StepCallback, denoise, encode_text, initial_noise, transformer_noise_predictor
+from chitu_diffusion.pipeline import Guide, PredictNoise, StepCallback
 from chitu_diffusion.task import FRAME_STRIDE, SPATIAL_STRIDE, DiffusionUserParams
 
 logger = logging.getLogger(__name__)
@@ -104,7 +103,7 @@ class ParallelEngine(Engine):
                 f"{layout.ring}: set infer.diffusion.up_limit so that cp_size / ulysses >= 2 (up_limit=1: all ring)"
             )
 
-    def _shared_seed(self, params: DiffusionUserParams) -> int:
+    def _seed(self, params: DiffusionUserParams) -> int:
         """The request's seed, or rank 0's random draw sent to every rank (all ranks must start from one noise)."""
         if params.seed is not None:
             return params.seed
@@ -112,33 +111,16 @@ class ParallelEngine(Engine):
         dist.broadcast_object_list(seed, src=0, group=self.groups.world)
         return seed[0]
 
-    @torch.no_grad()
-    def sample(
-        self,
-        params: DiffusionUserParams,
-        *,
-        timer: StageTimer | None = None,
-        on_step: StepCallback | None = None,
-        visualisation_dir: Path | None = None,
-    ) -> Sample:
-        """Denoise on every rank of the gang; the returned latents are the same on all ranks."""
-        self._check_request(params)
-        timer = timer or StageTimer(self.device)
-        seed = self._shared_seed(params)
-        with timer.stage("text_encode"):
-            embeds = encode_text(
-                self.pipe, params.prompt, params.negative_prompt, params.do_classifier_free_guidance, self.device
-            )
-        latents = initial_noise(self.pipe, params.num_frames, params.height, params.width, seed, self.device)
-        scheduler = type(self.pipe.scheduler).from_config(self.pipe.scheduler.config)
+    @contextmanager
+    def _denoiser(
+        self, params: DiffusionUserParams, predict_noise: PredictNoise
+    ) -> Iterator[tuple[Guide, FlexCacheStrategy]]:
+        """The gang's layout (CFG split, context parallelism, cache, compile) for one request; every rank ends
+        the loop with the same latents."""
         settings = self.config.diffusion
         options = dict(cache=params.cache, backend=settings.attention_backend, compile=settings.compile)
         with parallelized(self.transformer, self.adapter, self.groups, **options) as par:
-            guide = par.guide(transformer_noise_predictor(self.transformer, embeds), params.guidance_scale)
-            with timer.stage("denoise"):
-                latents = denoise(latents, scheduler, params.num_inference_steps, guide, timer, on_step)
-            report, files = cache_report(par.strategy, visualisation_dir)
-        return Sample(latents, seed, report, files)
+            yield par.guide(predict_noise, params.guidance_scale), par.strategy
 
     @torch.no_grad()
     def generate(
