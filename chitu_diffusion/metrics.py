@@ -22,14 +22,26 @@ METRICS_FILE = "metrics.json"
 
 
 class StageTimer:
-    """Wall time per named stage and per denoising step, with a device sync around each measurement."""
+    """Wall time per named stage (device synced at both ends) and per denoising step.
+
+    Steps are timed without host syncs: on CUDA each step records a pair of events and the times are read once,
+    after the loop, so measuring does not stall the GPU queue between steps.
+    """
 
     def __init__(self, device: torch.device):
-        self._sync: Callable[[], None] = (
-            (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-        )
+        self._cuda = device.type == "cuda"
+        self._sync: Callable[[], None] = (lambda: torch.cuda.synchronize(device)) if self._cuda else (lambda: None)
         self.stages: dict[str, float] = {}
-        self.steps: list[float] = []  # DiT time of each denoising step (all CFG branches of that step)
+        self._step_marks: list = []  # (start, end): CUDA event pairs, or perf_counter floats on CPU
+
+    @property
+    def steps(self) -> list[float]:
+        """DiT seconds of each denoising step (all CFG branches of that step)."""
+        if self._cuda:
+            if self._step_marks:
+                self._step_marks[-1][1].synchronize()
+            return [start.elapsed_time(end) / 1000 for start, end in self._step_marks]
+        return [end - start for start, end in self._step_marks]
 
     def _start(self) -> float:
         self._sync()
@@ -47,9 +59,16 @@ class StageTimer:
 
     @contextmanager
     def step(self) -> Iterator[None]:
-        start = self._start()
-        yield
-        self.steps.append(self._elapsed(start))
+        if self._cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            yield
+            end.record()
+        else:
+            start = time.perf_counter()
+            yield
+            end = time.perf_counter()
+        self._step_marks.append((start, end))
 
 
 def reset_peak_memory(device: torch.device) -> None:
