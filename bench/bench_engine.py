@@ -11,8 +11,8 @@ and the same seeded noise, and the timed region is the 50-step CFG denoising loo
 Modes: `stock` = diffusers' WanTransformer3DModel forward loop as shipped (eager, its default attention, cuDNN
 on H100); `chitu-none` = our engine, no cache (regional compile + the fastest exact attention kernel found);
 `chitu-<strategy>` = our engine with that strategy at --cache-ratio. rel-L2 is over the final latents.
-`chitu-teacache-calibrated`: TeaCache's published polynomials were fitted on the released weights; random weights
-change the modulation ~10x more per step, far outside that fit, so the bench also fits this model's own polynomial
+`chitu-teacache-calibrated`: TeaCache's published polynomials were fitted on the released weights; on random weights
+the step-to-step modulation change need not lie where that fit holds, so the bench also fits this model's own polynomial
 with `chitu_diffusion.flex_cache.calibrate` (as `chitu calibrate-teacache` does) on a smaller video and reruns.
 """
 
