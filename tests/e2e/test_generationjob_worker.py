@@ -31,9 +31,9 @@ TIMEOUT = 600  # worker processes importing torch and generating on 2 CPU cores
 CRASH_RANK_1_IN_PROMPT_1 = """
 import os
 if os.environ.get("RANK") == "1" and os.environ.get("CHITU_RESTART_ATTEMPT") == "0":
-    import chitu_diffusion.parallel.engine as parallel_engine
+    import chitu_diffusion.engine as engine  # Engine.sample runs the loop for ParallelEngine too
 
-    denoise, calls = parallel_engine.denoise, []
+    denoise, calls = engine.denoise, []
 
     def crashing_denoise(latents, scheduler, num_steps, guide, timer, on_step=None):
         calls.append(num_steps)
@@ -45,7 +45,7 @@ if os.environ.get("RANK") == "1" and os.environ.get("CHITU_RESTART_ATTEMPT") == 
                 on_step(done, total)
         return denoise(latents, scheduler, num_steps, guide, timer, after_step)
 
-    parallel_engine.denoise = crashing_denoise
+    engine.denoise = crashing_denoise
 """
 
 
