@@ -3,7 +3,7 @@
 Liu et al., "Ring Attention with Blockwise Transformers", https://arxiv.org/abs/2310.01889.
 
 The attention state of queries Q against one K/V block is (out, lse): the block's softmax-weighted values and the
-log-sum-exp of its scores. States of disjoint blocks merge exactly (`merge`), so a rank attends to its own block
+log-sum-exp of its scores. States of disjoint blocks merge exactly (`merge_states`), so a rank attends to its own block
 and to every other ring rank's block in turn and never holds the whole sequence's K/V.
 
 Hop schedule: at hop d (1..R-1) rank r sends its *own* K/V to rank (r + d) mod R and receives the K/V of rank
@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
+from chitu_diffusion.attention.fusion import fused_on_cuda
 from chitu_diffusion.attention.kernels import LseKernel
 
 logger = logging.getLogger(__name__)
@@ -40,21 +40,22 @@ class AttentionState:
     lse: torch.Tensor  # (B, H, Lq) fp32 log-sum-exp of this block's scaled scores
 
 
-def merge(a: AttentionState, b: AttentionState) -> AttentionState:
-    """The exact state over both blocks (fp32): a weighted mean of the outs, weights from the lses."""
-    # e^lse_b / (e^lse_a + e^lse_b): b's share of the merged softmax mass
-    weight_b = torch.sigmoid(b.lse - a.lse).transpose(1, 2).unsqueeze(-1)  # (B, Lq, H, 1)
-    out = torch.lerp(a.out.float(), b.out.float(), weight_b)  # (B, Lq, H, D)
-    lse = a.lse - F.logsigmoid(a.lse - b.lse)  # (B, H, Lq) = log(e^lse_a + e^lse_b)
-    return AttentionState(out, lse)
+@fused_on_cuda
+def _merge(outs: list[torch.Tensor], lses: list[torch.Tensor], out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    lse = torch.logsumexp(torch.stack(lses), dim=0)  # (B, H, Lq) log of the summed softmax mass
+    out = None
+    for block_out, block_lse in zip(outs, lses):
+        share = torch.exp(block_lse - lse).transpose(1, 2).unsqueeze(-1)  # (B, Lq, H, 1) this block's mass share
+        term = share * block_out.float()
+        out = term if out is None else out + term
+    return out.to(out_dtype), lse
 
 
-def merge_all(states: list[AttentionState]) -> AttentionState:
-    """Left fold of `merge` in list order (a fixed order keeps results bit-reproducible)."""
-    merged = states[0]
-    for state in states[1:]:
-        merged = merge(merged, state)
-    return merged
+def merge_states(states: list[AttentionState], out_dtype: torch.dtype = torch.float32) -> AttentionState:
+    """The exact state over all blocks: the outs weighted by their share of the softmax mass, summed in fp32 in list
+    order (fixed, so results are bit-reproducible); one fused kernel on GPU. `out_dtype` is the merged out's."""
+    merged = _merge([s.out for s in states], [s.lse for s in states], out_dtype)
+    return AttentionState(*merged)
 
 
 def token_spans(tokens: int, parts: int) -> list[tuple[int, int]]:
@@ -65,13 +66,13 @@ def token_spans(tokens: int, parts: int) -> list[tuple[int, int]]:
 class _Transfer:
     """One hop in flight: our K/V going out, the peer's coming in."""
 
-    def __init__(self, works: list, send: torch.Tensor, recv: torch.Tensor):
-        self.works, self.send, self.recv = works, send, recv  # `send` is held until the hop completes
+    def __init__(self, works: list, sent: tuple[torch.Tensor, ...], received: tuple[torch.Tensor, torch.Tensor]):
+        self.works, self.sent, self.received = works, sent, received  # `sent` is held until the hop completes
 
-    def wait(self) -> torch.Tensor:
+    def wait(self) -> tuple[torch.Tensor, torch.Tensor]:
         for work in self.works:
             work.wait()
-        return self.recv  # (2, B, n, H, D) stacked K and V
+        return self.received  # K and V (B, n, H, D) of the wanted sub-blocks, in order
 
 
 class RingAttention:
@@ -96,7 +97,7 @@ class RingAttention:
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         local, remote = self.attend(q, k, v)
-        return merge(local, merge_all(remote)).out.to(q.dtype)  # (B, Lq, H, D)
+        return merge_states([local, *remote], q.dtype).out  # (B, Lq, H, D)
 
     def attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, compute: list[bool] | None = None
@@ -110,31 +111,29 @@ class RingAttention:
             for d in range(1, self.degree)
         }
         hops = [d for d, subs in wanted.items() if subs]
-        kv = torch.stack((k, v))  # (2, B, Lk, H, D)
         remote: list[AttentionState | None] = [None] * self.num_groups
-        transfer = self._post(hops[0], kv, [spans[s] for s in wanted[hops[0]]]) if hops else None
+        transfer = self._post(hops[0], k, v, [spans[s] for s in wanted[hops[0]]]) if hops else None
         local = AttentionState(*self.kernel(q, k, v))  # overlaps hop 1's transfer
         for i, d in enumerate(hops):
-            received = transfer.wait()  # (2, B, n, H, D) the wanted sub-blocks, in order
+            k_received, v_received = transfer.wait()  # (B, n, H, D) the wanted sub-blocks, in order
             if i + 1 < len(hops):
-                transfer = self._post(hops[i + 1], kv, [spans[s] for s in wanted[hops[i + 1]]])
+                transfer = self._post(hops[i + 1], k, v, [spans[s] for s in wanted[hops[i + 1]]])
             offset = 0
             for s in wanted[d]:
                 size = spans[s][1] - spans[s][0]
-                k_block, v_block = received[:, :, offset : offset + size].unbind(0)  # (B, size, H, D) each
-                remote[(d - 1) * parts + s] = AttentionState(*self.kernel(q, k_block, v_block))
+                block = slice(offset, offset + size)
+                remote[(d - 1) * parts + s] = AttentionState(*self.kernel(q, k_received[:, block], v_received[:, block]))
                 offset += size
         return local, remote
 
-    def _post(self, hop: int, kv: torch.Tensor, spans: list[tuple[int, int]]) -> _Transfer:
+    def _post(self, hop: int, k: torch.Tensor, v: torch.Tensor, spans: list[tuple[int, int]]) -> _Transfer:
         """Start sending our sub-blocks `spans` to the rank `hop` ahead and receiving the same from `hop` behind."""
-        if sum(end - start for start, end in spans) == kv.shape[2]:
-            send = kv  # (2, B, Lk, H, D) every sub-block, in order: the whole partition, no copy
+        if sum(end - start for start, end in spans) == k.shape[1]:
+            sent = (k.contiguous(), v.contiguous())  # every sub-block, in order: the whole partition (no copy)
         else:
-            send = torch.cat([kv[:, :, start:end] for start, end in spans], dim=2)  # (2, B, n, H, D)
-        recv = torch.empty_like(send)
-        ops = [
-            dist.P2POp(dist.isend, send, group=self.group, group_peer=(self.rank + hop) % self.degree),
-            dist.P2POp(dist.irecv, recv, group=self.group, group_peer=(self.rank - hop) % self.degree),
-        ]
-        return _Transfer(dist.batch_isend_irecv(ops), send, recv)
+            sent = tuple(torch.cat([x[:, start:end] for start, end in spans], dim=1) for x in (k, v))  # (B, n, H, D)
+        received = (torch.empty_like(sent[0]), torch.empty_like(sent[1]))
+        to_peer, from_peer = (self.rank + hop) % self.degree, (self.rank - hop) % self.degree
+        ops = [dist.P2POp(dist.isend, x, group=self.group, group_peer=to_peer) for x in sent]
+        ops += [dist.P2POp(dist.irecv, x, group=self.group, group_peer=from_peer) for x in received]
+        return _Transfer(dist.batch_isend_irecv(ops), sent, received)

@@ -5,7 +5,7 @@ import torch
 
 from chitu_diffusion.attention.kernels import _math_with_lse
 from chitu_diffusion.flex_cache.strategy.ditango.ditango import attention_state_error_sq
-from chitu_diffusion.parallel.ring import AttentionState, merge, merge_all, token_spans
+from chitu_diffusion.parallel.ring import AttentionState, merge_states, token_spans
 
 
 def _qkv(tokens: int = 24, seed: int = 0):
@@ -17,7 +17,7 @@ def test_merging_block_states_equals_full_attention():
     q, k, v = _qkv()
     full_out, full_lse = _math_with_lse(q, k, v)
     states = [AttentionState(*_math_with_lse(q, k[:, a:b], v[:, a:b])) for a, b in token_spans(k.shape[1], 5)]
-    merged = merge(states[0], merge_all(states[1:]))
+    merged = merge_states(states)
     torch.testing.assert_close(merged.out, full_out, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(merged.lse, full_lse, rtol=1e-5, atol=1e-6)
 
@@ -30,7 +30,7 @@ def test_token_spans_cover_the_partition():
 def test_ase_is_zero_for_an_unchanged_state_and_grows_with_the_change():
     q, k, v = _qkv()
     state = AttentionState(*_math_with_lse(q, k[:, :12], v[:, :12]))
-    total = merge(state, AttentionState(*_math_with_lse(q, k[:, 12:], v[:, 12:])))
+    total = merge_states([state, AttentionState(*_math_with_lse(q, k[:, 12:], v[:, 12:]))])
     assert float(attention_state_error_sq(state, state, total.lse)) == 0.0
     small = AttentionState(state.out * 1.01, state.lse)
     large = AttentionState(state.out * 1.10, state.lse)

@@ -8,7 +8,8 @@ recomputes only the groups whose drift is large:
 - Group: each remote partition (a ring peer's K/V) is cut along its tokens into G sub-blocks, G = ceil(4 / (ring
   - 1)), so every layer has >= 4 groups (a ring of 2 has one remote partition and 4 groups). Group g = (hop - 1) *
   G + sub-block, with hop d meaning the partition of the ring rank d places back.
-- Local partition: always computed, merged last with the merged remote groups (fresh or cached).
+- Local partition: always computed and never cached; merged with the remote groups' states (fresh or cached) in
+  one fused pass.
 - Reuse skips both the compute and the communication: the plan is identical on all ranks, so a sub-block nobody
   computes is not sent.
 - ASE (attention-state error) of group g at an anchor: the change of g's contribution to the layer output,
@@ -31,6 +32,7 @@ from pathlib import Path
 import torch
 from diffusers.hooks.hooks import BaseState, StateManager
 
+from chitu_diffusion.attention.fusion import fused_on_cuda
 from chitu_diffusion.flex_cache.base import FlexCacheStrategy
 from chitu_diffusion.flex_cache.hooks import (
     CacheMeter,
@@ -44,7 +46,7 @@ from chitu_diffusion.flex_cache.registry import register_strategy
 from chitu_diffusion.flex_cache.strategy.ditango.planner import DiTangoConfig, DiTangoPlanner
 from chitu_diffusion.flex_cache.strategy.ditango.policy_image import LEGEND, write_png, write_ppm
 from chitu_diffusion.parallel.attention import ContextParallelAttention
-from chitu_diffusion.parallel.ring import AttentionState, RingAttention, merge, merge_all
+from chitu_diffusion.parallel.ring import AttentionState, RingAttention, merge_states
 
 logger = logging.getLogger(__name__)
 
@@ -75,11 +77,18 @@ class DiTangoStepHook(StatefulHook):
         return self.fn_ref.original_forward(*args, **kwargs)
 
 
+@fused_on_cuda
+def _share_change_sq(
+    fresh_out: torch.Tensor, fresh_lse: torch.Tensor, cached_out: torch.Tensor, cached_lse: torch.Tensor, total_lse: torch.Tensor
+) -> torch.Tensor:
+    weight_f = torch.exp(fresh_lse - total_lse).transpose(1, 2).unsqueeze(-1)  # (B, Lq, H, 1)
+    weight_c = torch.exp(cached_lse - total_lse).transpose(1, 2).unsqueeze(-1)
+    return (weight_c * cached_out.float() - weight_f * fresh_out.float()).square().sum()  # ()
+
+
 def attention_state_error_sq(fresh: AttentionState, cached: AttentionState, total_lse: torch.Tensor) -> torch.Tensor:
     """Squared L2 change of one group's contribution to the merged output (see the module docstring)."""
-    weight_f = torch.exp(fresh.lse - total_lse).transpose(1, 2).unsqueeze(-1)  # (B, Lq, H, 1)
-    weight_c = torch.exp(cached.lse - total_lse).transpose(1, 2).unsqueeze(-1)
-    return (weight_c * cached.out.float() - weight_f * fresh.out.float()).square().sum()  # ()
+    return _share_change_sq(fresh.out, fresh.lse, cached.out, cached.lse, total_lse)
 
 
 class DiTangoAttention:
@@ -102,10 +111,10 @@ class DiTangoAttention:
         cache: dict = hook.state_manager.get_state().states
         local, fresh = self.grouped.attend(q, k, v, compute)
         groups = range(len(compute))
-        remote = merge_all([fresh[g] if compute[g] else cache[(self.layer, g)] for g in groups])
-        total = merge(local, remote)  # out (B, Lq, H, D) fp32, lse (B, H, Lq)
+        remote = [fresh[g] if compute[g] else cache[(self.layer, g)] for g in groups]
+        total = merge_states([local, *remote], q.dtype)  # out (B, Lq, H, D), lse (B, H, Lq)
         if planner.measuring:
-            planner.observe_reference(self.layer, total.out.square().sum())
+            planner.observe_reference(self.layer, torch.linalg.vector_norm(total.out, dtype=torch.float32).square())
             for g in groups:
                 if (cached := cache.get((self.layer, g))) is not None:
                     planner.observe(self.layer, g, attention_state_error_sq(fresh[g], cached, total.lse))
@@ -115,7 +124,7 @@ class DiTangoAttention:
                 self.strategy.meter.replace(None if old is None else old.out, fresh[g].out)
                 self.strategy.meter.replace(None if old is None else old.lse, fresh[g].lse)
                 cache[(self.layer, g)] = fresh[g]
-        return total.out.to(q.dtype)  # (B, Lq, H, D)
+        return total.out  # (B, Lq, H, D)
 
     def _log(self, branch: str) -> None:
         planner, adapter = self.strategy.planner, self.strategy.adapter
