@@ -30,10 +30,6 @@ from chitu_diffusion.parallel.ring import RingAttention
 
 logger = logging.getLogger(__name__)
 
-#: Head chunks of the Ulysses pipeline (fewer when a rank's heads don't divide): more chunks hide more of the
-#: all-to-alls, fewer keep each attention call large enough to fill the GPU (Wan 1.3B at U=2: 6 heads -> 3 x 2).
-ULYSSES_HEAD_CHUNKS = 3
-
 
 @dataclass
 class ContextParallelHandle:
@@ -136,11 +132,6 @@ def _attach_boundaries(transformer: torch.nn.Module, sharder: _Sharder, handle: 
             handle.hooks.append(module.register_forward_hook(_output_gatherer(sharder, entry)))
 
 
-def ulysses_head_chunks(heads_per_rank: int) -> int:
-    """Pipeline chunks for Ulysses attention: the largest divisor of a rank's heads up to ULYSSES_HEAD_CHUNKS."""
-    return max(c for c in range(1, ULYSSES_HEAD_CHUNKS + 1) if heads_per_rank % c == 0)
-
-
 def apply_context_parallel(
     transformer: torch.nn.Module, adapter: ModelAdapter, groups: ParallelGroups, backend: str | None = None
 ) -> ContextParallelHandle:
@@ -159,8 +150,7 @@ def apply_context_parallel(
         _attach_boundaries(transformer, _Sharder(groups), handle)
         for block in adapter.blocks(transformer):
             attention = getattr(block, adapter.self_attention_attr)
-            chunks = 1 if ring is not None else ulysses_head_chunks(attention.heads // layout.ulysses)
-            core = ContextParallelAttention(groups.ulysses, layout.ulysses, ring or get_kernel(name), chunks)
+            core = ContextParallelAttention(groups.ulysses, layout.ulysses, ring or get_kernel(name))
             handle.processors.append(attention.processor)
             attention.set_processor(WanSelfAttnProcessor(core))
     except BaseException:
