@@ -10,12 +10,12 @@ Hop schedule: at hop d (1..R-1) rank r sends its *own* K/V to rank (r + d) mod R
 (r - d) mod R. A forwarding ring (relay what came in) moves the same bytes per rank, but here each message is
 local data, so a block nobody needs (DiTango's reused groups; its plan is the same on every rank) is simply not
 sent, and no hop waits on the previous hop's arrival. Transfers are double-buffered with batched isend/irecv:
-hop d+1 is posted before hop d's blocks are computed (hop 1 before the local block), so communication overlaps
-compute and at most two remote blocks are in memory.
+hop d+1 is posted before hop d's block is computed (hop 1 before the local block), so communication overlaps
+compute and at most two remote K/V blocks are in memory; their attention states (each the size of q) are merged
+once, at the end, in one fused pass.
 
-Groups: a remote partition can be split along its tokens into G sub-blocks; group g = (d - 1) * G + s is
-sub-block s of the partition d hops back, and `attend` returns one state per group. Plain ring attention uses
-G = 1 (one state per remote rank).
+`attend` returns the local state and one state per remote partition (hop order), and can skip any remote
+partition: that is the seam DiTango uses to reuse a cached state instead.
 """
 
 from __future__ import annotations
@@ -58,11 +58,6 @@ def merge_states(states: list[AttentionState], out_dtype: torch.dtype = torch.fl
     return AttentionState(*merged)
 
 
-def token_spans(tokens: int, parts: int) -> list[tuple[int, int]]:
-    """[start, end) of `parts` near-equal consecutive sub-blocks of `tokens` tokens."""
-    return [(tokens * s // parts, tokens * (s + 1) // parts) for s in range(parts)]
-
-
 class _Transfer:
     """One hop in flight: our K/V going out, the peer's coming in."""
 
@@ -72,28 +67,20 @@ class _Transfer:
     def wait(self) -> tuple[torch.Tensor, torch.Tensor]:
         for work in self.works:
             work.wait()
-        return self.received  # K and V (B, n, H, D) of the wanted sub-blocks, in order
+        return self.received  # the peer's K and V (B, Lk, H, D)
 
 
 class RingAttention:
     """Attention over the ring group's K/V; called with this rank's q, k, v of layout (B, L/R, H, D)."""
 
-    def __init__(
-        self, group: dist.ProcessGroup, degree: int, rank: int, kernel: LseKernel, groups_per_partition: int = 1
-    ):
+    def __init__(self, group: dist.ProcessGroup, degree: int, rank: int, kernel: LseKernel):
         if degree < 2:
             raise ValueError(f"ring attention needs a ring of >= 2 ranks, got {degree}")
         self.group = group
         self.degree = degree
         self.rank = rank  # inside the ring group
         self.kernel = kernel
-        self.groups_per_partition = groups_per_partition
-        logger.debug("ring attention: rank %d of %d, %d group(s) per remote partition", rank, degree, groups_per_partition)
-
-    @property
-    def num_groups(self) -> int:
-        """Remote K/V groups per call: (ring degree - 1) x groups per partition."""
-        return (self.degree - 1) * self.groups_per_partition
+        logger.debug("ring attention: rank %d of %d", rank, degree)
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         local, remote = self.attend(q, k, v)
@@ -102,36 +89,23 @@ class RingAttention:
     def attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, compute: list[bool] | None = None
     ) -> tuple[AttentionState, list[AttentionState | None]]:
-        """The local state and one state per remote group; a group whose `compute` entry is False is neither
-        received nor computed (None). `compute` must be identical on all ring ranks: it decides what is sent."""
-        parts = self.groups_per_partition
-        spans = token_spans(k.shape[1], parts)
-        wanted = {  # hop -> the sub-blocks of that partition to receive and compute
-            d: [s for s in range(parts) if compute is None or compute[(d - 1) * parts + s]]
-            for d in range(1, self.degree)
-        }
-        hops = [d for d, subs in wanted.items() if subs]
-        remote: list[AttentionState | None] = [None] * self.num_groups
-        transfer = self._post(hops[0], k, v, [spans[s] for s in wanted[hops[0]]]) if hops else None
+        """The local state and the state of each remote partition, index d - 1 for the partition d hops back; one
+        whose `compute` entry is False is neither received nor computed (None). `compute` must be identical on all
+        ring ranks: it decides what is sent."""
+        hops = [d for d in range(1, self.degree) if compute is None or compute[d - 1]]
+        remote: list[AttentionState | None] = [None] * (self.degree - 1)
+        transfer = self._post(hops[0], k, v) if hops else None
         local = AttentionState(*self.kernel(q, k, v))  # overlaps hop 1's transfer
         for i, d in enumerate(hops):
-            k_received, v_received = transfer.wait()  # (B, n, H, D) the wanted sub-blocks, in order
+            k_received, v_received = transfer.wait()  # (B, Lk, H, D)
             if i + 1 < len(hops):
-                transfer = self._post(hops[i + 1], k, v, [spans[s] for s in wanted[hops[i + 1]]])
-            offset = 0
-            for s in wanted[d]:
-                size = spans[s][1] - spans[s][0]
-                block = slice(offset, offset + size)
-                remote[(d - 1) * parts + s] = AttentionState(*self.kernel(q, k_received[:, block], v_received[:, block]))
-                offset += size
+                transfer = self._post(hops[i + 1], k, v)
+            remote[d - 1] = AttentionState(*self.kernel(q, k_received, v_received))
         return local, remote
 
-    def _post(self, hop: int, k: torch.Tensor, v: torch.Tensor, spans: list[tuple[int, int]]) -> _Transfer:
-        """Start sending our sub-blocks `spans` to the rank `hop` ahead and receiving the same from `hop` behind."""
-        if sum(end - start for start, end in spans) == k.shape[1]:
-            sent = (k.contiguous(), v.contiguous())  # every sub-block, in order: the whole partition (no copy)
-        else:
-            sent = tuple(torch.cat([x[:, start:end] for start, end in spans], dim=1) for x in (k, v))  # (B, n, H, D)
+    def _post(self, hop: int, k: torch.Tensor, v: torch.Tensor) -> _Transfer:
+        """Start sending our K/V to the rank `hop` ahead and receiving the same from `hop` behind."""
+        sent = (k.contiguous(), v.contiguous())  # no copy unless a projection left a view
         received = (torch.empty_like(sent[0]), torch.empty_like(sent[1]))
         to_peer, from_peer = (self.rank + hop) % self.degree, (self.rank - hop) % self.degree
         ops = [dist.P2POp(dist.isend, x, group=self.group, group_peer=to_peer) for x in sent]

@@ -5,7 +5,7 @@ import torch
 
 from chitu_diffusion.attention.kernels import _math_with_lse
 from chitu_diffusion.flex_cache.strategy.ditango.ditango import attention_state_error_sq
-from chitu_diffusion.parallel.ring import AttentionState, merge_states, token_spans
+from chitu_diffusion.parallel.ring import AttentionState, merge_states
 
 
 def _qkv(tokens: int = 24, seed: int = 0):
@@ -16,15 +16,10 @@ def _qkv(tokens: int = 24, seed: int = 0):
 def test_merging_block_states_equals_full_attention():
     q, k, v = _qkv()
     full_out, full_lse = _math_with_lse(q, k, v)
-    states = [AttentionState(*_math_with_lse(q, k[:, a:b], v[:, a:b])) for a, b in token_spans(k.shape[1], 5)]
+    states = [AttentionState(*_math_with_lse(q, k[:, a:b], v[:, a:b])) for a, b in ((0, 4), (4, 9), (9, 15), (15, 20), (20, 24))]
     merged = merge_states(states)
     torch.testing.assert_close(merged.out, full_out, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(merged.lse, full_lse, rtol=1e-5, atol=1e-6)
-
-
-def test_token_spans_cover_the_partition():
-    assert token_spans(10, 4) == [(0, 2), (2, 5), (5, 7), (7, 10)]
-    assert token_spans(4, 1) == [(0, 4)]
 
 
 def test_ase_is_zero_for_an_unchanged_state_and_grows_with_the_change():

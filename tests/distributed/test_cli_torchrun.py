@@ -41,4 +41,4 @@ def test_generate_ditango_on_a_ring_of_2(tiny_model_dir, tmp_path):
     assert metrics["parallel"]["ring"] == 2
     assert metrics["cache"]["strategy"] == "ditango" and metrics["cache"]["summary"]["units_reused"] > 0
     assert sorted(metrics["cache"]["visualisations"]) == sorted([POLICY_FILE, POLICY_FILE.replace(".ppm", ".png")])
-    assert (tmp_path / POLICY_FILE).read_bytes().startswith(b"P6\n6 16\n255\n")  # 6 steps x (4 layers x 4 groups)
+    assert (tmp_path / POLICY_FILE).read_bytes().startswith(b"P6\n6 4\n255\n")  # 6 steps x (4 layers x 1 group)

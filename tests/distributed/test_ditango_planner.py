@@ -21,7 +21,7 @@ def planner(ratio: float, ring: int = 2, warmup: int = 1, cooldown: int = 1) -> 
 
 @pytest.mark.parametrize(
     "ratio, ring, interval, groups",
-    [(0.0, 2, 1, 4), (0.5, 2, 4, 4), (1.0, 2, 7, 4), (0.5, 3, 4, 4), (0.5, 4, 4, 6), (0.5, 8, 4, 7)],
+    [(0.0, 2, 1, 1), (0.5, 2, 4, 1), (1.0, 2, 7, 1), (0.5, 3, 4, 2), (0.5, 8, 4, 7)],
 )
 def test_ratio_mapping(ratio, ring, interval, groups):
     config = DiTangoConfig.from_ratio(ratio, ring)
@@ -55,7 +55,7 @@ def _run_with_rates(plan: DiTangoPlanner, steps: int, rates: torch.Tensor) -> li
 
 
 def test_anchors_measure_and_low_error_groups_are_reused():
-    plan = planner(0.5)
+    plan = planner(0.5, ring=5)  # 4 remote groups per layer
     rates = torch.tensor([[0.01, 0.02, 0.30, 0.40], [0.01, 0.50, 0.60, 0.70]])  # (layers, groups)
     kinds = _run_with_rates(plan, 10, rates)
     assert kinds[0] is Decision.WARMUP and kinds[9] is Decision.COOLDOWN
@@ -72,7 +72,7 @@ def test_higher_ratio_never_reuses_less():
     rates = torch.rand(LAYERS, 4, generator=torch.Generator().manual_seed(0))
     reuse = []
     for ratio in (0.1, 0.3, 0.5, 0.7, 0.9):
-        plan = planner(ratio)
+        plan = planner(ratio, ring=5)
         _run_with_rates(plan, 30, rates)
         reuse.append(plan.counts()["reuse"])
     assert reuse == sorted(reuse) and reuse[-1] > 0, reuse

@@ -5,12 +5,12 @@ its own K/V partition and against every remote rank's (parallel/ring.py). Those 
 communication, and many change little from one denoising step to the next. DiTango caches them per group and
 recomputes only the groups whose drift is large:
 
-- Group: each remote partition (a ring peer's K/V) is cut along its tokens into G sub-blocks, G = ceil(4 / (ring
-  - 1)), so every layer has >= 4 groups (a ring of 2 has one remote partition and 4 groups). Group g = (hop - 1) *
-  G + sub-block, with hop d meaning the partition of the ring rank d places back.
+- Group: one remote K/V partition (a ring peer's K/V); group g is the partition g + 1 hops back, so a layer has
+  ring - 1 groups. Splitting partitions into token sub-blocks for a finer policy was measured slower on 2 H200s
+  (smaller kernel calls and more merges cost more than the finer choice saved; docs/flexcache.md).
 - Local partition: always computed and never cached; merged with the remote groups' states (fresh or cached) in
   one fused pass.
-- Reuse skips both the compute and the communication: the plan is identical on all ranks, so a sub-block nobody
+- Reuse skips both the compute and the communication: the plan is identical on all ranks, so a partition nobody
   computes is not sent.
 - ASE (attention-state error) of group g at an anchor: the change of g's contribution to the layer output,
   ||e^(lse_c - L) o_c - e^(lse_f - L) o_f|| / ||o||, with (o_f, lse_f) fresh, (o_c, lse_c) cached and (o, L) the
@@ -98,8 +98,6 @@ class DiTangoAttention:
         self.strategy = strategy
         self.layer = layer
         self.ring = ring  # the plain ring it replaces (restored on remove)
-        parts = strategy.config.groups_per_partition
-        self.grouped = RingAttention(ring.group, ring.degree, ring.rank, ring.kernel, parts)  # one state per group
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         planner, hook = self.strategy.planner, self.strategy.hook
@@ -109,7 +107,7 @@ class DiTangoAttention:
             return self.ring(q, k, v)  # full compute needing no per-group state: exactly plain ring attention
         compute = planner.compute[self.layer].tolist()
         cache: dict = hook.state_manager.get_state().states
-        local, fresh = self.grouped.attend(q, k, v, compute)
+        local, fresh = self.ring.attend(q, k, v, compute)
         groups = range(len(compute))
         remote = [fresh[g] if compute[g] else cache[(self.layer, g)] for g in groups]
         total = merge_states([local, *remote], q.dtype)  # out (B, Lq, H, D), lse (B, H, Lq)
@@ -200,7 +198,6 @@ class DiTango(FlexCacheStrategy):
             "anchor_interval": self.config.anchor_interval,
             "ase_quantile": self.config.quantile,
             "groups_per_layer": self.config.num_groups,
-            "groups_per_partition": self.config.groups_per_partition,
             "ase_threshold": self.planner.threshold,
             "decision_counts": self.planner.counts(),
         }

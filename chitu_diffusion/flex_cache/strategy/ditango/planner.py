@@ -32,8 +32,6 @@ logger = logging.getLogger(__name__)
 
 #: Anchor interval at cache_ratio 1 (1 + round(6 r): 0 -> every step, 0.5 -> every 4th step, 1 -> every 7th).
 MAX_EXTRA_ANCHOR_INTERVAL = 6
-#: Each layer's remote K/V is cut into at least this many groups, so even a ring of 2 has a policy to choose.
-MIN_GROUPS_PER_LAYER = 4
 #: Weight of the previous threshold when an anchor brings a new quantile.
 THRESHOLD_MOMENTUM = 0.5
 
@@ -48,12 +46,11 @@ class DiTangoConfig:
     anchor_interval: 1 + round(6 r) steps between anchors (r = 0: every step is an anchor = full compute).
     quantile: r; the threshold is the r-quantile of the measured per-step ASE, so about a fraction r of the
         groups qualify for reuse one step after being computed (fewer as they age).
-    groups_per_partition: ceil(4 / (ring - 1)) token sub-blocks per remote rank's K/V partition.
+    ring_degree: R; each layer has R - 1 groups, one per remote rank's K/V partition.
     """
 
     anchor_interval: int
     quantile: float
-    groups_per_partition: int
     ring_degree: int
 
     @classmethod
@@ -61,14 +58,13 @@ class DiTangoConfig:
         return cls(
             anchor_interval=1 + round(MAX_EXTRA_ANCHOR_INTERVAL * cache_ratio),
             quantile=cache_ratio,
-            groups_per_partition=math.ceil(MIN_GROUPS_PER_LAYER / (ring_degree - 1)),
             ring_degree=ring_degree,
         )
 
     @property
     def num_groups(self) -> int:
-        """Remote groups per layer: group g = (hop - 1) * groups_per_partition + sub-block."""
-        return (self.ring_degree - 1) * self.groups_per_partition
+        """Remote groups per layer: group g is the K/V partition g + 1 hops back."""
+        return self.ring_degree - 1
 
 
 class DiTangoPlanner:
