@@ -7,6 +7,7 @@ every mode gets the same random text embeddings and the same seeded noise. Run u
     torchrun --nproc-per-node 2 bench/bench_distributed.py --out bench/results/distributed_h100x2.json
     torchrun --nproc-per-node 2 bench/bench_distributed.py --steps 3 --frames 5 --height 128 --width 128 \
         --out /tmp/distributed_smoke.json                                   # smoke: seconds, not minutes
+    torchrun --nproc-per-node 2 bench/bench_distributed.py --cache-ratios 0.3,0.5,0.7 --out ...   # DiTango sweep
 
 On the device (no packages there beyond torch): carry `.whl`, then before torchrun
 `python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:.`
@@ -17,8 +18,10 @@ Modes (`--modes`, comma-separated):
 - ours-1gpu: our self-attention processor with `--kernel`, rank 0 alone (the single-device engine's attention).
 - cfg2: CFG parallelism, cond on GPU 0 and uncond on GPU 1, predictions all-gathered each step.
 - ulysses2 / ring2: context parallelism over 2 GPUs (both CFG branches on each rank, one after the other).
-- ditango2: ring2 plus DiTango at `--cache-ratio`; reported with rel-L2 against ring2 (its full compute).
-rel_l2_vs_stock compares every mode's final latents with stock-1gpu's.
+- ditango2: ring2 plus DiTango, once per `--cache-ratios` entry (result keys `ditango2-r<ratio>`); reported with
+  rel-L2 against ring2 (its full compute).
+rel_l2_vs_stock compares every mode's final latents with stock-1gpu's. `--compile` applies regional compile of the
+transformer blocks to all of our modes (stock stays as shipped; run it first, it is compiled in place after).
 """
 
 from __future__ import annotations
@@ -95,7 +98,7 @@ def engine_attention(transformer, args, device):
         restore_self_attention(transformer, adapter.blocks_attr, adapter.self_attention_attr, previous)
 
 
-def run_mode(mode: str, transformer, args, device, rank: int) -> dict | None:
+def run_mode(mode: str, transformer, args, device, rank: int, cache_ratio: float = 0.0) -> dict | None:
     """One mode on this rank; the result (latents, seconds, ...) on the ranks that ran it, None elsewhere."""
     single_guide = lambda predict: lambda x, step: guided_noise(predict, args.guidance_scale, x, step)  # noqa: E731
     torch.cuda.reset_peak_memory_stats()
@@ -108,15 +111,18 @@ def run_mode(mode: str, transformer, args, device, rank: int) -> dict | None:
         if rank != 0:
             return None
         with engine_attention(transformer, args, device):
+            if args.compile:
+                transformer.compile_repeated_blocks(fullgraph=False)  # as Engine._configure_transformer does
             latents, seconds = timed_loop(transformer, args, device, single_guide)
         return {"latents": latents, "seconds": seconds}
     cp_size, up_limit = LAYOUTS[mode]
     layout = ParallelLayout.resolve(dist.get_world_size(), cp_size, up_limit, transformer.config.num_attention_heads)
     groups = build_groups(layout, device)
     strategy = "ditango" if mode == "ditango2" else "none"
-    cache = FlexCacheParams(strategy=strategy, cache_ratio=args.cache_ratio if strategy != "none" else 0.0)
+    cache = FlexCacheParams(strategy=strategy, cache_ratio=cache_ratio)
+    options = dict(cache=cache, backend=args.kernel, compile=args.compile)
     with engine_attention(transformer, args, device):
-        with parallelized(transformer, adapter_for(transformer), groups, cache=cache, backend=args.kernel) as par:
+        with parallelized(transformer, adapter_for(transformer), groups, **options) as par:
             guide_for = lambda predict: par.guide(predict, args.guidance_scale)  # noqa: E731
             latents, seconds = timed_loop(transformer, args, device, guide_for)
             summary = par.strategy.log.summary()
@@ -138,7 +144,8 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--width", type=int, default=832)
     parser.add_argument("--guidance-scale", type=float, default=5.0)
-    parser.add_argument("--cache-ratio", type=float, default=0.5, help="DiTango's cache_ratio")
+    parser.add_argument("--cache-ratios", default="0.5", help="DiTango's cache_ratio values, comma-separated")
+    parser.add_argument("--compile", action="store_true", help="regional compile of the blocks in our modes")
     parser.add_argument("--kernel", default="auto", help="attention kernel of our modes (attention.kernels names)")
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--out", type=Path, required=True)
@@ -170,12 +177,21 @@ def main() -> None:
         },  # fmt: skip
         "modes": {},
     }
-    kept: dict[str, torch.Tensor] = {}
+    if args.compile:
+        torch._dynamo.config.recompile_limit = 64  # one graph per mode's processors: never fall back to eager
+    results["compile"] = args.compile
+    runs = []  # (result key, mode, cache_ratio)
     for mode in args.modes.split(","):
         if mode not in MODES:
             raise SystemExit(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+        if mode == "ditango2":
+            runs += [(f"ditango2-r{float(r):g}", mode, float(r)) for r in args.cache_ratios.split(",")]
+        else:
+            runs.append((mode, mode, 0.0))
+    kept: dict[str, torch.Tensor] = {}
+    for key, mode, cache_ratio in runs:
         start = time.perf_counter()
-        result = run_mode(mode, transformer, args, device, env.rank)
+        result = run_mode(mode, transformer, args, device, env.rank, cache_ratio)
         dist.barrier()
         if env.rank != 0 or result is None:
             continue
@@ -191,10 +207,10 @@ def main() -> None:
         if mode == "ditango2" and "ring2" in kept:
             entry["rel_l2_vs_full_compute"] = rel_l2(latents, kept["ring2"])
             entry["speedup_vs_full_compute"] = results["modes"]["ring2"]["seconds"] / result["seconds"]
-        results["modes"][mode] = entry
-        kept[mode] = latents
+        results["modes"][key] = entry
+        kept[key] = latents
         brief = {k: v for k, v in entry.items() if k != "cache"}
-        print(f"{mode}: {result['seconds']:.2f} s", json.dumps(brief), flush=True)
+        print(f"{key}: {result['seconds']:.2f} s", json.dumps(brief), flush=True)
     if env.rank == 0:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2) + "\n")

@@ -3,7 +3,10 @@
 diffusers' `WanAttnProcessor` fixes how q/k/v meet (its dispatcher); we keep its projections, norms and RoPE and
 swap only the core `attention_fn(q, k, v) -> out` (layout (B, tokens, heads, head_dim)). That one seam carries a
 faster kernel (FA3) on one GPU and Ulysses / ring / DiTango attention under context parallelism, without
-editing the model. Cross-attention keeps diffusers' own processor (512 text tokens: not worth a custom path).
+editing the model. An `attention_fn` with a `stage(x)` method gets each input as soon as it is computed, v first,
+then k, then q, and receives what `stage` returned: a distributed core starts moving v while k and q are still
+being normalised and rotated. Cross-attention keeps diffusers' own processor (512 text tokens: not worth a
+custom path).
 """
 
 from __future__ import annotations
@@ -14,6 +17,10 @@ import torch
 from diffusers.models.transformers.transformer_wan import _get_qkv_projections
 
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _as_is(x: torch.Tensor) -> torch.Tensor:
+    return x
 
 
 def apply_rotary(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
@@ -41,12 +48,17 @@ class WanSelfAttnProcessor:
         if encoder_hidden_states is not None or attention_mask is not None:
             raise ValueError("WanSelfAttnProcessor handles unmasked self-attention (attn1) only")
         query, key, value = _get_qkv_projections(attn, hidden_states, None)  # (B, L, C) each
-        query, key = attn.norm_q(query), attn.norm_k(key)
-        query, key, value = (t.unflatten(2, (attn.heads, -1)) for t in (query, key, value))  # (B, L, H, D)
-        if rotary_emb is not None:
-            query, key = apply_rotary(query, *rotary_emb), apply_rotary(key, *rotary_emb)
-        out = self.attention_fn(query, key, value).flatten(2, 3).type_as(query)  # (B, L, C)
-        return attn.to_out[1](attn.to_out[0](out))
+        stage = getattr(self.attention_fn, "stage", _as_is)
+        value = stage(value.unflatten(2, (attn.heads, -1)))  # (B, L, H, D); may move while k and q are prepared
+        key = stage(self._heads_with_rope(attn, attn.norm_k(key), rotary_emb))
+        query = self._heads_with_rope(attn, attn.norm_q(query), rotary_emb)
+        out = self.attention_fn(stage(query), key, value)  # (B, L, H, D)
+        return attn.to_out[1](attn.to_out[0](out.flatten(2, 3).type_as(hidden_states)))
+
+    @staticmethod
+    def _heads_with_rope(attn: torch.nn.Module, x: torch.Tensor, rotary_emb) -> torch.Tensor:
+        x = x.unflatten(2, (attn.heads, -1))  # (B, L, H, D)
+        return x if rotary_emb is None else apply_rotary(x, *rotary_emb)
 
 
 def set_self_attention(transformer: torch.nn.Module, blocks_attr: str, self_attn_attr: str, attention_fn: AttentionFn) -> list:
