@@ -59,6 +59,11 @@ TEXT_TOKENS, TEXT_DIM = 512, 4096
 
 
 
+def write_results(path: Path, results: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+
+
 def inputs(args, device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Seeded noise (1, 16, F', H/8, W/8) fp32 and random text embeddings (1, 512, 4096) bf16 per branch."""
     generator = torch.Generator().manual_seed(0)
@@ -72,16 +77,18 @@ def inputs(args, device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Te
 
 
 @torch.no_grad()
-def timed_loop(transformer, args, device, guide_for) -> tuple[torch.Tensor, float]:
-    """Warm up (`--warmup-steps`, untimed), then the timed denoising loop; returns (latents, seconds)."""
+def timed_loop(transformer, args, device, guide_for, strategy=None) -> tuple[torch.Tensor, float]:
+    """Warm up (`--warmup-steps`, untimed), then the timed denoising loop; returns (latents, seconds). The FlexCache
+    `strategy` forgets the warmup between the two (cached states, plan, decision log), as between requests."""
     latents, embeds = inputs(args, device)
     guide = guide_for(transformer_noise_predictor(transformer, embeds))
-    for steps in (args.warmup_steps, args.steps):
-        if steps == 0:
-            continue
-        timer = StageTimer(device)
-        with timer.stage("denoise"):
-            out = denoise(latents, UniPCMultistepScheduler(**WAN21_SCHEDULER), steps, guide, timer)
+    if args.warmup_steps:
+        denoise(latents, UniPCMultistepScheduler(**WAN21_SCHEDULER), args.warmup_steps, guide, StageTimer(device))
+        if strategy is not None:
+            strategy.reset()
+    timer = StageTimer(device)
+    with timer.stage("denoise"):
+        out = denoise(latents, UniPCMultistepScheduler(**WAN21_SCHEDULER), args.steps, guide, timer)
     return out, timer.stages["denoise"]
 
 
@@ -124,7 +131,7 @@ def run_mode(mode: str, transformer, args, device, rank: int, cache_ratio: float
     with engine_attention(transformer, args, device):
         with parallelized(transformer, adapter_for(transformer), groups, **options) as par:
             guide_for = lambda predict: par.guide(predict, args.guidance_scale)  # noqa: E731
-            latents, seconds = timed_loop(transformer, args, device, guide_for)
+            latents, seconds = timed_loop(transformer, args, device, guide_for, par.strategy)
             summary = par.strategy.log.summary()
             return {
                 "latents": latents,
@@ -139,7 +146,11 @@ def run_mode(mode: str, transformer, args, device, rank: int, cache_ratio: float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--warmup-steps", type=int, default=2, help="untimed steps before each mode's timed loop")
+    parser.add_argument(
+        "--warmup-steps", type=int, default=4,
+        help="untimed steps before each mode's timed loop (4 reach a DiTango anchor that measures, so every fused "
+        "kernel is compiled before timing)",
+    )  # fmt: skip
     parser.add_argument("--frames", type=int, default=81)
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--width", type=int, default=832)
@@ -211,9 +222,8 @@ def main() -> None:
         kept[key] = latents
         brief = {k: v for k, v in entry.items() if k != "cache"}
         print(f"{key}: {result['seconds']:.2f} s", json.dumps(brief), flush=True)
+        write_results(args.out, results)  # after every mode: a run cut short keeps what it measured
     if env.rank == 0:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
         print(json.dumps(results, indent=2))
     dist.destroy_process_group()
 
