@@ -7,7 +7,7 @@ recomputes only the groups whose drift is large:
 
 - Group: one remote K/V partition (a ring peer's K/V); group g is the partition g + 1 hops back, so a layer has
   ring - 1 groups. Splitting partitions into token sub-blocks for a finer policy was measured slower on 2 H200s
-  (smaller kernel calls and more merges cost more than the finer choice saved; docs/flexcache.md).
+  (smaller kernel calls and more merges cost more than the finer choice saved; docs/parallelism.md).
 - Local partition: always computed and never cached; merged with the remote groups' states (fresh or cached) in
   one fused pass.
 - Reuse skips both the compute and the communication: the plan is identical on all ranks, so a partition nobody
