@@ -1,10 +1,13 @@
-"""The GenerationJob spec as typed values, parsed once from the custom resource.
+"""The GenerationJob spec as typed values: the one model of the document, for the operator and the worker.
 
 The CRD's schema and CEL rules reject bad specs at the apiserver; this model is the second line for
 what slips past it (an object stored under an older CRD, a spec edited while the operator was down)
 and for the checks only the operator can make (env names the operator owns). Defaults equal the
-CRD's, so a spec read from an older object behaves like a new one. Every failure is an InvalidSpec
-naming the field, which the handlers turn into phase Failed / reason InvalidSpec.
+CRD's, so a spec read from an older object behaves like a new one. Unknown fields are ignored here
+(forward compatibility; the apiserver prunes them); the worker, which also reads local manifest files
+that no apiserver has seen, rejects them first (chitu_worker.spec). Every failure is an InvalidSpec
+naming the exact field (`spec.prompts[1]`), which the handlers turn into phase Failed / reason
+InvalidSpec and the worker into its termination message.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from .names import WORKER_IDENTITY
@@ -27,7 +30,11 @@ RESERVED_ENV = frozenset({
 
 
 class InvalidSpec(ValueError):
-    """A spec the operator cannot run; the message starts with the offending field (spec.x.y)."""
+    """A spec that cannot run: `field` is the offending field (spec.x.y), the message starts with it."""
+
+    def __init__(self, field: str, detail: str):
+        super().__init__(f"{field}: {detail}")
+        self.field, self.detail = field, detail
 
 
 class _Spec(BaseModel):
@@ -39,13 +46,19 @@ class ModelSource(_Spec):
     volume: dict[str, Any] | None = None
     mount_path: str = "/models"
 
-    @model_validator(mode="after")
-    def _absolute(self) -> ModelSource:
-        if not (self.uri.startswith("/") or self.uri.startswith("s3://")):
-            raise ValueError(f"uri must be an absolute path or an s3:// URI, got {self.uri!r}")
-        if not self.mount_path.startswith("/"):
-            raise ValueError(f"mountPath must be an absolute path, got {self.mount_path!r}")
-        return self
+    @field_validator("uri")
+    @classmethod
+    def _absolute_or_s3(cls, uri: str) -> str:
+        if not (uri.startswith("/") or uri.startswith("s3://")):
+            raise ValueError(f"must be an absolute path or an s3:// URI, got {uri!r}")
+        return uri
+
+    @field_validator("mount_path")
+    @classmethod
+    def _absolute(cls, path: str) -> str:
+        if not path.startswith("/"):
+            raise ValueError(f"must be an absolute path, got {path!r}")
+        return path
 
 
 class Generation(_Spec):
@@ -57,11 +70,12 @@ class Generation(_Spec):
     fps: int = Field(16, ge=1, le=120)
     seed: int | None = Field(None, ge=0)
 
-    @model_validator(mode="after")
-    def _frames_4k_plus_1(self) -> Generation:
-        if self.frames % FRAME_STRIDE != 1:
-            raise ValueError(f"frames must be 4k+1 (1, 5, 9, ..., 81), got {self.frames}")
-        return self
+    @field_validator("frames")
+    @classmethod
+    def _frames_4k_plus_1(cls, frames: int) -> int:
+        if frames % FRAME_STRIDE != 1:
+            raise ValueError(f"must be 4k+1 (1, 5, 9, ..., 81), got {frames}")
+        return frames
 
 
 class FlexCache(_Spec):
@@ -114,13 +128,6 @@ class WorkerTemplate(_Spec):
     pod_labels: dict[str, str] = Field(default_factory=dict)
     command: tuple[str, ...] = ()
 
-    @model_validator(mode="after")
-    def _no_reserved_env(self) -> WorkerTemplate:
-        for index, var in enumerate(self.env):
-            if var.get("name") in RESERVED_ENV:
-                raise ValueError(f"env[{index}].name: {var['name']} is set by the operator and cannot be overridden")
-        return self
-
 
 class CredentialsSecretRef(_Spec):
     name: str = Field(min_length=1)
@@ -134,11 +141,12 @@ class Output(_Spec):
     region: str | None = None
     credentials_secret_ref: CredentialsSecretRef | None = None
 
-    @model_validator(mode="after")
-    def _s3(self) -> Output:
-        if not self.uri.startswith("s3://") or len(self.uri) <= len("s3://"):
-            raise ValueError(f"uri must start with s3:// and name a bucket, got {self.uri!r}")
-        return self
+    @field_validator("uri")
+    @classmethod
+    def _s3(cls, uri: str) -> str:
+        if not uri.startswith("s3://") or len(uri) <= len("s3://"):
+            raise ValueError(f"must look like s3://bucket/prefix, got {uri!r}")
+        return uri
 
 
 class RunPolicy(_Spec):
@@ -166,7 +174,7 @@ class GenerationJobSpec(_Spec):
     flex_cache: FlexCache = FlexCache()
     parallelism: Parallelism = Parallelism()
     engine: Engine = Engine()
-    worker: WorkerTemplate
+    worker: WorkerTemplate | None = None  # required on the cluster (parse_spec); a local worker run needs none
     output: Output
     run_policy: RunPolicy = RunPolicy()
     scheduling: Scheduling = Scheduling()
@@ -175,26 +183,58 @@ class GenerationJobSpec(_Spec):
     def prompt_list(self) -> tuple[str, ...]:
         return self.prompts if self.prompts is not None else (self.prompt,)
 
-    @model_validator(mode="after")
-    def _cross_field(self) -> GenerationJobSpec:
-        if (self.prompt is None) == (self.prompts is None):
-            raise ValueError("exactly one of prompt or prompts must be set")
-        if not self.prompt_list or any(not text.strip() for text in self.prompt_list):
-            raise ValueError("prompts must be non-empty texts")
-        cache = self.flex_cache
-        if cache.strategy != "none" and cache.warmup + cache.cooldown >= self.generation.steps:
-            raise ValueError(f"flexCache.warmup + flexCache.cooldown ({cache.warmup} + {cache.cooldown}) must be "
-                             f"less than generation.steps ({self.generation.steps})")
-        if cache.strategy == "ditango" and self.parallelism.cp_size < 2:
-            raise ValueError("parallelism.cpSize must be at least 2 for the ditango strategy")
-        return self
 
 
-def parse_spec(spec: Mapping[str, Any]) -> GenerationJobSpec:
-    """The typed spec, or InvalidSpec whose message starts with the first offending field."""
+def _check_across_fields(spec: GenerationJobSpec) -> None:
+    """The rules that tie fields together, each reported at the field to change."""
+    if (spec.prompt is None) == (spec.prompts is None):
+        raise InvalidSpec("spec.prompts", "exactly one of spec.prompt or spec.prompts must be set")
+    if spec.prompts is not None and not spec.prompts:
+        raise InvalidSpec("spec.prompts", "must hold at least one prompt")
+    named = [("spec.prompt", spec.prompt)] if spec.prompt is not None else [
+        (f"spec.prompts[{index}]", text) for index, text in enumerate(spec.prompts)]
+    for field, text in named:
+        if not text.strip():
+            raise InvalidSpec(field, "must be a non-empty text")
+    cache = spec.flex_cache
+    if cache.strategy != "none" and cache.warmup + cache.cooldown >= spec.generation.steps:
+        raise InvalidSpec("spec.flexCache", f"warmup + cooldown ({cache.warmup} + {cache.cooldown}) must be less "
+                          f"than generation.steps ({spec.generation.steps}) so that some steps may reuse")
+    if cache.strategy == "ditango" and spec.parallelism.cp_size < 2:
+        raise InvalidSpec("spec.parallelism.cpSize", "must be at least 2 for the ditango strategy (it reuses "
+                          "ring attention states)")
+    for index, var in enumerate(spec.worker.env if spec.worker else ()):
+        if var.get("name") in RESERVED_ENV:
+            raise InvalidSpec(f"spec.worker.env[{index}].name",
+                              f"{var['name']} is set by the operator and cannot be overridden")
+
+
+def field_path(loc: tuple) -> str:
+    """A pydantic error location as the user writes the field: ('prompts', 1) -> spec.prompts[1]."""
+    path = "spec"
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return path
+
+
+def error_message(error: Mapping[str, Any]) -> str:
+    """One pydantic error as text, quoting the value for its built-in checks (our validators' messages do)."""
+    if error["type"] == "value_error":
+        return error["msg"].removeprefix("Value error, ")
+    if "input" in error and not isinstance(error["input"], dict):
+        return f"{error['msg']} (got {error['input']!r})"
+    return error["msg"]
+
+
+def parse_spec(spec: Mapping[str, Any], *, require_worker: bool = True) -> GenerationJobSpec:
+    """The typed spec, or InvalidSpec naming the first offending field. `require_worker`: the pod template is
+    needed to run on a cluster (the CRD requires it), not by a worker running a manifest file locally."""
     try:
-        return GenerationJobSpec.model_validate(spec)
+        parsed = GenerationJobSpec.model_validate(spec)
     except ValidationError as err:
         first = err.errors()[0]
-        where = ".".join(["spec", *(str(part) for part in first["loc"])])
-        raise InvalidSpec(f"{where}: {first['msg'].removeprefix('Value error, ')}") from err
+        raise InvalidSpec(field_path(first["loc"]), error_message(first)) from err
+    if require_worker and parsed.worker is None:
+        raise InvalidSpec("spec.worker", "Field required")
+    _check_across_fields(parsed)
+    return parsed

@@ -266,5 +266,5 @@ def test_spec_the_schema_cannot_check_fails_with_invalid_spec(jobs, tmp_path):
     jobs.create(manifest)
     failed = jobs.wait_phase("bad-env", "Failed")
     assert conditions(failed)["Failed"]["reason"] == "InvalidSpec"
-    assert "spec.worker: env[1].name: WORLD_SIZE is set by the operator" in failed["status"]["message"]
+    assert "spec.worker.env[1].name: WORLD_SIZE is set by the operator" in failed["status"]["message"]
     assert not jobs.pods("bad-env")

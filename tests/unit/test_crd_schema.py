@@ -10,7 +10,8 @@ import yaml
 
 from chitu_operator import names
 from chitu_operator import status as st
-from chitu_operator.spec import Engine, FlexCache, Parallelism, RunPolicy, WorkerTemplate, parse_spec
+from chitu_operator.spec import Engine, FlexCache, GenerationJobSpec, Parallelism, RunPolicy, WorkerTemplate, parse_spec
+from chitu_worker.spec import unknown_field
 
 REPO = Path(__file__).resolve().parents[2]
 CRD = yaml.safe_load((REPO / "crds" / "generationjob.yaml").read_text())
@@ -117,6 +118,20 @@ def _defaults(schema: dict, path: tuple[str, ...] = ()):
         if "default" in child and child.get("type") != "object":
             yield (*path, key), child["default"]
         yield from _defaults(child, (*path, key))
+
+
+def _every_property(schema: dict) -> dict:
+    """A document holding every property of `schema`, objects nested (the leaves' values do not matter)."""
+    return {key: _every_property(child) if "properties" in child else None
+            for key, child in schema.get("properties", {}).items()}
+
+
+def test_every_crd_spec_field_is_known_to_the_spec_model():
+    """The worker rejects fields the model lacks (a local manifest has no apiserver pruning typos): none of the
+    fields the CRD accepts may be among them, so a manifest that `kubectl apply` takes also runs locally."""
+    document = _every_property(node("spec"))
+    assert len(document) > 10 and unknown_field(GenerationJobSpec, document) is None
+    assert unknown_field(GenerationJobSpec, {**document, "generation": {"setps": 3}}) == ("generation", "setps")
 
 
 def test_crd_defaults_equal_the_operators_defaults():

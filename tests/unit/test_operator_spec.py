@@ -38,26 +38,28 @@ def test_gang_size_follows_parallelism(parallelism, world, pods, procs):
 
 
 @pytest.mark.parametrize("changes, field", [
-    ({"generation": {"frames": 80}}, "spec.generation: frames must be 4k+1"),
+    ({"generation": {"frames": 80}}, "spec.generation.frames: must be 4k+1"),
     ({"generation": {"height": 100}}, "spec.generation.height"),
     ({"flexCache": {"cacheRatio": 1.5}}, "spec.flexCache.cacheRatio"),
     ({"flexCache": {"strategy": "foo"}}, "spec.flexCache.strategy"),
-    ({"output": {"uri": "http://x"}}, "spec.output: uri must start with s3://"),
-    ({"model": {"uri": "models/wan"}}, "spec.model: uri must be an absolute path"),
+    ({"output": {"uri": "http://x"}}, "spec.output.uri: must look like s3://bucket/prefix"),
+    ({"model": {"uri": "models/wan"}}, "spec.model.uri: must be an absolute path"),
     ({"parallelism": {"cfg": 1, "cpSize": 3, "gpusPerPod": 2}}, "spec.parallelism: world size"),
     ({"generation": {"steps": 4}, "flexCache": {"strategy": "pab", "warmup": 2, "cooldown": 2}},
-     "flexCache.warmup + flexCache.cooldown (2 + 2) must be less than generation.steps (4)"),
-    ({"prompts": ["a"]}, "exactly one of prompt or prompts"),
-    ({"prompt": "  "}, "prompts must be non-empty texts"),
-    ({"flexCache": {"strategy": "ditango"}}, "parallelism.cpSize must be at least 2"),
+     "spec.flexCache: warmup + cooldown (2 + 2) must be less than generation.steps (4)"),
+    ({"prompts": ["a"]}, "spec.prompts: exactly one of spec.prompt or spec.prompts"),
+    ({"prompt": "  "}, "spec.prompt: must be a non-empty text"),
+    ({"prompt": None, "prompts": ["a", " "]}, "spec.prompts[1]: must be a non-empty text"),
+    ({"prompt": None, "prompts": []}, "spec.prompts: must hold at least one prompt"),
+    ({"flexCache": {"strategy": "ditango"}}, "spec.parallelism.cpSize: must be at least 2"),
     ({"worker": {"image": "w", "env": [{"name": "WORLD_SIZE", "value": "9"}]}},
-     "spec.worker: env[0].name: WORLD_SIZE is set by the operator"),
+     "spec.worker.env[0].name: WORLD_SIZE is set by the operator"),
     ({"runPolicy": {"cleanPodPolicy": "Some"}}, "spec.runPolicy.cleanPodPolicy"),
 ])
 def test_invalid_specs_name_the_field(changes, field):
     with pytest.raises(InvalidSpec) as err:
         parse_spec(spec_with(**changes))
-    assert field in str(err.value)
+    assert str(err.value).startswith(field) and str(err.value).startswith(f"{err.value.field}: ")
 
 
 def test_missing_required_fields_are_named():

@@ -264,7 +264,7 @@ def test_cli_invalid_spec_exits_2_naming_the_field(tmp_path):
                                            generation={**GENERATION, "height": 50})))
     proc, message = run_worker(job_file, {}, tmp_path)
     assert proc.returncode == 2
-    assert message == "InvalidInput: spec.generation.height: height must be a multiple of 16, got 50"
+    assert message == "InvalidInput: spec.generation.height: Input should be a multiple of 16 (got 50)"
     assert "Traceback" not in proc.stderr
 
 

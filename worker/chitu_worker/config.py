@@ -1,9 +1,9 @@
 """A GenerationJob and the pod env -> one typed `WorkerPlan`, the only input a rank process needs.
 
-The spec's values become chitu_diffusion's `DiffusionUserParams` (one per prompt) and `EngineConfig`; their
-errors are translated back to the spec field the user wrote, so every error is an `InvalidInput` naming that
-field (`spec.generation.height: must be a multiple of 16, got 50`). The launcher builds the plan once and hands
-it to its rank processes as JSON.
+The spec, parsed with the GenerationJob model (chitu_worker.spec), becomes chitu_diffusion's `DiffusionUserParams`
+(one per prompt) and `EngineConfig`; the engine's own checks are translated back to the spec field the user wrote,
+so every error is an `InvalidInput` naming that field (`spec.generation.height: Input should be a multiple of 16
+(got 50)`). The launcher builds the plan once and hands it to its rank processes as JSON.
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from chitu_diffusion.config import ConfigError, EngineConfig
 from chitu_diffusion.task import DiffusionUserParams
+from chitu_operator.spec import GenerationJobSpec, Parallelism, error_message
 from chitu_worker.env import PodEnv
-from chitu_worker.failures import InvalidInput, validation_message
+from chitu_worker.failures import InvalidInput
 from chitu_worker.outputs import job_prefix, prompt_prefix
-from chitu_worker.spec import JobSpec, ParallelismSpec, parse_spec
+from chitu_worker.spec import parse_spec
 from chitu_worker.storage import S3Settings
 
 LOCALHOST = "127.0.0.1"
@@ -99,18 +100,14 @@ ENGINE_FIELDS = {
 }
 
 
-def prompt_texts(spec: JobSpec) -> list[tuple[str, str]]:
-    """(spec field, text) per prompt: exactly one of `prompt` and `prompts` is given."""
-    if (spec.prompt is None) == (spec.prompts is None):
-        raise InvalidInput("spec.prompts", "give exactly one of spec.prompt and spec.prompts")
+def prompt_texts(spec: GenerationJobSpec) -> list[tuple[str, str]]:
+    """(spec field, text) per prompt (the spec holds exactly one of `prompt` and `prompts`)."""
     if spec.prompt is not None:
         return [("spec.prompt", spec.prompt)]
-    if not spec.prompts:
-        raise InvalidInput("spec.prompts", "must hold at least one prompt")
     return [(f"spec.prompts[{i}]", text) for i, text in enumerate(spec.prompts)]
 
 
-def build_params(spec: JobSpec) -> list[DiffusionUserParams]:
+def build_params(spec: GenerationJobSpec) -> list[DiffusionUserParams]:
     """One engine request per prompt (the generation and FlexCache settings are the job's, shared)."""
     gen, cache = spec.generation, spec.flex_cache
     requests = []
@@ -138,11 +135,11 @@ def build_params(spec: JobSpec) -> list[DiffusionUserParams]:
             first = err.errors()[0]
             loc = ".".join(map(str, first["loc"]))
             spec_field = PARAM_FIELDS.get(loc, "spec").format(prompt=field)
-            raise InvalidInput(spec_field, validation_message(first)) from None
+            raise InvalidInput(spec_field, error_message(first)) from None
     return requests
 
 
-def build_engine_config(spec: JobSpec) -> EngineConfig:
+def build_engine_config(spec: GenerationJobSpec) -> EngineConfig:
     overrides = {}
     for key, (field, value_of) in ENGINE_FIELDS.items():
         value = value_of(spec)
@@ -154,7 +151,7 @@ def build_engine_config(spec: JobSpec) -> EngineConfig:
     return EngineConfig.from_overrides(overrides)
 
 
-def build_topology(env: PodEnv, parallelism: ParallelismSpec) -> Topology:
+def build_topology(env: PodEnv, parallelism: Parallelism) -> Topology:
     """From the pod env when the operator set it; else one node running the spec's whole world size."""
     world = parallelism.world_size
     nnodes = env.nnodes or 1

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from chitu_worker.failures import InvalidInput, validation_message
+from chitu_operator.spec import error_message
+from chitu_worker.failures import InvalidInput
 
 DEFAULT_MODEL_CACHE = Path.home() / ".cache" / "chitu" / "models"
 
@@ -43,4 +44,4 @@ class PodEnv(BaseModel):
             return cls.model_validate({name: value for name, value in environ.items() if value != ""})
         except ValidationError as err:
             first = err.errors()[0]
-            raise InvalidInput(".".join(map(str, first["loc"])), validation_message(first)) from None
+            raise InvalidInput(".".join(map(str, first["loc"])), error_message(first)) from None

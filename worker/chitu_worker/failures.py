@@ -33,15 +33,6 @@ class InvalidInput(ValueError):
         super().__init__(f"{field}: {reason}")
 
 
-def validation_message(error: Mapping) -> str:
-    """One pydantic error as text, quoting the value for its built-in checks (our validators' messages do)."""
-    if error["type"] == "value_error":
-        return error["msg"].removeprefix("Value error, ")
-    if "input" in error and not isinstance(error["input"], dict):
-        return f"{error['msg']} (got {error['input']!r})"
-    return error["msg"]
-
-
 def exit_code(exc: BaseException) -> int:
     # The engine's ConfigError is invalid input too: an unsupported combination of settings.
     return EXIT_INVALID_INPUT if isinstance(exc, (InvalidInput, ConfigError)) else EXIT_FAILED

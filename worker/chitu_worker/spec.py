@@ -1,106 +1,52 @@
-"""The GenerationJob document as the worker reads it: a manifest file or the API object -> typed `JobSpec`.
+"""The GenerationJob document as the worker reads it: a manifest file or the API object -> the typed spec.
 
-The models mirror docs/generationjob.md and crds/generationjob.yaml (camelCase on the wire, the CRD's defaults).
-They check shapes and types only: the values' rules (multiples of 16, 4k+1 frames, known strategies, ...) are
-chitu_diffusion's, applied when config.py builds the engine requests. Sections only the operator reads
-(worker, runPolicy, scheduling, the model volume) are ignored; a typo inside the sections the worker maps is an
-error, because a local `--job-file` run has no apiserver schema to catch it.
+The spec model is the operator's (`chitu_operator.spec`, one model of the document for both). What the worker adds
+is what an apiserver would have done for a local `--job-file` run: a field the model does not know is an error
+here (a typo like `generation.setps` must not silently run with the default), where the apiserver would have
+pruned it. Errors become `InvalidInput` naming the field.
 """
 
 from __future__ import annotations
 
+import types
+import typing
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic.alias_generators import to_camel
+from pydantic import BaseModel
 
-from chitu_worker.failures import InvalidInput, validation_message
-from chitu_worker.storage import split_uri
-
-
-class _Spec(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True, extra="forbid")
+from chitu_operator.spec import GenerationJobSpec, InvalidSpec, field_path
+from chitu_operator.spec import parse_spec as parse_operator_spec
+from chitu_worker.failures import InvalidInput
 
 
-class ModelSpec(_Spec):
-    model_config = ConfigDict(extra="ignore")  # volume and mountPath are the operator's business
-
-    uri: str = Field(min_length=1)
-
-
-class GenerationSpec(_Spec):
-    steps: int = 50
-    guidance_scale: float = 5.0
-    height: int = 480
-    width: int = 832
-    frames: int = 81
-    fps: int = 16
-    seed: int | None = None
+def _section_model(annotation: object) -> type[BaseModel] | None:
+    """The pydantic model behind a field's annotation (`Model` or `Model | None`), else None."""
+    candidates = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    return next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
 
 
-class FlexCacheSpec(_Spec):
-    strategy: str = "none"
-    cache_ratio: float = 0.5
-    warmup: int = 1
-    cooldown: int = 1
+def unknown_field(model: type[BaseModel], data: dict, loc: tuple = ()) -> tuple | None:
+    """The location of the first key in `data` (and its nested sections) that `model` has no field for."""
+    fields = {key: field for name, field in model.model_fields.items() for key in {name, field.alias or name}}
+    for key, value in data.items():
+        if key not in fields:
+            return (*loc, key)
+        section = _section_model(fields[key].annotation)
+        if section is not None and isinstance(value, dict) and (found := unknown_field(section, value, (*loc, key))):
+            return found
+    return None
 
 
-class ParallelismSpec(_Spec):
-    cfg: int = Field(1, ge=1, le=2, description="CFG degree: the two guidance branches on 1 or 2 ranks")
-    cp_size: int = Field(1, ge=1)
-    up_limit: int = Field(8, ge=1)
-    gpus_per_pod: int = Field(1, ge=0)
-
-    @property
-    def world_size(self) -> int:
-        return self.cfg * self.cp_size
-
-
-class EngineSpec(_Spec):
-    dtype: str = "auto"
-    compile: bool = False
-
-
-class OutputSpec(_Spec):
-    model_config = ConfigDict(extra="ignore")  # credentialsSecretRef reaches the pod as AWS_* variables
-
-    uri: str
-    endpoint: str | None = None
-    region: str | None = None
-
-    @field_validator("uri")
-    @classmethod
-    def _s3_prefix(cls, value: str) -> str:
-        try:
-            split_uri(value)
-        except ValueError:
-            raise ValueError(f"must look like s3://bucket/prefix, got {value!r}") from None
-        return value
-
-
-class JobSpec(_Spec):
-    model_config = ConfigDict(extra="ignore")  # worker, runPolicy, scheduling: the operator's business
-
-    model: ModelSpec
-    prompts: list[str] | None = None
-    prompt: str | None = None
-    negative_prompt: str | None = None
-    generation: GenerationSpec = GenerationSpec()
-    flex_cache: FlexCacheSpec = FlexCacheSpec()
-    parallelism: ParallelismSpec = ParallelismSpec()
-    engine: EngineSpec = EngineSpec()
-    output: OutputSpec
-
-
-def parse_spec(spec: object) -> JobSpec:
+def parse_spec(spec: object) -> GenerationJobSpec:
     if not isinstance(spec, dict):
         raise InvalidInput("spec", "must be a mapping")
+    if (loc := unknown_field(GenerationJobSpec, spec)) is not None:
+        raise InvalidInput(field_path(loc), "unknown field (the GenerationJob schema has no such field)")
     try:
-        return JobSpec.model_validate(spec)
-    except ValidationError as err:
-        first = err.errors()[0]
-        raise InvalidInput(".".join(["spec", *map(str, first["loc"])]), validation_message(first)) from None
+        return parse_operator_spec(spec, require_worker=False)
+    except InvalidSpec as err:
+        raise InvalidInput(err.field, err.detail) from None
 
 
 def read_job_file(path: Path) -> dict:
