@@ -22,7 +22,8 @@ from chitu_worker.failures import InvalidInput
 
 def _section_model(annotation: object) -> type[BaseModel] | None:
     """The pydantic model behind a field's annotation (`Model` or `Model | None`), else None."""
-    candidates = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    is_union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    candidates = typing.get_args(annotation) if is_union else (annotation,)
     return next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
 
 
