@@ -1,0 +1,38 @@
+"""What every single-device FlexCache strategy promises, checked for each one on the tiny transformer: its hooks
+act and leave nothing behind, and a higher cache_ratio never reuses less. Strategy-specific behaviour lives in
+test_flexcache_<strategy>.py."""
+
+import pytest
+import torch
+from flexcache_loop import denoise, make_strategy, run, tiny_transformer
+
+STEPS = 12
+STRATEGIES = ("teacache", "pab")
+
+
+@pytest.fixture(scope="module")
+def transformer():
+    return tiny_transformer()
+
+
+@pytest.fixture(scope="module")
+def reference(transformer):
+    return denoise(transformer, STEPS)
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_apply_then_remove_leaves_forward_identical(name, transformer, reference):
+    strategy = make_strategy(name, 1.0, transformer=transformer)
+    strategy.apply(transformer)
+    assert not torch.equal(denoise(transformer, STEPS), reference)  # the hooks do act...
+    strategy.remove(transformer)
+    assert torch.equal(denoise(transformer, STEPS), reference)  # ...and leave nothing behind
+
+
+@pytest.mark.parametrize("name", STRATEGIES)
+def test_reuse_never_decreases_with_the_ratio(name, transformer):
+    ratios = [i / 20 for i in range(21)]
+    fractions = [run(transformer, name, r, STEPS)[1]["reuse_fraction"] for r in ratios]
+    assert fractions == sorted(fractions), dict(zip(ratios, fractions))
+    assert fractions[ratios.index(0.5)] > 0
+    assert fractions[-1] > fractions[0] == 0
