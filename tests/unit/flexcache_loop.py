@@ -18,6 +18,7 @@ from chitu_diffusion.task import FlexCacheParams
 
 LATENT_SHAPE = (1, 16, 3, 8, 8)  # (B, C, F, H, W) -> 3 x 4 x 4 = 48 tokens after the 1x2x2 patchify
 TEXT_SHAPE = (1, 8, 32)  # (B, text tokens, text_dim)
+STEPS = 12  # denoising steps of the strategy tests' loop
 
 
 def tiny_transformer(seed: int = 0) -> WanTransformer3DModel:

@@ -4,20 +4,9 @@ test_flexcache_<strategy>.py."""
 
 import pytest
 import torch
-from flexcache_loop import denoise, make_strategy, run, tiny_transformer
+from flexcache_loop import STEPS, denoise, make_strategy, run
 
-STEPS = 12
 STRATEGIES = ("teacache", "pab")
-
-
-@pytest.fixture(scope="module")
-def transformer():
-    return tiny_transformer()
-
-
-@pytest.fixture(scope="module")
-def reference(transformer):
-    return denoise(transformer, STEPS)
 
 
 @pytest.mark.parametrize("name", STRATEGIES)

@@ -2,21 +2,10 @@
 
 import pytest
 import torch
-from flexcache_loop import decisions, denoise, make_strategy, run, tiny_transformer
+from flexcache_loop import STEPS, decisions, denoise, make_strategy, run
 
 from chitu_diffusion.flex_cache.strategy.pab import PABConfig
 
-STEPS = 12  # middle window: steps [2, 10)
-
-
-@pytest.fixture(scope="module")
-def transformer():
-    return tiny_transformer()
-
-
-@pytest.fixture(scope="module")
-def reference(transformer):
-    return denoise(transformer, STEPS)
 
 
 def test_ratio_zero_is_bit_identical_to_no_cache_and_holds_nothing(transformer, reference):
@@ -64,7 +53,7 @@ def test_cross_attention_reuses_more_than_self_attention(transformer):
 def test_only_the_middle_window_reuses_and_warmup_cooldown_compute(transformer):
     _, summary, _ = run(transformer, "pab", 1.0, STEPS, warmup=3, cooldown=1)
     reused_steps = {d["step"] for d in summary["decisions"] if d["decision"] == "reuse"}
-    assert reused_steps and reused_steps <= set(range(3, 10))
+    assert reused_steps and reused_steps <= set(range(3, 10))  # the middle window of 12 steps is [2, 10)
     assert {d["decision"] for d in summary["decisions"] if d["step"] < 3} == {"warmup"}
     assert {d["decision"] for d in summary["decisions"] if d["step"] == STEPS - 1} == {"cooldown"}
     assert {d["decision"] for d in summary["decisions"] if d["step"] == STEPS - 2} == {"compute"}  # past the window

@@ -4,22 +4,11 @@ import dataclasses
 
 import pytest
 import torch
-from flexcache_loop import decisions, denoise, make_strategy, run, tiny_transformer
+from flexcache_loop import STEPS, decisions, denoise, make_strategy, run
 
 from chitu_diffusion.flex_cache.strategy.teacache import FALLBACK_COEFFICIENTS, TeaCacheConfig
 from chitu_diffusion.models.adapter import WAN21
 
-STEPS = 12
-
-
-@pytest.fixture(scope="module")
-def transformer():
-    return tiny_transformer()
-
-
-@pytest.fixture(scope="module")
-def reference(transformer):
-    return denoise(transformer, STEPS)
 
 
 def test_ratio_zero_is_bit_identical_to_no_cache(transformer, reference):
