@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from chitu_diffusion.flex_cache.registry import available_strategies
+from chitu_diffusion.flex_cache.registry import strategy_names
 
 # Wan's VAE compresses 4x in time and 8x in space, and the DiT patchifies 2x2 on top of that.
 FRAME_STRIDE = 4
@@ -20,7 +20,7 @@ def _normalise_strategy(value: str | None, field: str) -> str | None:
     if value is None:
         return None
     name = str(value).strip().lower()
-    allowed = available_strategies()
+    allowed = strategy_names()
     if name not in allowed:
         raise ValueError(f"{field} must be one of {', '.join(repr(a) for a in allowed)} (case-insensitive), got {value!r}")
     return name

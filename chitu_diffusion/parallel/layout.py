@@ -27,9 +27,34 @@ class LayoutError(ConfigError):
     """A parallel layout that cannot run on this world size / model / request (one line per problem)."""
 
 
-def ulysses_degree(cp_size: int, up_limit: int, num_heads: int) -> int:
-    """The largest divisor of `cp_size` that is <= `up_limit` and divides `num_heads` (1 always qualifies)."""
-    return max(u for u in range(1, cp_size + 1) if cp_size % u == 0 and u <= up_limit and num_heads % u == 0)
+def ulysses_degree(cp_size: int, up_limit: int, num_heads: int | None) -> int:
+    """The largest divisor of `cp_size` that is <= `up_limit` and divides `num_heads` (1 always qualifies).
+
+    `num_heads=None` (the model is not known yet, as at admission) puts no head constraint: the largest Ulysses
+    degree any model could get, so the smallest ring degree.
+    """
+    return max(u for u in range(1, cp_size + 1)
+               if cp_size % u == 0 and u <= up_limit and (num_heads is None or num_heads % u == 0))
+
+
+#: The CEL twin of `ring_attention_problem(cp_size, up_limit, None) is None`, for the CRD (chitu_api writes it into
+#: the schema; a unit test checks the two agree on a grid). With no head constraint Ulysses takes all of cp_size
+#: when up_limit >= cp_size, so ring >= 2 exactly when cp_size >= 2 and up_limit < cp_size.
+RING_ATTENTION_CEL = "self.cpSize >= 2 && self.upLimit < self.cpSize"
+
+
+def ring_attention_problem(cp_size: int, up_limit: int, num_heads: int | None) -> str | None:
+    """Why a strategy that works on ring attention (DiTango) cannot run with these settings, or None.
+
+    The one check of "DiTango needs ring >= 2": the engine calls it with the model's head count, the contract
+    (and through RING_ATTENTION_CEL the apiserver) with None, the worst case, so a request admitted runs.
+    """
+    ring = cp_size // ulysses_degree(cp_size, up_limit, num_heads) if cp_size >= 1 and up_limit >= 1 else 0
+    if ring >= 2:
+        return None
+    return (f"needs ring attention over at least 2 ranks, but cp_size {cp_size} with up_limit {up_limit} gives "
+            f"ulysses {cp_size // max(ring, 1)} x ring {ring}: use cp_size >= 2 and up_limit < cp_size "
+            "(up_limit 1 puts all of cp_size on the ring)")
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import status as st
-from .names import pod_name
+from chitu_api.names import pod_name
 from .pods import FAILED, PENDING, RUNNING, SUCCEEDED, PodView, parse_time
-from .spec import GenerationJobSpec, parse_spec
+from chitu_api.generationjob import GenerationJobSpec, parse_spec
 
 
 @dataclass(frozen=True)

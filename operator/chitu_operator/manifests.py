@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from .lifecycle import Job
-from .names import (ATTEMPT_LABEL, JOB_NAME_LABEL, KUEUE_QUEUE_LABEL, MASTER_PORT, MODEL_VOLUME, RANK_LABEL,
+from chitu_api.names import (ATTEMPT_LABEL, JOB_NAME_LABEL, KUEUE_QUEUE_LABEL, MASTER_PORT, MODEL_VOLUME, RANK_LABEL,
                     ROLE_LABEL, WORKER_COMMAND, WORKER_CONTAINER, WORKER_IDENTITY, WORKER_ROLE, master_addr,
                     pod_name, service_name)
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .names import ATTEMPT_LABEL, RANK_LABEL, WORKER_CONTAINER
+from chitu_api.names import ATTEMPT_LABEL, RANK_LABEL, WORKER_CONTAINER
 
 RUNNING, SUCCEEDED, FAILED, PENDING = "Running", "Succeeded", "Failed", "Pending"
 MAX_DETAIL_CHARS = 800  # a log tail (FallbackToLogsOnError) can be 2 KiB: keep its end, where the error is

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .names import GROUP, PLURAL, WORKER_IDENTITY
+from chitu_api.names import GROUP, PLURAL, WORKER_IDENTITY
 
 OPERATOR_ROLE = "chitu-operator"
 

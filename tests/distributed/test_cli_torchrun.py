@@ -7,7 +7,7 @@ import sys
 import pytest
 from harness import free_port
 
-from chitu_diffusion.flex_cache.strategy.ditango import POLICY_FILE
+from chitu_diffusion.flex_cache.strategy.ditango.ditango import POLICY_FILE
 
 pytestmark = pytest.mark.distributed
 

@@ -13,7 +13,7 @@ from chitu_diffusion.config import ConfigError, EngineConfig
 from chitu_diffusion.engine import check_single_process
 from chitu_diffusion.flex_cache.base import Decision
 from chitu_diffusion.flex_cache.registry import get_strategy
-from chitu_diffusion.flex_cache.strategy.ditango import POLICY_FILE
+from chitu_diffusion.flex_cache.strategy.ditango.ditango import POLICY_FILE
 from chitu_diffusion.flex_cache.strategy.ditango.planner import CODES
 from chitu_diffusion.flex_cache.strategy.ditango.policy_image import LEGEND, read_ppm
 from chitu_diffusion.models.adapter import adapter_for

@@ -10,7 +10,7 @@ import yaml
 
 from chitu_operator import names
 from chitu_operator import status as st
-from chitu_operator.spec import Engine, FlexCache, GenerationJobSpec, Parallelism, RunPolicy, WorkerTemplate, parse_spec
+from chitu_api.generationjob import Engine, FlexCache, GenerationJobSpec, Parallelism, RunPolicy, WorkerTemplate, parse_spec
 from chitu_worker.spec import unknown_field
 
 REPO = Path(__file__).resolve().parents[2]

@@ -10,7 +10,7 @@ import pytest
 from chitu_operator import status as st
 from chitu_operator.lifecycle import WAIT, Job, decide, reject_invalid, seconds_until_expiry
 from chitu_operator.pods import PodView
-from chitu_operator.spec import parse_spec
+from chitu_api.generationjob import parse_spec
 
 NOW = datetime.datetime(2026, 1, 1, 12, 0, tzinfo=datetime.timezone.utc)
 UID = "job-uid"

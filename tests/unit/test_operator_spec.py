@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from chitu_operator.spec import InvalidSpec, parse_spec
+from chitu_api.generationjob import InvalidSpec, parse_spec
 
 MINIMAL = {"model": {"uri": "/models/wan"}, "prompt": "a cat", "worker": {"image": "w"},
            "output": {"uri": "s3://bucket/prefix"}}

@@ -9,14 +9,14 @@ from diffusers.hooks import HookRegistry
 from chitu_diffusion.attention.processor import WanSelfAttnProcessor
 from chitu_diffusion.config import ConfigError, EngineConfig
 from chitu_diffusion.engine import Engine, generate
-from chitu_diffusion.flex_cache.registry import available_strategies, get_strategy
+from chitu_diffusion.flex_cache.registry import get_strategy, strategy_names
 from chitu_diffusion.flex_cache.strategy.none import NoCache
 from chitu_diffusion.models.tiny import build_random_pipeline
 from chitu_diffusion.task import DiffusionUserParams
 from chitu_diffusion.video import read_mp4
 
 STEPS = 3
-SINGLE_DEVICE_STRATEGIES = [s for s in available_strategies() if not get_strategy(s).requires_context_parallel]
+SINGLE_DEVICE_STRATEGIES = [s for s in strategy_names() if not get_strategy(s).requires_context_parallel]
 
 
 def request(**overrides) -> DiffusionUserParams:

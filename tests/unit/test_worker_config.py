@@ -12,7 +12,7 @@ from chitu_worker.config import build_plan
 from chitu_worker.spec import read_job_file
 from chitu_worker.env import PodEnv
 from chitu_worker.failures import InvalidInput
-from chitu_worker.outputs import job_prefix, prompt_prefix
+from chitu_api.objectkeys import job_prefix, prompt_prefix
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 JOB = {

@@ -22,6 +22,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
 from chitu_devcluster.s3 import S3Credentials
+from chitu_api import objectkeys
 from chitu_worker import outputs
 from chitu_worker.config import build_plan
 from chitu_worker.env import PodEnv
@@ -198,11 +199,11 @@ def test_resume_generates_only_the_missing_prompt(s3_env, store, bucket, tiny_mo
     )
     # Prompt 0 finished in an earlier attempt (stand-in files: regenerating would replace them).
     done = plan.prompt_prefix(0)
-    for name in (outputs.VIDEO, outputs.METRICS):
+    for name in (objectkeys.VIDEO, objectkeys.METRICS):
         (tmp_path / name).write_text(f"from attempt 0: {name}")
         store.upload_file(tmp_path / name, f"{done}/{name}")
     before = {name: store.client.head_object(Bucket=bucket, Key=f"runs/resume-5e5e5e5e/prompt-0000/{name}")["ETag"]
-              for name in (outputs.VIDEO, outputs.METRICS)}
+              for name in (objectkeys.VIDEO, objectkeys.METRICS)}
 
     with caplog.at_level(logging.INFO, logger="chitu_worker"):
         run_rank(plan, SINGLE)

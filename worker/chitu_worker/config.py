@@ -17,10 +17,10 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from chitu_diffusion.config import ConfigError, EngineConfig
 from chitu_diffusion.task import DiffusionUserParams
-from chitu_operator.spec import GenerationJobSpec, Parallelism, error_message
+from chitu_api.generationjob import GenerationJobSpec, Parallelism, error_message
 from chitu_worker.env import PodEnv
 from chitu_worker.failures import InvalidInput
-from chitu_worker.outputs import job_prefix, prompt_prefix
+from chitu_api.objectkeys import job_prefix, prompt_prefix
 from chitu_worker.spec import parse_spec
 from chitu_worker.storage import S3Settings
 

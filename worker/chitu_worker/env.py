@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from chitu_operator.spec import error_message
+from chitu_api.generationjob import error_message
 from chitu_worker.failures import InvalidInput
 
 DEFAULT_MODEL_CACHE = Path.home() / ".cache" / "chitu" / "models"

@@ -15,12 +15,11 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from chitu_api.exitcodes import EXIT_FAILED, EXIT_INVALID_INPUT
 from chitu_diffusion.config import ConfigError
 
 logger = logging.getLogger(__name__)
 
-EXIT_FAILED = 1
-EXIT_INVALID_INPUT = 2  # a bad spec or pod env: retrying the same input cannot help
 MAX_MESSAGE_BYTES = 4096  # the kubelet's limit on a termination message
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 

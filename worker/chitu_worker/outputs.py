@@ -1,10 +1,7 @@
 """Where a prompt's results go, when a prompt counts as done, and the status entry that reports it.
 
-Keys follow docs/generationjob.md: `<output.uri>/<job name>-<uid[:8]>/prompt-<index:04d>/{video.mp4,
-metrics.json,<policy files>}`. They depend only on the job's identity and the prompt index, so a restarted gang
-overwrites what a failed attempt left half-written, and a new job with an old job's name starts clean.
-
-metrics.json is uploaded last: "metrics.json exists" means every other file of the prompt is there too.
+Keys are the contract's (chitu_api.objectkeys); metrics.json is uploaded last, so "metrics.json exists" means every
+other file of the prompt is there too.
 """
 
 from __future__ import annotations
@@ -14,10 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
+from chitu_api.objectkeys import METRICS, VIDEO
 from chitu_worker.storage import ObjectStore
 
-VIDEO = "video.mp4"
-METRICS = "metrics.json"
 # Policy pictures, most viewable first: the status entry names one of them.
 POLICY_PREFERENCE = (".png", ".ppm")
 
@@ -28,14 +24,6 @@ class GenerationOutputs(Protocol):
     video_path: Path
     metrics_path: Path
     extra_paths: list[Path]
-
-
-def job_prefix(output_uri: str, job_name: str, job_uid: str) -> str:
-    return f"{output_uri.rstrip('/')}/{job_name}-{job_uid[:8]}"
-
-
-def prompt_prefix(job_prefix: str, index: int) -> str:
-    return f"{job_prefix}/prompt-{index:04d}"
 
 
 def is_complete(store: ObjectStore, prefix: str) -> bool:

@@ -15,8 +15,8 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel
 
-from chitu_operator.spec import GenerationJobSpec, InvalidSpec, field_path
-from chitu_operator.spec import parse_spec as parse_operator_spec
+from chitu_api.generationjob import GenerationJobSpec, InvalidSpec, field_path
+from chitu_api.generationjob import parse_spec as parse_operator_spec
 from chitu_worker.failures import InvalidInput
 
 

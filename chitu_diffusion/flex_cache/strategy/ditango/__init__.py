@@ -1,6 +1,6 @@
-"""DiTango (ASE-guided group reuse under ring attention): the strategy, its planner and its policy picture."""
+"""DiTango (ASE-guided group reuse under ring attention): the strategy (ditango.py), its planner and its picture.
 
-from chitu_diffusion.flex_cache.strategy.ditango.ditango import POLICY_FILE, DiTango
-from chitu_diffusion.flex_cache.strategy.ditango.planner import DiTangoConfig
+This file holds only the strategy's torch-free traits, read by the registry without importing torch.
+"""
 
-__all__ = ["POLICY_FILE", "DiTango", "DiTangoConfig"]
+REQUIRES_RING_ATTENTION = True

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from .names import WORKER_IDENTITY
+from chitu_api.names import WORKER_IDENTITY
 
 FRAME_STRIDE = 4  # Wan's VAE compresses time 4x: frames = 4k+1
 SPATIAL_STRIDE = 16  # 8x VAE x 2x2 patches
