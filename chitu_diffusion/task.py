@@ -16,6 +16,17 @@ FRAME_STRIDE = 4
 SPATIAL_STRIDE = 16
 
 
+def frames_problem(frames: int) -> str | None:
+    """Why a video of `frames` frames cannot be generated, or None. The one frame-count rule: the GenerationJob
+    contract (chitu_api) calls it too and writes its CEL twin from FRAME_STRIDE."""
+    return None if frames % FRAME_STRIDE == 1 else f"must be 4k+1 (1, 5, 9, ..., 81), got {frames}"
+
+
+def spatial_problem(pixels: int) -> str | None:
+    """Why a height or width of `pixels` cannot be generated, or None (shared with chitu_api like frames_problem)."""
+    return None if pixels % SPATIAL_STRIDE == 0 else f"must be a multiple of {SPATIAL_STRIDE}, got {pixels}"
+
+
 def _normalise_strategy(value: str | None, field: str) -> str | None:
     if value is None:
         return None
@@ -81,15 +92,15 @@ class DiffusionUserParams(BaseModel):
     @field_validator("height", "width")
     @classmethod
     def _spatial_multiple(cls, value: int, info) -> int:
-        if value % SPATIAL_STRIDE:
-            raise ValueError(f"{info.field_name} must be a multiple of {SPATIAL_STRIDE}, got {value}")
+        if problem := spatial_problem(value):
+            raise ValueError(f"{info.field_name} {problem}")
         return value
 
     @field_validator("num_frames")
     @classmethod
     def _frames_4k_plus_1(cls, value: int) -> int:
-        if value % FRAME_STRIDE != 1:
-            raise ValueError(f"num_frames must be 4k+1 (1, 5, 9, ..., 81), got {value}")
+        if problem := frames_problem(value):
+            raise ValueError(f"num_frames {problem}")
         return value
 
     @field_validator("flexcache", mode="before")
