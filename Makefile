@@ -5,8 +5,11 @@ BIN := $(VENV)/bin
 # The install stamp is keyed by pyproject.toml, so a dependency change reinstalls and nothing else does.
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 DEMO := out/demo
+# pytest's exit 5 (nothing collected) is a failure here: an empty selection must never pass as green.
+pytest = $(BIN)/python -m pytest $(1); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
-.PHONY: setup demo test control-plane clean
+.PHONY: setup demo test unit lint control-plane clean
 
 setup: $(STAMP)
 
@@ -28,10 +31,18 @@ demo: setup
 control-plane:
 	bash scripts/build-control-plane.sh
 
-# pytest's exit 5 (nothing collected) is a failure here: an empty selection must never pass as green.
+# Every tier: unit, distributed (gloo ranks), e2e (the hermetic control plane).
 test: setup control-plane
-	$(BIN)/python -m pytest; rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+	$(call pytest,)
+
+# The fast tier: tests/unit only (CPU, tiny models, pure builders); no control plane is built or started.
+unit: setup
+	$(call pytest,tests/unit)
+
+# Lint and formatting check (rules in pyproject.toml [tool.ruff]); `ruff format .` applies the formatting.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 clean:
 	rm -rf out .dev-cluster .pytest_cache

@@ -1,11 +1,26 @@
-"""Fixtures shared by every tier: a tiny random Wan2.1 model folder and an engine loaded from it, built once.
+"""The test tiers, and fixtures shared by every tier: a tiny random Wan2.1 model folder and an engine loaded from it,
+built once; SeaweedFS as S3.
 
+A test's tier is its folder: everything under tests/e2e is marked ``e2e`` and everything under tests/distributed
+``distributed`` here, so ``-m "not e2e"`` deselects a whole folder and no file can forget its marker.
 Imports happen inside the fixtures so tiers that never use them (e2e) do not pay for torch and diffusers.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+
+TESTS = Path(__file__).parent
+TIER_OF_FOLDER = {"e2e": pytest.mark.e2e, "distributed": pytest.mark.distributed}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        folder = item.path.relative_to(TESTS).parts[0] if item.path.is_relative_to(TESTS) else None
+        if folder in TIER_OF_FOLDER:
+            item.add_marker(TIER_OF_FOLDER[folder])
 
 
 @pytest.fixture(scope="session")
@@ -32,7 +47,7 @@ def tiny_pipeline(tiny_model_dir):
 def seaweedfs(tmp_path_factory):
     """A SeaweedFS S3 server on loopback with keys enforced (the dev cluster's own `start_s3`), for tests that
     need S3 without a control plane. Yields its `S3Credentials`."""
-    from chitu_devcluster.layout import StateDir
+    from chitu_devcluster.paths import StateDir
     from chitu_devcluster.processes import ProcessTable
     from chitu_devcluster.s3 import start_s3
 

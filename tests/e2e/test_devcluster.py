@@ -15,12 +15,10 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from chitu_devcluster.cluster import DevCluster
+from chitu_devcluster.identities import OPERATOR_NAMESPACE, OPERATOR_SERVICE_ACCOUNT
 from chitu_devcluster.nodeagent import GPU_RESOURCE, NODE_NAME
 from chitu_devcluster.podrunner import SIMULATE_WAITING_ANNOTATION
-from chitu_devcluster.rbac import OPERATOR_NAMESPACE, OPERATOR_SERVICE_ACCOUNT
 from chitu_devcluster.waiting import wait_for
-
-pytestmark = pytest.mark.e2e
 
 TIMEOUT = 30
 

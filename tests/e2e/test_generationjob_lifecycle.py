@@ -16,14 +16,12 @@ from pathlib import Path
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from chitu_devcluster.layout import VENV_BIN
+from chitu_api.names import GROUP, PLURAL, VERSION
+from chitu_devcluster.paths import VENV_BIN
 from chitu_devcluster.podrunner import SIMULATE_WAITING_ANNOTATION
 from chitu_devcluster.waiting import wait_for
 
-pytestmark = pytest.mark.e2e
-
 TIMEOUT = 60
-GROUP, VERSION, PLURAL = "chitu.dev", "v1alpha1", "generationjobs"
 
 # Each pod writes what it saw to $OUT/<rank>-<attempt>.json, then waits for the file $GATE (if given).
 WAIT_FOR_GATE = """

@@ -17,13 +17,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from chitu_devcluster.layout import VENV_BIN
+from chitu_api.names import GROUP, PLURAL, VERSION
+from chitu_devcluster.paths import VENV_BIN
 from chitu_devcluster.waiting import wait_for
 
-pytestmark = pytest.mark.e2e
-
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "two-prompts-teacache.yaml"
-GROUP, VERSION, PLURAL = "chitu.dev", "v1alpha1", "generationjobs"
 TIMEOUT = 600  # worker processes importing torch and generating on 2 CPU cores
 
 # Rank 1 of attempt 0 dies after the first denoising step of its second prompt. CFG parallelism exchanges the

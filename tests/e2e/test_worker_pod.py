@@ -12,18 +12,18 @@ import time
 
 import pytest
 
-GROUP, VERSION, PLURAL = "chitu.dev", "v1alpha1", "generationjobs"
-WORKER = "chitu-worker"
+from chitu_api.names import GROUP, PLURAL, VERSION, WORKER_COMMAND, WORKER_CONTAINER, WORKER_IDENTITY
+
 TIMEOUT = 180
 
 
 def grant_worker_identity(k8s, namespace: str, s3_creds) -> None:
     """What the operator creates once per namespace, plus the job's S3 Secret."""
-    k8s.core.create_namespaced_service_account(namespace, {"metadata": {"name": WORKER}})
+    k8s.core.create_namespaced_service_account(namespace, {"metadata": {"name": WORKER_IDENTITY}})
     k8s.rbac.create_namespaced_role_binding(namespace, {
-        "metadata": {"name": WORKER},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": WORKER},
-        "subjects": [{"kind": "ServiceAccount", "name": WORKER, "namespace": namespace}],
+        "metadata": {"name": WORKER_IDENTITY},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": WORKER_IDENTITY},
+        "subjects": [{"kind": "ServiceAccount", "name": WORKER_IDENTITY, "namespace": namespace}],
     })
     k8s.core.create_namespaced_secret(namespace, {"metadata": {"name": "s3-creds"}, "stringData": {
         "AWS_ACCESS_KEY_ID": s3_creds.access_key_id, "AWS_SECRET_ACCESS_KEY": s3_creds.secret_access_key}})
@@ -57,8 +57,9 @@ def worker_pod(job: dict, endpoint: str, cache_dir: str) -> dict:
     env += [{"name": key, "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": key}}}
             for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")]
     return {"metadata": {"name": "cats-worker-0"},
-            "spec": {"restartPolicy": "Never", "serviceAccountName": WORKER,
-                     "containers": [{"name": "worker", "image": "unused", "command": [WORKER], "env": env}]}}
+            "spec": {"restartPolicy": "Never", "serviceAccountName": WORKER_IDENTITY,
+                     "containers": [{"name": WORKER_CONTAINER, "image": "unused", "command": list(WORKER_COMMAND),
+                                     "env": env}]}}
 
 
 def run_pod(k8s, namespace: str, pod: dict) -> tuple[object, list[dict]]:

@@ -11,7 +11,7 @@ import yaml
 from chitu_operator import names
 from chitu_operator import status as st
 from chitu_api.generationjob import Engine, FlexCache, GenerationJobSpec, Parallelism, RunPolicy, WorkerTemplate, parse_spec
-from chitu_worker.spec import unknown_field
+from chitu_worker.manifest import unknown_field
 
 REPO = Path(__file__).resolve().parents[2]
 CRD = yaml.safe_load((REPO / "crds" / "generationjob.yaml").read_text())

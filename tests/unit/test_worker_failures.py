@@ -8,7 +8,6 @@ from pathlib import Path
 from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 
 from chitu_diffusion.config import ConfigError
-from chitu_worker.config import Topology
 from chitu_worker.failures import (
     EXIT_FAILED,
     EXIT_INVALID_INPUT,
@@ -19,6 +18,7 @@ from chitu_worker.failures import (
     write_termination_message,
 )
 from chitu_worker.launcher import first_failure, torchrun_argv
+from chitu_worker.plan import Topology
 
 
 def test_one_line_and_truncation():

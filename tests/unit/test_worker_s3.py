@@ -21,13 +21,13 @@ import yaml
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
-from chitu_devcluster.s3 import S3Credentials
 from chitu_api import objectkeys
+from chitu_devcluster.s3 import S3Credentials
 from chitu_worker import outputs
-from chitu_worker.config import build_plan
 from chitu_worker.env import PodEnv
 from chitu_worker.failures import InvalidInput
 from chitu_worker.modelcache import cache_dir, resolve_model
+from chitu_worker.plan import build_plan
 from chitu_worker.rank import SINGLE, run_rank
 from chitu_worker.storage import MiB, S3Settings, S3Store
 

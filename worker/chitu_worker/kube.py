@@ -16,13 +16,13 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
-from chitu_worker.config import JobRef
+from chitu_api.names import GROUP, PLURAL, VERSION
 from chitu_worker.env import PodEnv
 from chitu_worker.failures import InvalidInput
+from chitu_worker.plan import JobRef
 
 logger = logging.getLogger(__name__)
 
-GROUP, VERSION, PLURAL = "chitu.dev", "v1alpha1", "generationjobs"
 FIELD_MANAGER = "chitu-worker"
 REQUEST_TIMEOUT = (3, 10)  # (connect, read) seconds: a slow API must not stall generation for long
 FETCH_ATTEMPTS = 6  # about 30 s of retries: the API may be briefly unreachable while a pod starts

@@ -17,8 +17,8 @@ from pathlib import Path
 from torch.distributed import run as torchrun
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
-from chitu_worker.config import Topology, WorkerPlan
 from chitu_worker.failures import EXIT_FAILED, truncate
+from chitu_worker.plan import Topology, WorkerPlan
 from chitu_worker.rank import SINGLE, run_rank
 
 logger = logging.getLogger(__name__)

@@ -13,13 +13,13 @@ import argparse
 import logging
 from pathlib import Path
 
-from chitu_worker.config import WorkerPlan, build_plan
 from chitu_worker.env import PodEnv
 from chitu_worker.failures import EXIT_FAILED, exit_code, one_line, write_termination_message
 from chitu_worker.kube import custom_objects_api, fetch_job
 from chitu_worker.launcher import RankFailure, launch
 from chitu_worker.logs import configure_logging
-from chitu_worker.spec import read_job_file
+from chitu_worker.manifest import read_job_file
+from chitu_worker.plan import WorkerPlan, build_plan
 
 logger = logging.getLogger("chitu_worker")
 

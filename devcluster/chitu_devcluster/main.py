@@ -1,7 +1,6 @@
-"""``chitu dev-cluster up|down|env|status``: the hermetic cluster from a shell.
+"""``chitu-dev-cluster up|down|env|status``: the hermetic cluster from a shell.
 
-The top-level ``chitu`` CLI hands ``dev-cluster ...`` arguments to :func:`main`; ``python -m
-chitu_devcluster`` does the same. Progress goes to stderr so ``env``'s stdout can be eval'ed.
+``python -m chitu_devcluster`` is the same command. Progress goes to stderr so ``env``'s stdout can be eval'ed.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ import sys
 from pathlib import Path
 
 from .cluster import DevCluster
-from .layout import DEFAULT_STATE_DIR
+from .paths import DEFAULT_STATE_DIR
 from .nodeagent import GPU_RESOURCE, NodeConfig
 
 log = logging.getLogger(__name__)
@@ -22,13 +21,13 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
                         help="folder holding kubeconfig, s3.env, env.sh, pids and logs (default: %(default)s)")
-    parser = argparse.ArgumentParser(prog="chitu dev-cluster", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="chitu-dev-cluster", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", parents=[common], help="start the control plane, node agent, S3 (and operator)")
     up.add_argument("--no-operator", action="store_true", help="do not run chitu-operator")
     up.add_argument("--gpus", type=int, default=NodeConfig.gpus, help=f"{GPU_RESOURCE} capacity of the node")
     commands.add_parser("down", parents=[common], help="stop everything started by `up`")
-    commands.add_parser("env", parents=[common], help="print shell exports: eval $(chitu dev-cluster env)")
+    commands.add_parser("env", parents=[common], help="print shell exports: eval $(chitu-dev-cluster env)")
     commands.add_parser("status", parents=[common], help="which services run")
     return parser
 
@@ -40,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "up":
             cluster = DevCluster.up(args.state_dir, with_operator=not args.no_operator, gpus=args.gpus)
             print(f"dev cluster up; logs in {cluster.state.logs}\n"
-                  f"use it with: eval $(chitu dev-cluster env{_state_flag(args)})", file=sys.stderr)
+                  f"use it with: eval $(chitu-dev-cluster env{_state_flag(args)})", file=sys.stderr)
         elif args.command == "down":
             DevCluster(args.state_dir).down()
         elif args.command == "env":
@@ -53,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name:28} {'ok' if ok else 'DOWN'}")
             return 0 if services and all(services.values()) else 1
     except (RuntimeError, OSError) as err:
-        print(f"chitu dev-cluster {args.command}: {err}", file=sys.stderr)
+        print(f"chitu-dev-cluster {args.command}: {err}", file=sys.stderr)
         return 1
     return 0
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import certs
 from .kubeconfig import write_kubeconfig
-from .layout import StateDir, free_ports
+from .paths import StateDir, free_ports
 from .processes import ProcessTable
 from .waiting import wait_for
 

@@ -25,8 +25,8 @@ from pathlib import Path
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
-from .layout import StateDir, k8s_version
-from .podenv import LOOPBACK
+from .paths import StateDir, k8s_version
+from .containerenv import LOOPBACK
 from .podrunner import NodeContext, PodRunner, now
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The GenerationJob document as the worker reads it: a manifest file or the API object -> the typed spec.
 
-The spec model is the operator's (`chitu_operator.spec`, one model of the document for both). What the worker adds
+The spec model is the contract's (`chitu_api.generationjob`, one model of the document for all). What the worker adds
 is what an apiserver would have done for a local `--job-file` run: a field the model does not know is an error
 here (a typo like `generation.setps` must not silently run with the default), where the apiserver would have
 pruned it. Errors become `InvalidInput` naming the field.

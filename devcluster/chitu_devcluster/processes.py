@@ -1,6 +1,6 @@
 """Detached service processes recorded in pid files, so another shell can find and stop them.
 
-Each service runs in its own session: it survives the ``chitu dev-cluster up`` command that started
+Each service runs in its own session: it survives the ``chitu-dev-cluster up`` command that started
 it and a Ctrl-C in that terminal. A pid file records the pid and the process start time read from
 /proc, so ``down`` never signals a recycled pid that now belongs to someone else.
 """

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from chitu_worker.config import build_plan
-from chitu_worker.spec import read_job_file
+from chitu_api.objectkeys import job_prefix, prompt_prefix
 from chitu_worker.env import PodEnv
 from chitu_worker.failures import InvalidInput
-from chitu_api.objectkeys import job_prefix, prompt_prefix
+from chitu_worker.manifest import read_job_file
+from chitu_worker.plan import build_plan
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 JOB = {

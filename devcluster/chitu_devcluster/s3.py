@@ -17,7 +17,7 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
-from .layout import VENV_BIN, StateDir, free_ports
+from .paths import VENV_BIN, StateDir, free_ports
 from .processes import ProcessTable
 from .waiting import wait_for
 

@@ -1,6 +1,6 @@
 """A GenerationJob and the pod env -> one typed `WorkerPlan`, the only input a rank process needs.
 
-The spec, parsed with the GenerationJob model (chitu_worker.spec), becomes chitu_diffusion's `DiffusionUserParams`
+The spec, parsed with the GenerationJob model (chitu_worker.manifest), becomes chitu_diffusion's `DiffusionUserParams`
 (one per prompt) and `EngineConfig`; the engine's own checks are translated back to the spec field the user wrote,
 so every error is an `InvalidInput` naming that field (`spec.generation.height: Input should be a multiple of 16
 (got 50)`). The launcher builds the plan once and hands it to its rank processes as JSON.
@@ -15,13 +15,13 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from chitu_api.generationjob import GenerationJobSpec, Parallelism, error_message
+from chitu_api.objectkeys import job_prefix, prompt_prefix
 from chitu_diffusion.config import ConfigError, EngineConfig
 from chitu_diffusion.task import DiffusionUserParams
-from chitu_api.generationjob import GenerationJobSpec, Parallelism, error_message
 from chitu_worker.env import PodEnv
 from chitu_worker.failures import InvalidInput
-from chitu_api.objectkeys import job_prefix, prompt_prefix
-from chitu_worker.spec import parse_spec
+from chitu_worker.manifest import parse_spec
 from chitu_worker.storage import S3Settings
 
 LOCALHOST = "127.0.0.1"

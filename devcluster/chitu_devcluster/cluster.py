@@ -2,7 +2,7 @@
 
 ``up`` starts, each detached in its own session, etcd + kube-apiserver + kube-controller-manager +
 kube-scheduler (controlplane), SeaweedFS (s3), the node agent (nodeagent) and, optionally, the
-operator as a local process; it applies every CRD under ``crds/`` and the RBAC of rbac.py. Pid
+operator as a local process; it applies every CRD under ``crds/`` and the RBAC of identities.py. Pid
 files, logs, kubeconfigs and ``env.sh`` land in the state folder, so ``down``/``env``/``status``
 work from any shell given the same folder.
 """
@@ -23,11 +23,11 @@ import yaml
 from kubernetes import client, config
 from kubernetes.dynamic import DynamicClient
 
-from . import rbac
+from . import identities
 from .certs import CertPaths
 from .controlplane import ControlPlane, admin_tls, http_status
 from .kubeconfig import write_kubeconfig
-from .layout import (BUILD_SCRIPT, CONTROL_PLANE_BINARIES, CRDS_DIR, DEFAULT_STATE_DIR, VENV_BIN, StateDir,
+from .paths import (BUILD_SCRIPT, CONTROL_PLANE_BINARIES, CRDS_DIR, DEFAULT_STATE_DIR, VENV_BIN, StateDir,
                      control_plane_bin_dir)
 from .nodeagent import NODE_NAME, NOT_READY_TAINT, NodeConfig
 from .podrunner import PID_RECORD
@@ -88,7 +88,7 @@ class DevCluster:
             cluster._start_node_agent(gpus, timeout)
             cluster._apply(cluster._crd_manifests())
             cluster._wait_crds_established(timeout)
-            cluster._apply(rbac.build_dev_rbac())
+            cluster._apply(identities.build_dev_rbac())
             cluster._write_operator_kubeconfig()
             cluster.state.env_sh.write_text(cluster.env_script())
             if with_operator:
@@ -128,7 +128,7 @@ class DevCluster:
                 "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', os.defpath)}"}
 
     def env_script(self) -> str:
-        """The same as shell exports (the content of env.sh), for ``eval $(chitu dev-cluster env)``."""
+        """The same as shell exports (the content of env.sh), for ``eval $(chitu-dev-cluster env)``."""
         lines = [f"export {k}={shlex.quote(v)}" for k, v in self.env().items() if k != "PATH"]
         lines.append(f'export PATH={shlex.quote(str(VENV_BIN))}:"$PATH"')
         return "\n".join(lines) + "\n"
@@ -221,8 +221,8 @@ class DevCluster:
     def _write_operator_kubeconfig(self) -> None:
         core = client.CoreV1Api(self.api_client())
         token = core.create_namespaced_service_account_token(
-            rbac.OPERATOR_SERVICE_ACCOUNT, rbac.OPERATOR_NAMESPACE,
+            identities.OPERATOR_SERVICE_ACCOUNT, identities.OPERATOR_NAMESPACE,
             {"spec": {"expirationSeconds": OPERATOR_TOKEN_SECONDS}}).status.token
         write_kubeconfig(self.state.operator_kubeconfig, self.server, CertPaths(self.state.certs).ca_cert.read_bytes(),
-                         user=f"system:serviceaccount:{rbac.OPERATOR_NAMESPACE}:{rbac.OPERATOR_SERVICE_ACCOUNT}",
-                         token=token, namespace=rbac.OPERATOR_NAMESPACE)
+                         user=f"system:serviceaccount:{identities.OPERATOR_NAMESPACE}:{identities.OPERATOR_SERVICE_ACCOUNT}",
+                         token=token, namespace=identities.OPERATOR_NAMESPACE)

@@ -40,8 +40,8 @@ from kubernetes.client import CoreV1Api
 from kubernetes.client.exceptions import ApiException
 
 from .kubeconfig import write_kubeconfig
-from .layout import VENV_BIN
-from .podenv import LOOPBACK, EnvError, container_argv, container_env
+from .paths import VENV_BIN
+from .containerenv import LOOPBACK, EnvError, container_argv, container_env
 from .processes import write_record
 
 log = logging.getLogger(__name__)

@@ -75,7 +75,7 @@ class StateDir:
 
     @property
     def operator_kubeconfig(self) -> Path:
-        """Token kubeconfig of the chitu-operator service account (RBAC from rbac.py)."""
+        """Token kubeconfig of the chitu-operator service account (RBAC from identities.py)."""
         return self.root / "operator.kubeconfig"
 
     @property
