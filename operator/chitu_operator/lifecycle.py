@@ -7,8 +7,10 @@ decision out (gang.carry_out) and writes its status patch; nothing here touches 
 Gang semantics follow Kubeflow's PyTorchJob and JobSet: the pods of one attempt live and die
 together. A failed rank (or a rank lost while the gang runs) deletes the whole attempt; once its
 pods are gone, the next attempt's pods (same names, label restart-attempt = status.restarts) are
-created, until runPolicy.backoffLimit restarts are spent. Rules are checked in this order:
-suspension, activeDeadlineSeconds, preRunningDeadlineSeconds, failed ranks, then the gang's progress.
+created, until runPolicy.backoffLimit restarts are spent. A rank that exits with a permanent exit code
+(chitu_api.exitcodes: invalid input, such as a model path that does not exist) fails the job at once: the
+same input would fail again. Rules are checked in this order: suspension, activeDeadlineSeconds,
+preRunningDeadlineSeconds, failed ranks, then the gang's progress.
 
 Decisions tolerate a stale read (the job's status or the pod index a moment behind the cluster):
 repeated, a decision writes the same status values (restarts = status.restarts + 1 of the same
@@ -134,9 +136,14 @@ def _stuck_before_running(job: Job, owned: Sequence[PodView], now: datetime.date
 
 
 def _rank_lost(job: Job, owned: Sequence[PodView], now: datetime.datetime) -> Decision | None:
-    """A failed rank ends the attempt; so does a rank deleted or gone while the gang was running."""
+    """A failed rank ends the attempt (and the job, on invalid input); so does a rank deleted or gone while the
+    gang was running."""
     current = _current(job, owned)
     failed = sorted((p for p in current if p.phase == FAILED), key=lambda p: (p.finished or now, p.rank))
+    invalid = next((p for p in failed if p.failed_permanently), None)
+    if invalid:
+        return _finish(job, current, now, st.FAILED, st.INVALID_INPUT,
+                       f"{invalid.failure()} (invalid input: not retried)")
     if failed:
         return _restart_or_fail(job, current, now, failed[0].failure())
     if job.phase != st.RUNNING:

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from chitu_api.exitcodes import PERMANENT_EXIT_CODES
 from chitu_api.names import ATTEMPT_LABEL, RANK_LABEL, WORKER_CONTAINER
 
 RUNNING, SUCCEEDED, FAILED, PENDING = "Running", "Succeeded", "Failed", "Pending"
@@ -60,6 +61,11 @@ class PodView:
             exit_code=terminated.get("exitCode"), termination_message=(terminated.get("message") or "").strip() or None,
             finished=parse_time(terminated.get("finishedAt")),
         )
+
+    @property
+    def failed_permanently(self) -> bool:
+        """The worker container exited with a code that says running it again cannot succeed (invalid input)."""
+        return self.phase == FAILED and self.exit_code in PERMANENT_EXIT_CODES
 
     def failure(self) -> str:
         """One line on why this pod failed, for conditions and events."""

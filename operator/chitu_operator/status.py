@@ -26,6 +26,7 @@ EXCLUSIVE_CONDITIONS = (RUNNING, RESTARTING, SUSPENDED)
 JOB_CREATED = "JobCreated"
 PODS_RUNNING = "PodsRunning"
 RANK_FAILED = "RankFailed"
+INVALID_INPUT = "InvalidInput"  # a rank exited with a permanent exit code (chitu_api.exitcodes): never retried
 BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
 DEADLINE_EXCEEDED = "DeadlineExceeded"
 PRE_RUNNING_DEADLINE_EXCEEDED = "PreRunningDeadlineExceeded"

@@ -7,10 +7,11 @@ import datetime
 
 import pytest
 
+from chitu_api.exitcodes import EXIT_FAILED, EXIT_INVALID_INPUT, PERMANENT_EXIT_CODES
+from chitu_api.generationjob import parse_spec
 from chitu_operator import status as st
 from chitu_operator.lifecycle import WAIT, Job, decide, reject_invalid, seconds_until_expiry
 from chitu_operator.pods import PodView
-from chitu_api.generationjob import parse_spec
 
 NOW = datetime.datetime(2026, 1, 1, 12, 0, tzinfo=datetime.timezone.utc)
 UID = "job-uid"
@@ -95,6 +96,35 @@ def test_first_failure_is_reported_when_several_ranks_fail():
                 finished=NOW - datetime.timedelta(seconds=9))
     late = pod(0, "Failed", exit_code=1, termination_message="peer gone", finished=NOW)
     assert "root cause" in decide(job(st.RUNNING), [late, early], NOW).transition.message
+
+
+def test_invalid_input_exit_fails_the_job_at_once_with_the_workers_reason():
+    reason = "rank 0: InvalidInput: spec.model.uri: /models/wan is not a folder on this machine"
+    invalid = pod(0, "Failed", exit_code=EXIT_INVALID_INPUT, termination_message=reason)
+    decision = decide(job(st.RUNNING, run_policy={"backoffLimit": 3}), [invalid, pod(1)], NOW)
+    assert decision.transition.phase == st.FAILED and decision.transition.reason == st.INVALID_INPUT
+    assert reason in decision.transition.message and "not retried" in decision.transition.message
+    assert decision.status == {"completionTime": st.timestamp(NOW)}  # restarts stay 0: no second attempt
+    assert names(decision.delete_pods) == ["cats-worker-1"] and decision.delete_service  # the rest of the gang
+    assert decision.create_ranks == ()
+
+
+def test_invalid_input_wins_over_an_earlier_retryable_failure():
+    """Every rank runs the same input: one rank's invalid-input exit means no attempt can succeed."""
+    crashed = pod(1, "Failed", exit_code=EXIT_FAILED, termination_message="peer gone",
+                  finished=NOW - datetime.timedelta(seconds=9))
+    invalid = pod(0, "Failed", exit_code=EXIT_INVALID_INPUT, termination_message="spec.model.uri: missing",
+                  finished=NOW)
+    decision = decide(job(st.RUNNING), [crashed, invalid], NOW)
+    assert decision.transition.reason == st.INVALID_INPUT and "spec.model.uri: missing" in decision.transition.message
+
+
+def test_every_permanent_exit_code_fails_and_others_restart():
+    for code in PERMANENT_EXIT_CODES:
+        assert decide(job(st.RUNNING), [pod(0, "Failed", exit_code=code), pod(1)], NOW).transition.phase == st.FAILED
+    for code in (EXIT_FAILED, 3, 137, None):
+        restarted = decide(job(st.RUNNING), [pod(0, "Failed", exit_code=code), pod(1)], NOW)
+        assert restarted.transition.phase == st.RESTARTING, code
 
 
 def test_restart_waits_for_the_old_pods_then_creates_the_next_attempt():

@@ -158,6 +158,18 @@ def test_pod_view_reads_failure_details():
     assert not view.deleting
 
 
+def test_pod_view_reads_the_worker_containers_exit_not_a_sidecars():
+    pod = {
+        "metadata": {"name": "cats-worker-0", "labels": {"chitu.dev/rank": "0"}},
+        "status": {"phase": "Failed", "containerStatuses": [
+            {"name": "log-shipper", "state": {"terminated": {"exitCode": 0}}},
+            {"name": "worker", "state": {"terminated": {"exitCode": 2, "message": "spec.model.uri: not a folder"}}}]},
+    }
+    view = PodView.from_pod(pod)
+    assert (view.exit_code, view.termination_message) == (2, "spec.model.uri: not a folder")
+    assert view.failed_permanently
+
+
 def test_pod_view_reads_waiting_and_unschedulable_reasons():
     waiting = {"metadata": {"name": "p", "labels": {"chitu.dev/rank": "0"},
                             "deletionTimestamp": "2026-01-01T12:00:00Z"},
