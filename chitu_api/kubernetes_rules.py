@@ -38,13 +38,27 @@ ENV_VAR_NAME_RE = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 CONFIG_KEY_RE = re.compile(r"^[-._a-zA-Z0-9]+$")  # keys of Secrets and ConfigMaps
 PORT_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")  # IANA_SVC_NAME, plus the rules below
 # resource.Quantity: <signed number><suffix>, the suffix binary (Ki..Ei), decimal SI (n..E) or an exponent.
-QUANTITY_RE = re.compile(r"^(?P<number>[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))"
-                         r"(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?[0-9]+)?$")
+QUANTITY_RE = re.compile(
+    r"^(?P<number>[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))"
+    r"(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?[0-9]+)?$"
+)
 QUANTITY_SUFFIXES = {
-    "Ki": Decimal(2) ** 10, "Mi": Decimal(2) ** 20, "Gi": Decimal(2) ** 30, "Ti": Decimal(2) ** 40,
-    "Pi": Decimal(2) ** 50, "Ei": Decimal(2) ** 60, "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"),
-    "": Decimal(1), "k": Decimal("1e3"), "M": Decimal("1e6"), "G": Decimal("1e9"), "T": Decimal("1e12"),
-    "P": Decimal("1e15"), "E": Decimal("1e18"),
+    "Ki": Decimal(2) ** 10,
+    "Mi": Decimal(2) ** 20,
+    "Gi": Decimal(2) ** 30,
+    "Ti": Decimal(2) ** 40,
+    "Pi": Decimal(2) ** 50,
+    "Ei": Decimal(2) ** 60,
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+    "": Decimal(1),
+    "k": Decimal("1e3"),
+    "M": Decimal("1e6"),
+    "G": Decimal("1e9"),
+    "T": Decimal("1e12"),
+    "P": Decimal("1e15"),
+    "E": Decimal("1e18"),
 }
 # Container resources without a domain; anything else is fully qualified (vendor.com/thing).
 STANDARD_CONTAINER_RESOURCES = frozenset({"cpu", "memory", "ephemeral-storage"})
@@ -52,10 +66,19 @@ HUGEPAGES_PREFIX = "hugepages-"
 TOLERATION_OPERATORS = ("Equal", "Exists")
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 ENV_SOURCES = ("fieldRef", "resourceFieldRef", "configMapKeyRef", "secretKeyRef")
-DOWNWARD_API_FIELDS = frozenset({
-    "metadata.name", "metadata.namespace", "metadata.uid", "spec.nodeName", "spec.serviceAccountName",
-    "status.hostIP", "status.hostIPs", "status.podIP", "status.podIPs",
-})
+DOWNWARD_API_FIELDS = frozenset(
+    {
+        "metadata.name",
+        "metadata.namespace",
+        "metadata.uid",
+        "spec.nodeName",
+        "spec.serviceAccountName",
+        "status.hostIP",
+        "status.hostIPs",
+        "status.podIP",
+        "status.podIPs",
+    }
+)
 
 Problems = list[tuple[str, str]]  # (subfield, message)
 
@@ -65,8 +88,10 @@ def dns1123_label(value: str) -> str | None:
     if len(value) > DNS1123_LABEL_MAX:
         return f"{value!r} is longer than {DNS1123_LABEL_MAX} characters (a DNS-1123 label)"
     if not DNS1123_LABEL_RE.match(value):
-        return (f"{value!r} is not a DNS-1123 label: lower-case letters, digits and '-', starting and ending "
-                f"with a letter or digit (e.g. 'my-name')")
+        return (
+            f"{value!r} is not a DNS-1123 label: lower-case letters, digits and '-', starting and ending "
+            f"with a letter or digit (e.g. 'my-name')"
+        )
     return None
 
 
@@ -75,8 +100,10 @@ def dns1123_subdomain(value: str) -> str | None:
     if len(value) > DNS1123_SUBDOMAIN_MAX:
         return f"{value!r} is longer than {DNS1123_SUBDOMAIN_MAX} characters (a DNS-1123 subdomain)"
     if not DNS1123_SUBDOMAIN_RE.match(value):
-        return (f"{value!r} is not a DNS-1123 subdomain: lower-case letters, digits, '-' and '.', starting and "
-                f"ending with a letter or digit (e.g. 'example.com')")
+        return (
+            f"{value!r} is not a DNS-1123 subdomain: lower-case letters, digits, '-' and '.', starting and "
+            f"ending with a letter or digit (e.g. 'example.com')"
+        )
     return None
 
 
@@ -93,8 +120,10 @@ def qualified_name(value: str) -> str | None:
     if len(name) > QUALIFIED_NAME_MAX:
         return f"{value!r}: the name part is longer than {QUALIFIED_NAME_MAX} characters"
     if not QUALIFIED_NAME_RE.match(name):
-        return (f"{value!r} is not a qualified name: letters, digits, '-', '_' or '.', starting and ending with "
-                f"a letter or digit, with an optional DNS-subdomain prefix and '/' (e.g. 'example.com/my-key')")
+        return (
+            f"{value!r} is not a qualified name: letters, digits, '-', '_' or '.', starting and ending with "
+            f"a letter or digit, with an optional DNS-subdomain prefix and '/' (e.g. 'example.com/my-key')"
+        )
     return None
 
 
@@ -103,8 +132,10 @@ def label_value(value: str) -> str | None:
     if len(value) > LABEL_VALUE_MAX:
         return f"{value!r} is longer than {LABEL_VALUE_MAX} characters (a label value)"
     if not LABEL_VALUE_RE.match(value):
-        return (f"{value!r} is not a valid label value: empty, or letters, digits, '-', '_' or '.', starting and "
-                f"ending with a letter or digit")
+        return (
+            f"{value!r} is not a valid label value: empty, or letters, digits, '-', '_' or '.', starting and "
+            f"ending with a letter or digit"
+        )
     return None
 
 
@@ -122,8 +153,9 @@ def labels(mapping: Mapping[str, str]) -> Problems:
 def annotations(mapping: Mapping[str, str]) -> Problems:
     """Annotation keys are qualified names (checked lower-cased, as the apiserver does); keys and values
     together hold at most 256 KiB."""
-    problems = [(f"[{key}]", f"annotation key {problem}") for key in mapping
-                if (problem := qualified_name(key.lower()))]
+    problems = [
+        (f"[{key}]", f"annotation key {problem}") for key in mapping if (problem := qualified_name(key.lower()))
+    ]
     size = sum(len(key.encode()) + len(value.encode()) for key, value in mapping.items())
     if size > ANNOTATIONS_MAX_BYTES:
         problems.append(("", f"annotations hold {size} bytes, more than the {ANNOTATIONS_MAX_BYTES} allowed"))
@@ -133,8 +165,10 @@ def annotations(mapping: Mapping[str, str]) -> Problems:
 def env_var_name(name: str) -> str | None:
     """An environment variable name (the portable rule: see the module docstring)."""
     if not ENV_VAR_NAME_RE.match(name):
-        return (f"{name!r} is not a valid environment variable name: letters, digits, '_', '-' or '.', not "
-                f"starting with a digit (e.g. 'MY_VAR')")
+        return (
+            f"{name!r} is not a valid environment variable name: letters, digits, '_', '-' or '.', not "
+            f"starting with a digit (e.g. 'MY_VAR')"
+        )
     if name in (".", "..") or name.startswith(".."):
         return f"{name!r} is not a valid environment variable name: it must not be '.' or start with '..'"
     return None
@@ -162,8 +196,9 @@ def env_var(var: Mapping[str, Any]) -> Problems:
     kinds = [kind for kind in source if kind in ENV_SOURCES]
     unknown = sorted(set(source) - set(ENV_SOURCES))
     if unknown or len(kinds) != 1:
-        problems.append(("valueFrom", f"must name exactly one of {', '.join(ENV_SOURCES)}, got "
-                                      f"{sorted(source) or 'none'}"))
+        problems.append(
+            ("valueFrom", f"must name exactly one of {', '.join(ENV_SOURCES)}, got {sorted(source) or 'none'}")
+        )
         return problems
     if var.get("value"):
         problems.append(("valueFrom", "may not be set together with value"))
@@ -176,8 +211,12 @@ def env_var(var: Mapping[str, Any]) -> Problems:
         if problem := config_key(str(ref.get("key") or "")):
             problems.append((f"valueFrom.{kind}.key", problem))
     elif kind == "fieldRef" and ref.get("fieldPath") not in DOWNWARD_API_FIELDS:
-        problems.append((f"valueFrom.{kind}.fieldPath",
-                         f"{ref.get('fieldPath')!r} is not one of {', '.join(sorted(DOWNWARD_API_FIELDS))}"))
+        problems.append(
+            (
+                f"valueFrom.{kind}.fieldPath",
+                f"{ref.get('fieldPath')!r} is not one of {', '.join(sorted(DOWNWARD_API_FIELDS))}",
+            )
+        )
     elif kind == "resourceFieldRef" and not str(ref.get("resource") or ""):
         problems.append((f"valueFrom.{kind}.resource", "a resource (e.g. limits.cpu) is required"))
     return problems
@@ -192,8 +231,10 @@ def parse_quantity(value: int | float | str) -> Decimal:
         return Decimal(repr(value))
     match = QUANTITY_RE.match(str(value))
     if not match:
-        raise ValueError(f"{value!r} is not a quantity: a number with an optional suffix (n, u, m, k, M, G, T, "
-                         f"P, E, Ki, Mi, Gi, Ti, Pi, Ei or an exponent such as e3), e.g. '500m', '2', '1Gi'")
+        raise ValueError(
+            f"{value!r} is not a quantity: a number with an optional suffix (n, u, m, k, M, G, T, "
+            f"P, E, Ki, Mi, Gi, Ti, Pi, Ei or an exponent such as e3), e.g. '500m', '2', '1Gi'"
+        )
     number, suffix = Decimal(match["number"]), match["suffix"] or ""
     if suffix[:1] in ("e", "E") and len(suffix) > 1:  # an exponent; a lone "E" is exa
         return number.scaleb(int(suffix[1:]))
@@ -205,8 +246,10 @@ def container_resource_name(name: str) -> str | None:
     if "/" not in name:
         if name in STANDARD_CONTAINER_RESOURCES or name.startswith(HUGEPAGES_PREFIX):
             return None
-        return (f"{name!r} is not a container resource: one of {', '.join(sorted(STANDARD_CONTAINER_RESOURCES))}, "
-                f"hugepages-<size>, or a fully qualified name such as 'nvidia.com/gpu'")
+        return (
+            f"{name!r} is not a container resource: one of {', '.join(sorted(STANDARD_CONTAINER_RESOURCES))}, "
+            f"hugepages-<size>, or a fully qualified name such as 'nvidia.com/gpu'"
+        )
     if problem := qualified_name(name):
         return problem
     if name.startswith("requests."):
@@ -247,11 +290,21 @@ def resource_requirements(resources: Mapping[str, Any]) -> Problems:
     for name, request in amounts["requests"].items():
         limit = amounts["limits"].get(name)
         if is_extended_resource(name) and limit != request:
-            problems.append((f"requests[{name}]", f"{resources['requests'][name]!r} must equal the limit of the "
-                                                  f"extended resource {name} (limits[{name}] must be set to it)"))
+            problems.append(
+                (
+                    f"requests[{name}]",
+                    f"{resources['requests'][name]!r} must equal the limit of the "
+                    f"extended resource {name} (limits[{name}] must be set to it)",
+                )
+            )
         elif limit is not None and request > limit:
-            problems.append((f"requests[{name}]", f"{resources['requests'][name]!r} is more than the limit "
-                                                  f"{resources['limits'][name]!r}: requests must be <= limits"))
+            problems.append(
+                (
+                    f"requests[{name}]",
+                    f"{resources['requests'][name]!r} is more than the limit "
+                    f"{resources['limits'][name]!r}: requests must be <= limits",
+                )
+            )
     return problems
 
 
@@ -286,8 +339,10 @@ def port_number(port: int) -> str | None:
 def port_name(name: str) -> str | None:
     """An IANA service name: at most 15 lower-case letters, digits and '-', with a letter, no '--'."""
     if len(name) > PORT_NAME_MAX or not PORT_NAME_RE.match(name) or "--" in name or not re.search("[a-z]", name):
-        return (f"{name!r} is not a port name: at most {PORT_NAME_MAX} lower-case letters, digits and '-', with "
-                f"at least one letter, no '--', not starting or ending with '-'")
+        return (
+            f"{name!r} is not a port name: at most {PORT_NAME_MAX} lower-case letters, digits and '-', with "
+            f"at least one letter, no '--', not starting or ending with '-'"
+        )
     return None
 
 

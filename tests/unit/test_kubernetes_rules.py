@@ -43,11 +43,26 @@ def test_length_limits(kind):
     assert f"longer than {limit}" in getattr(rules, kind)("a" * (limit + 1))
 
 
-@pytest.mark.parametrize("key, valid", [
-    ("app", True), ("app.kubernetes.io/name", True), ("example.com/My_Key.1", True), ("a", True),
-    ("", False), ("/name", False), ("Example.com/name", False), ("a/b/c", False), ("-app", False), ("app-", False),
-    ("x" * 63, True), ("x" * 64, False), ("a=b", False), ("has space", False), ("prefix/", False),
-])
+@pytest.mark.parametrize(
+    "key, valid",
+    [
+        ("app", True),
+        ("app.kubernetes.io/name", True),
+        ("example.com/My_Key.1", True),
+        ("a", True),
+        ("", False),
+        ("/name", False),
+        ("Example.com/name", False),
+        ("a/b/c", False),
+        ("-app", False),
+        ("app-", False),
+        ("x" * 63, True),
+        ("x" * 64, False),
+        ("a=b", False),
+        ("has space", False),
+        ("prefix/", False),
+    ],
+)
 def test_qualified_names(key, valid):
     assert (rules.qualified_name(key) is None) == valid
 
@@ -60,11 +75,25 @@ def test_messages_quote_the_value():
         rules.parse_quantity("abc")
 
 
-@pytest.mark.parametrize("text, amount", [
-    ("1", Decimal(1)), (2, Decimal(2)), (0.5, Decimal("0.5")), ("500m", Decimal("0.5")), ("1Gi", Decimal(2**30)),
-    ("1.5Ki", Decimal(1536)), ("1e3", Decimal(1000)), ("2E-1", Decimal("0.2")), ("1E", Decimal(10**18)),
-    ("+3k", Decimal(3000)), (".5", Decimal("0.5")), ("5.", Decimal(5)), ("-1", Decimal(-1)), ("100u", Decimal("1e-4")),
-])
+@pytest.mark.parametrize(
+    "text, amount",
+    [
+        ("1", Decimal(1)),
+        (2, Decimal(2)),
+        (0.5, Decimal("0.5")),
+        ("500m", Decimal("0.5")),
+        ("1Gi", Decimal(2**30)),
+        ("1.5Ki", Decimal(1536)),
+        ("1e3", Decimal(1000)),
+        ("2E-1", Decimal("0.2")),
+        ("1E", Decimal(10**18)),
+        ("+3k", Decimal(3000)),
+        (".5", Decimal("0.5")),
+        ("5.", Decimal(5)),
+        ("-1", Decimal(-1)),
+        ("100u", Decimal("1e-4")),
+    ],
+)
 def test_quantities_parse_like_resource_quantity(text, amount):
     assert rules.parse_quantity(text) == amount
 
@@ -75,18 +104,21 @@ def test_malformed_quantities_are_refused(text):
         rules.parse_quantity(text)
 
 
-@pytest.mark.parametrize("resources, problem", [
-    ({"requests": {"cpu": "500m"}, "limits": {"cpu": "1"}}, None),
-    ({"limits": {"nvidia.com/gpu": 1}}, None),
-    ({"requests": {"cpu": "abc"}}, ("requests[cpu]", "'abc' is not a quantity")),
-    ({"requests": {"cpu": "2"}, "limits": {"cpu": "1"}}, ("requests[cpu]", "requests must be <= limits")),
-    ({"requests": {"memory": "1Gi"}, "limits": {"memory": "1000Mi"}}, ("requests[memory]", "<= limits")),
-    ({"limits": {"cpu": "-1"}}, ("limits[cpu]", "negative")),
-    ({"limits": {"gpu": "1"}}, ("limits[gpu]", "not a container resource")),
-    ({"limits": {"example.com/dongle": "500m"}}, ("limits[example.com/dongle]", "whole number")),
-    ({"requests": {"example.com/dongle": "1"}}, ("requests[example.com/dongle]", "must equal the limit")),
-    ({"claims": [{"name": "x"}]}, ("", "only requests and limits")),
-])
+@pytest.mark.parametrize(
+    "resources, problem",
+    [
+        ({"requests": {"cpu": "500m"}, "limits": {"cpu": "1"}}, None),
+        ({"limits": {"nvidia.com/gpu": 1}}, None),
+        ({"requests": {"cpu": "abc"}}, ("requests[cpu]", "'abc' is not a quantity")),
+        ({"requests": {"cpu": "2"}, "limits": {"cpu": "1"}}, ("requests[cpu]", "requests must be <= limits")),
+        ({"requests": {"memory": "1Gi"}, "limits": {"memory": "1000Mi"}}, ("requests[memory]", "<= limits")),
+        ({"limits": {"cpu": "-1"}}, ("limits[cpu]", "negative")),
+        ({"limits": {"gpu": "1"}}, ("limits[gpu]", "not a container resource")),
+        ({"limits": {"example.com/dongle": "500m"}}, ("limits[example.com/dongle]", "whole number")),
+        ({"requests": {"example.com/dongle": "1"}}, ("requests[example.com/dongle]", "must equal the limit")),
+        ({"claims": [{"name": "x"}]}, ("", "only requests and limits")),
+    ],
+)
 def test_resource_requirements(resources, problem):
     problems = rules.resource_requirements(resources)
     if problem is None:
@@ -95,34 +127,42 @@ def test_resource_requirements(resources, problem):
         assert len(problems) == 1 and problems[0][0] == problem[0] and problem[1] in problems[0][1]
 
 
-@pytest.mark.parametrize("toleration, field", [
-    ({"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}, None),
-    ({"operator": "Exists"}, None),
-    ({"key": "gpu", "value": "a100"}, None),
-    ({"key": "gpu", "operator": "Exists", "value": "x"}, "value"),
-    ({"value": "x"}, "operator"),
-    ({"key": "bad key"}, "key"),
-    ({"key": "gpu", "operator": "Maybe"}, "operator"),
-    ({"key": "gpu", "effect": "Sometimes"}, "effect"),
-    ({"key": "gpu", "tolerationSeconds": 30, "effect": "NoSchedule"}, "effect"),
-    ({"key": "gpu", "value": "not a label value"}, "value"),
-])
+@pytest.mark.parametrize(
+    "toleration, field",
+    [
+        ({"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}, None),
+        ({"operator": "Exists"}, None),
+        ({"key": "gpu", "value": "a100"}, None),
+        ({"key": "gpu", "operator": "Exists", "value": "x"}, "value"),
+        ({"value": "x"}, "operator"),
+        ({"key": "bad key"}, "key"),
+        ({"key": "gpu", "operator": "Maybe"}, "operator"),
+        ({"key": "gpu", "effect": "Sometimes"}, "effect"),
+        ({"key": "gpu", "tolerationSeconds": 30, "effect": "NoSchedule"}, "effect"),
+        ({"key": "gpu", "value": "not a label value"}, "value"),
+    ],
+)
 def test_tolerations(toleration, field):
     assert [f for f, _ in rules.toleration(toleration)] == ([field] if field else [])
 
 
-@pytest.mark.parametrize("var, fields", [
-    ({"name": "MY_VAR", "value": "x"}, []),
-    ({"name": "A=B", "value": "x"}, ["name"]),
-    ({"name": "1X"}, ["name"]),
-    ({"name": ""}, ["name"]),
-    ({"name": "S", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}}, []),
-    ({"name": "S", "valueFrom": {"secretKeyRef": {"name": "Bad_Secret", "key": "a/b"}}},
-     ["valueFrom.secretKeyRef.name", "valueFrom.secretKeyRef.key"]),
-    ({"name": "S", "value": "x", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}, ["valueFrom"]),
-    ({"name": "S", "valueFrom": {}}, ["valueFrom"]),
-    ({"name": "S", "valueFrom": {"fieldRef": {"fieldPath": "spec.containers"}}}, ["valueFrom.fieldRef.fieldPath"]),
-])
+@pytest.mark.parametrize(
+    "var, fields",
+    [
+        ({"name": "MY_VAR", "value": "x"}, []),
+        ({"name": "A=B", "value": "x"}, ["name"]),
+        ({"name": "1X"}, ["name"]),
+        ({"name": ""}, ["name"]),
+        ({"name": "S", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}}, []),
+        (
+            {"name": "S", "valueFrom": {"secretKeyRef": {"name": "Bad_Secret", "key": "a/b"}}},
+            ["valueFrom.secretKeyRef.name", "valueFrom.secretKeyRef.key"],
+        ),
+        ({"name": "S", "value": "x", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}, ["valueFrom"]),
+        ({"name": "S", "valueFrom": {}}, ["valueFrom"]),
+        ({"name": "S", "valueFrom": {"fieldRef": {"fieldPath": "spec.containers"}}}, ["valueFrom.fieldRef.fieldPath"]),
+    ],
+)
 def test_env_vars(var, fields):
     assert [f for f, _ in rules.env_var(var)] == fields
 
@@ -131,12 +171,23 @@ def test_labels_and_annotations():
     assert rules.labels({"team": "video", "example.com/x": ""}) == []
     assert [f for f, _ in rules.labels({"bad key": "x", "ok": "has space"})] == ["[bad key]", "[ok]"]
     assert rules.annotations({"Example.com/Note": "any text\nat all"}) == []  # keys are checked lower-cased
-    (field, message), = rules.annotations({"a": "x" * rules.ANNOTATIONS_MAX_BYTES})
+    ((field, message),) = rules.annotations({"a": "x" * rules.ANNOTATIONS_MAX_BYTES})
     assert field == "" and "more than the 262144 allowed" in message
 
 
-@pytest.mark.parametrize("name, valid", [("http", True), ("rendezvous", True), ("a-1", True), ("1", False),
-                                         ("a--b", False), ("-a", False), ("Http", False), ("x" * 16, False)])
+@pytest.mark.parametrize(
+    "name, valid",
+    [
+        ("http", True),
+        ("rendezvous", True),
+        ("a-1", True),
+        ("1", False),
+        ("a--b", False),
+        ("-a", False),
+        ("Http", False),
+        ("x" * 16, False),
+    ],
+)
 def test_port_names(name, valid):
     assert (rules.port_name(name) is None) == valid
 

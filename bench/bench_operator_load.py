@@ -1,0 +1,307 @@
+"""Operator under load: N GenerationJobs applied at once on the hermetic cluster (issue 14, must-show 3).
+
+Each job is one CPU pod whose worker finishes fast (it writes each prompt's two objects to SeaweedFS under
+the contract's keys and reports status.outputs, as chitu-worker does, without generating anything), so
+what is measured is the operator:
+
+- all jobs terminal; objects in S3 (expected jobs x prompts x 2), status outputs without an object in S3
+  (lost), prompts run more than once (duplicates), jobs not terminal at the deadline (stuck);
+- the operator's peak RSS (psutil, sampled every 0.25 s);
+- reaction latency, from client-side watch timestamps: job created -> its pod created, and last pod
+  Succeeded -> job Succeeded (p50 / p99 / max);
+- API requests and 4xx responses per job, from the apiserver's own counters (apiserver_request_total,
+  cluster-wide, so they include the node agent, the workers and this script's creates).
+
+    .venv/bin/python bench/bench_operator_load.py --jobs 200      # -> bench/results/operator_load.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import tempfile
+import textwrap
+import threading
+import time
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psutil
+from benchlib import commit
+from kubernetes import watch
+
+from chitu_api.names import GROUP, JOB_NAME_LABEL, PLURAL, VERSION
+from chitu_devcluster.cluster import DevCluster
+from chitu_operator.gang import KubeClients
+
+RESULTS = Path(__file__).parent / "results"
+NAMESPACE = "load"
+BUCKET = "load"
+SECRET = "s3-creds"
+FINISHED = ("Succeeded", "Failed")
+METRIC_LINE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>[0-9.e+]+)$")
+
+# The fast worker: each prompt's video.mp4 and metrics.json under the contract's keys, then status.outputs
+# through the status subresource (the worker's own identity), and one line per run in $RUNS for duplicates.
+FAST_WORKER = textwrap.dedent("""
+    import json, os, boto3
+    from kubernetes import client, config
+    from chitu_api.objectkeys import job_prefix, prompt_prefix
+    name, ns, uid = (os.environ[k] for k in ("CHITU_JOB_NAME", "CHITU_JOB_NAMESPACE", "CHITU_JOB_UID"))
+    config.load_kube_config()
+    api = client.CustomObjectsApi()
+    job = api.get_namespaced_custom_object("chitu.dev", "v1alpha1", ns, "generationjobs", name)
+    s3 = boto3.client("s3", endpoint_url=os.environ["CHITU_S3_ENDPOINT"])
+    bucket, _, root = job["spec"]["output"]["uri"][len("s3://"):].partition("/")
+    prefix = job_prefix("s3://" + bucket + "/" + root, name, uid)
+    outputs = []
+    for index, prompt in enumerate(job["spec"]["prompts"]):
+        with open(os.environ["RUNS"], "a") as runs:
+            runs.write(f"{uid} {index}\\n")
+        where = prompt_prefix(prefix, index)
+        for key in ("video.mp4", "metrics.json"):
+            s3.put_object(Bucket=bucket, Key=(where + "/" + key)[len("s3://" + bucket + "/"):], Body=b"x")
+        outputs.append({"index": index, "prompt": prompt, "video": where + "/video.mp4",
+                        "metrics": where + "/metrics.json"})
+    n = len(outputs)
+    api.patch_namespaced_custom_object_status("chitu.dev", "v1alpha1", ns, "generationjobs", name, {"status": {
+        "outputs": outputs, "progress": {"promptsDone": n, "promptsTotal": n, "percent": 100}}})
+""")
+
+
+def job_manifest(index: int, prompts: int, endpoint: str, runs: Path) -> dict:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "GenerationJob",
+        "metadata": {"name": f"load-{index:04d}"},
+        "spec": {
+            "model": {"uri": "/models/unused"},
+            "prompts": [f"prompt {i}" for i in range(prompts)],
+            "parallelism": {"gpusPerPod": 0},
+            "output": {
+                "uri": f"s3://{BUCKET}/runs",
+                "endpoint": endpoint,
+                "region": "us-east-1",
+                "credentialsSecretRef": {"name": SECRET},
+            },
+            "worker": {
+                "image": "unused",
+                "command": ["python", "-c", FAST_WORKER],
+                "env": [{"name": "RUNS", "value": str(runs)}],
+            },
+            "runPolicy": {"backoffLimit": 2},
+        },
+    }
+
+
+def request_counters(kube: KubeClients) -> Counter:
+    """apiserver_request_total by (verb, resource/subresource, code)."""
+    text = kube.core.api_client.call_api(
+        "/metrics", "GET", auth_settings=["BearerToken"], _preload_content=False, response_type="str"
+    )[0].data.decode()
+    counters: Counter = Counter()
+    for line in text.splitlines():
+        if match := METRIC_LINE.match(line):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', match["labels"]))
+            resource = labels.get("resource", "") + (f"/{labels['subresource']}" if labels.get("subresource") else "")
+            counters[(labels.get("verb", ""), resource, labels.get("code", ""))] += float(match["value"])
+    return counters
+
+
+class Recorder:
+    """Client-side timestamps of what the watches see, and the operator's peak RSS."""
+
+    def __init__(self, kube: KubeClients, operator_pid: int):
+        self.kube, self.operator = kube, psutil.Process(operator_pid)
+        self.created: dict[str, float] = {}
+        self.first_pod: dict[str, float] = {}
+        self.pods_done: dict[str, float] = {}
+        self.finished: dict[str, tuple[float, str]] = {}
+        self.peak_rss = 0
+        self.stop = threading.Event()
+
+    def start(self) -> None:
+        for target in (self._watch_jobs, self._watch_pods, self._sample_rss):
+            threading.Thread(target=target, daemon=True).start()
+
+    def _watch_jobs(self) -> None:
+        stream = watch.Watch().stream(
+            self.kube.custom.list_namespaced_custom_object, GROUP, VERSION, NAMESPACE, PLURAL, timeout_seconds=0
+        )
+        for event in stream:
+            job = event["object"]
+            phase = (job.get("status") or {}).get("phase")
+            if phase in FINISHED and job["metadata"]["name"] not in self.finished:
+                self.finished[job["metadata"]["name"]] = (time.monotonic(), phase)
+            if self.stop.is_set():
+                return
+
+    def _watch_pods(self) -> None:
+        for event in watch.Watch().stream(self.kube.core.list_namespaced_pod, NAMESPACE, timeout_seconds=0):
+            pod = event["object"]
+            job = (pod.metadata.labels or {}).get(JOB_NAME_LABEL)
+            if job:
+                self.first_pod.setdefault(job, time.monotonic())
+                if pod.status and pod.status.phase == "Succeeded":
+                    self.pods_done.setdefault(job, time.monotonic())
+            if self.stop.is_set():
+                return
+
+    def _sample_rss(self) -> None:
+        while not self.stop.is_set():
+            self.peak_rss = max(self.peak_rss, self.operator.memory_info().rss)
+            time.sleep(0.25)
+
+
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"n": 0, "p50": None, "p99": None, "max": None}
+    ordered = sorted(values)
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    return {
+        "n": len(values),
+        "p50": round(statistics.median(ordered), 3),
+        "p99": round(p99, 3),
+        "max": round(ordered[-1], 3),
+    }
+
+
+def run(jobs: int, prompts: int, timeout: float, state_dir: Path) -> dict:
+    cluster = DevCluster.up(state_dir, with_operator=True)
+    try:
+        kube = KubeClients.from_api_client(cluster.api_client())
+        creds = cluster.s3
+        kube.core.create_namespace({"metadata": {"name": NAMESPACE}})
+        kube.core.create_namespaced_secret(
+            NAMESPACE,
+            {
+                "metadata": {"name": SECRET},
+                "stringData": {
+                    "AWS_ACCESS_KEY_ID": creds.access_key_id,
+                    "AWS_SECRET_ACCESS_KEY": creds.secret_access_key,
+                },
+            },
+        )
+        s3 = creds.client()
+        s3.create_bucket(Bucket=BUCKET)
+        runs = state_dir / "runs.txt"
+        runs.touch()
+        operator_pid = json.loads((cluster.state.pids / "operator.json").read_text())["pid"]
+        recorder = Recorder(kube, operator_pid)
+        recorder.start()
+        before = request_counters(kube)
+        started = time.monotonic()
+
+        def create(index: int) -> None:
+            kube.custom.create_namespaced_custom_object(
+                GROUP, VERSION, NAMESPACE, PLURAL, job_manifest(index, prompts, creds.endpoint, runs)
+            )
+            recorder.created[f"load-{index:04d}"] = time.monotonic()
+
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(create, range(jobs)))
+        applied = time.monotonic() - started
+        while len(recorder.finished) < jobs and time.monotonic() - started < timeout:
+            time.sleep(0.5)
+        wall = time.monotonic() - started
+        time.sleep(2)  # the last status patches and events land in the counters
+        after = request_counters(kube)
+        recorder.stop.set()
+        return summarize(
+            kube, s3, recorder, before, after, runs, cluster, jobs=jobs, prompts=prompts, applied=applied, wall=wall
+        )
+    finally:
+        cluster.down()
+
+
+def summarize(
+    kube,
+    s3,
+    recorder: Recorder,
+    before: Counter,
+    after: Counter,
+    runs: Path,
+    cluster: DevCluster,
+    *,
+    jobs: int,
+    prompts: int,
+    applied: float,
+    wall: float,
+) -> dict:
+    stored = {
+        obj["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
+        for obj in page.get("Contents", [])
+    }
+    listed = kube.custom.list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL)["items"]
+    reported = [
+        entry[key]
+        for job in listed
+        for entry in (job.get("status") or {}).get("outputs") or []
+        for key in ("video", "metrics")
+    ]
+    lost = [uri for uri in reported if uri.removeprefix(f"s3://{BUCKET}/") not in stored]
+    run_counts = Counter(runs.read_text().split("\n")[:-1])
+    phases = Counter((job.get("status") or {}).get("phase") for job in listed)
+    delta = after - before
+    requests = sum(delta.values())
+    client_errors = {
+        f"{verb} {resource} {code}": count
+        for (verb, resource, code), count in sorted(delta.items())
+        if code.startswith("4")
+    }
+    by_call: defaultdict[str, float] = defaultdict(float)
+    for (verb, resource, _), count in delta.items():
+        by_call[f"{verb} {resource}"] += count
+    log = cluster.procs.log_path("operator").read_text(errors="replace")
+    return {
+        "benchmark": "operator_load",
+        "commit": commit(),
+        "jobs": jobs,
+        "prompts_per_job": prompts,
+        "machine": {"cpus": psutil.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1)},
+        "apply_seconds": round(applied, 2),
+        "wall_seconds": round(wall, 2),
+        "phases": dict(phases),
+        "stuck": jobs - sum(phases[p] for p in FINISHED),
+        "objects_expected": jobs * prompts * 2,
+        "objects_in_s3": len(stored),
+        "outputs_reported": len(reported),
+        "outputs_lost": len(lost),
+        "prompt_runs": sum(run_counts.values()),
+        "duplicates": sum(n - 1 for n in run_counts.values() if n > 1),
+        "operator_peak_rss_mb": round(recorder.peak_rss / 2**20, 1),
+        "latency_seconds": {
+            "create_to_pod": percentiles(
+                [recorder.first_pod[j] - t for j, t in recorder.created.items() if j in recorder.first_pod]
+            ),
+            "pods_done_to_job_finished": percentiles(
+                [recorder.finished[j][0] - t for j, t in recorder.pods_done.items() if j in recorder.finished]
+            ),
+        },
+        "api_requests_per_job": round(requests / jobs, 1),
+        "api_4xx_per_job": round(sum(client_errors.values()) / jobs, 2),
+        "api_4xx": client_errors,
+        "api_requests_by_call_per_job": {k: round(v / jobs, 2) for k, v in sorted(by_call.items()) if v >= jobs / 10},
+        "operator_tracebacks": log.count("Traceback"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--prompts", type=int, default=2)
+    parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--output", type=Path, default=RESULTS / "operator_load.json")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="chitu-load-") as state:
+        result = run(args.jobs, args.prompts, args.timeout, Path(state))
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,23 @@
+"""The reliability tier (issue 14) runs on the e2e tier's hermetic cluster: the same fixtures (``cluster``,
+``operator_process``, ``k8s``, ``namespace``, ``s3``), taken from tests/e2e/conftest.py rather than copied.
+
+It is slower than e2e (faults, many jobs, property-based specs): ``make reliability`` runs it; each test
+bounds its own waiting so the tier stays within CI's budget.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+_E2E_CONFTEST = Path(__file__).resolve().parents[1] / "e2e" / "conftest.py"
+_spec = importlib.util.spec_from_file_location("chitu_e2e_fixtures", _E2E_CONFTEST)
+_e2e = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_e2e)
+
+cluster = _e2e.cluster
+operator_process = _e2e.operator_process
+k8s = _e2e.k8s
+namespace = _e2e.namespace
+s3 = _e2e.s3
+pytest_runtest_makereport = _e2e.pytest_runtest_makereport
