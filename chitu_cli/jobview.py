@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import yaml
 
+from chitu_api.names import ATTEMPT_LABEL
+
 SUCCEEDED, FAILED = "Succeeded", "Failed"
 FINISHED = frozenset({SUCCEEDED, FAILED})
 OUTPUT_FORMATS = ("json", "yaml")
@@ -71,13 +73,13 @@ def output_lines(job: dict) -> list[str]:
 
 
 def age(timestamp: str | None, now: datetime.datetime | None = None) -> str:
-    """kubectl's AGE: 45s, 12m, 3h, 2d."""
+    """kubectl's AGE, in the largest unit that fits twice: 119s, 2m, 119m, 2h, 47h, 2d."""
     if not timestamp:
         return "<unknown>"
     then = datetime.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
     seconds = int(((now or datetime.datetime.now(datetime.UTC)) - then).total_seconds())
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= 2 * size or (unit == "m" and seconds >= size):
+        if seconds >= 2 * size:
             return f"{seconds // size}{unit}"
     return f"{max(seconds, 0)}s"
 
