@@ -47,7 +47,7 @@ class FaultProxy:
             if mode in (DOWN, FROZEN):
                 self._cut_all()
             if mode == DOWN and self._listener is not None:
-                self._listener.close()
+                _close(self._listener)  # shutdown first: a bare close leaves a blocked accept() listening
                 self._listener = None
         if mode != DOWN and self._listener is None:
             self._listen()
@@ -64,7 +64,7 @@ class FaultProxy:
         with self._lock:
             self._cut_all()
             if self._listener is not None:
-                self._listener.close()
+                _close(self._listener)
                 self._listener = None
 
     def _listen(self) -> None:
