@@ -1,0 +1,54 @@
+"""Put a transformer into a precision once, at load: which modules change is data (the adapter's blocks).
+
+`fp8`: every `nn.Linear` inside the repeated blocks becomes an `Fp8Linear` (attention projections, cross-attention,
+FFN), and the self-attention kernel becomes `fp8_attention_kernel(device)`. The patch embedding, time/text
+embedders and the output projection run once per forward on few tokens or few channels and stay bf16, as do
+all norms. `bf16` changes nothing. `PrecisionPlan.restore()` puts the bf16 layers back (benchmarks compare both
+precisions on one loaded model).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from chitu_diffusion.attention.kernels import Kernel
+from chitu_diffusion.precision import PRECISIONS
+from chitu_diffusion.precision.fp8_attention import fp8_attention_kernel
+from chitu_diffusion.precision.fp8_linear import Fp8Linear
+
+
+@dataclass
+class PrecisionPlan:
+    """What `apply_precision` changed: the swapped linears and the attention kernel to install (None: keep)."""
+
+    precision: str
+    attention_kernel: Kernel | None = None
+    swapped: list[tuple[torch.nn.Module, str, torch.nn.Linear]] = field(default_factory=list)
+
+    def restore(self) -> None:
+        for parent, name, linear in self.swapped:
+            setattr(parent, name, linear)
+        self.swapped.clear()
+
+
+def check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"engine precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+
+def apply_precision(blocks: torch.nn.ModuleList, precision: str, device: torch.device) -> PrecisionPlan:
+    """Swap the blocks' linear layers for `precision` (in place) and say which attention kernel goes with it."""
+    check_precision(precision)
+    plan = PrecisionPlan(precision)
+    if precision == "bf16":
+        return plan
+    for block in blocks:
+        for parent in list(block.modules()):
+            for name, child in list(parent.named_children()):
+                if type(child) is torch.nn.Linear:
+                    setattr(parent, name, Fp8Linear(child))
+                    plan.swapped.append((parent, name, child))
+    plan.attention_kernel = fp8_attention_kernel(device)
+    return plan
