@@ -154,7 +154,7 @@ def describe(job: dict, pods: Sequence[dict] = (), now: datetime.datetime | None
             [
                 pod["metadata"]["name"],
                 (pod.get("status") or {}).get("phase", ""),
-                pod["metadata"].get("labels", {}).get("chitu.dev/restart-attempt", ""),
+                pod["metadata"].get("labels", {}).get(ATTEMPT_LABEL, ""),
                 (pod.get("spec") or {}).get("nodeName", ""),
             ]
             for pod in pods
