@@ -1,18 +1,24 @@
 """The reliability tier (issue 14) runs on the e2e tier's hermetic cluster: the same fixtures (``cluster``,
 ``operator_process``, ``k8s``, ``namespace``, ``s3``), taken from tests/e2e/conftest.py rather than copied.
 
-It is slower than e2e (faults, many jobs, property-based specs): ``make reliability`` runs it; each test
-bounds its own waiting so the tier stays within CI's budget.
+It is slower than e2e (faults, many jobs, property-based specs), so it runs only when asked for by path
+(``make reliability``, ``pytest tests/reliability/...``), never as part of a bare ``pytest``; each test bounds
+its own waiting so the tier stays within CI's budget.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
+import pytest
+
+TIER = Path(__file__).resolve().parent
 _E2E_CONFTEST = Path(__file__).resolve().parents[1] / "e2e" / "conftest.py"
 _spec = importlib.util.spec_from_file_location("chitu_e2e_fixtures", _E2E_CONFTEST)
 _e2e = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = _e2e  # its dataclasses look their module up there
 _spec.loader.exec_module(_e2e)
 
 cluster = _e2e.cluster
@@ -21,3 +27,9 @@ k8s = _e2e.k8s
 namespace = _e2e.namespace
 s3 = _e2e.s3
 pytest_runtest_makereport = _e2e.pytest_runtest_makereport
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Collect this tier only when a command-line path points into it."""
+    asked = any(Path(arg.split("::")[0]).resolve().is_relative_to(TIER) for arg in config.args)
+    return None if asked else True
