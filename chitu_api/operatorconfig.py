@@ -22,11 +22,16 @@ from chitu_api.schema import ContractModel, error_message
 #: The uid/gid of the worker image's user (worker/Dockerfile), so runAsNonRoot can be checked by the kubelet.
 WORKER_UID = 10001
 RESTRICTED_POD_SECURITY: dict[str, Any] = {
-    "runAsNonRoot": True, "runAsUser": WORKER_UID, "runAsGroup": WORKER_UID, "fsGroup": WORKER_UID,
+    "runAsNonRoot": True,
+    "runAsUser": WORKER_UID,
+    "runAsGroup": WORKER_UID,
+    "fsGroup": WORKER_UID,
     "seccompProfile": {"type": "RuntimeDefault"},
 }
 RESTRICTED_CONTAINER_SECURITY: dict[str, Any] = {
-    "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "readOnlyRootFilesystem": True,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "readOnlyRootFilesystem": True,
     "runAsNonRoot": True,
 }
 #: Where the scratch emptyDir is mounted (subPath = the path's last part): temporary files and the model cache
@@ -41,20 +46,26 @@ class InvalidConfig(ValueError):
 class WorkerDefaults(PodTemplateFields):
     """Defaults of every worker pod; a job's spec.worker / spec.scheduling value wins over each."""
 
-    pod_security_context: KubeObject | None = Field(RESTRICTED_POD_SECURITY, description="Default "
-                                                    "PodSecurityContext (restricted PSS).")
-    security_context: KubeObject | None = Field(RESTRICTED_CONTAINER_SECURITY, description="Default container "
-                                                "SecurityContext (restricted PSS).")
+    pod_security_context: KubeObject | None = Field(
+        RESTRICTED_POD_SECURITY, description="Default PodSecurityContext (restricted PSS)."
+    )
+    security_context: KubeObject | None = Field(
+        RESTRICTED_CONTAINER_SECURITY, description="Default container SecurityContext (restricted PSS)."
+    )
     shm_size: str | None = Field("8Gi", max_length=64, description="Default /dev/shm size on pods with GPUs.")
     scratch_size: str | None = Field("20Gi", max_length=64, description="Default scratch emptyDir size limit.")
     scratch_mounts: tuple[Annotated[str, Field(pattern=r"^/")], ...] = Field(
-        SCRATCH_MOUNTS, max_length=8, description="Writable paths backed by the scratch emptyDir.")
+        SCRATCH_MOUNTS, max_length=8, description="Writable paths backed by the scratch emptyDir."
+    )
     node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels every worker pod requires.")
     tolerations: tuple[KubeObject, ...] = Field((), max_length=32, description="Taints every worker pod tolerates.")
     affinity: KubeObject | None = Field(None, description="Default core/v1 Affinity.")
     priority_class_name: str = Field("", max_length=253, description="Default PriorityClass.")
-    scheduler_name: str = Field("", max_length=253, description="Default scheduler (e.g. volcano, or the "
-                                "coscheduling plugin's scheduler for PodGroup gangs).")
+    scheduler_name: str = Field(
+        "",
+        max_length=253,
+        description="Default scheduler (e.g. volcano, or the coscheduling plugin's scheduler for PodGroup gangs).",
+    )
     pod_labels: dict[str, str] = Field(default_factory=dict, description="Labels on every worker pod.")
     pod_annotations: dict[str, str] = Field(default_factory=dict, description="Annotations on every worker pod.")
 

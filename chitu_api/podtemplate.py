@@ -33,21 +33,41 @@ class LocalObjectReference(ContractModel):
 class PodTemplateFields(ContractModel):
     """What the operator copies into every worker pod besides the container it builds itself."""
 
-    volumes: tuple[KubeObject, ...] = Field((), max_length=32, description="Extra pod volumes (core/v1 Volume); "
-                                            "the names model, scratch and dshm are the operator's.")
-    volume_mounts: tuple[KubeObject, ...] = Field((), max_length=32, description="Extra mounts of the worker "
-                                                  "container (core/v1 VolumeMount).")
-    env_from: tuple[KubeObject, ...] = Field((), max_length=16, description="Secrets/ConfigMaps whose keys become "
-                                             "environment variables (core/v1 EnvFromSource).")
-    image_pull_secrets: tuple[LocalObjectReference, ...] = Field((), max_length=16, description="Secrets holding "
-                                                                 "registry credentials for the worker image.")
+    volumes: tuple[KubeObject, ...] = Field(
+        (),
+        max_length=32,
+        description="Extra pod volumes (core/v1 Volume); the names model, scratch and dshm are the operator's.",
+    )
+    volume_mounts: tuple[KubeObject, ...] = Field(
+        (), max_length=32, description="Extra mounts of the worker container (core/v1 VolumeMount)."
+    )
+    env_from: tuple[KubeObject, ...] = Field(
+        (),
+        max_length=16,
+        description="Secrets/ConfigMaps whose keys become environment variables (core/v1 EnvFromSource).",
+    )
+    image_pull_secrets: tuple[LocalObjectReference, ...] = Field(
+        (), max_length=16, description="Secrets holding registry credentials for the worker image."
+    )
     runtime_class_name: str = Field("", max_length=253, description="The pods' RuntimeClass (e.g. nvidia).")
-    pod_security_context: KubeObject | None = Field(None, description="core/v1 PodSecurityContext; default: the "
-                                                    "platform's, which passes the restricted Pod Security Standard.")
-    security_context: KubeObject | None = Field(None, description="core/v1 SecurityContext of the worker "
-                                                "container; default: the platform's (non-root, no privilege "
-                                                "escalation, all capabilities dropped, read-only root).")
-    shm_size: QuantityText | None = Field(None, description="Size of the memory-backed /dev/shm mounted on pods "
-                                          "with GPUs (NCCL needs more than the runtime's 64 MiB).")
-    scratch_size: QuantityText | None = Field(None, description="Size limit of the writable scratch emptyDir "
-                                              "(/tmp and the model cache) under a read-only root filesystem.")
+    pod_security_context: KubeObject | None = Field(
+        None,
+        description="core/v1 PodSecurityContext; default: the "
+        "platform's, which passes the restricted Pod Security Standard.",
+    )
+    security_context: KubeObject | None = Field(
+        None,
+        description="core/v1 SecurityContext of the worker "
+        "container; default: the platform's (non-root, no privilege "
+        "escalation, all capabilities dropped, read-only root).",
+    )
+    shm_size: QuantityText | None = Field(
+        None,
+        description="Size of the memory-backed /dev/shm mounted on pods "
+        "with GPUs (NCCL needs more than the runtime's 64 MiB).",
+    )
+    scratch_size: QuantityText | None = Field(
+        None,
+        description="Size limit of the writable scratch emptyDir "
+        "(/tmp and the model cache) under a read-only root filesystem.",
+    )

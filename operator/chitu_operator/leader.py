@@ -41,7 +41,7 @@ class LeaseConfig:
 
 
 def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 def _micro(moment: datetime.datetime) -> str:
@@ -58,9 +58,16 @@ def _expired(lease: client.V1Lease, now: datetime.datetime) -> bool:
 def try_acquire(coordination: client.CoordinationV1Api, config: LeaseConfig) -> bool:
     """One attempt: create the Lease, renew it if ours, take it over if expired. True when we hold it."""
     now = _now()
-    body = {"metadata": {"name": config.name, "namespace": config.namespace},
-            "spec": {"holderIdentity": config.holder, "leaseDurationSeconds": config.lease_seconds,
-                     "acquireTime": _micro(now), "renewTime": _micro(now), "leaseTransitions": 0}}
+    body = {
+        "metadata": {"name": config.name, "namespace": config.namespace},
+        "spec": {
+            "holderIdentity": config.holder,
+            "leaseDurationSeconds": config.lease_seconds,
+            "acquireTime": _micro(now),
+            "renewTime": _micro(now),
+            "leaseTransitions": 0,
+        },
+    }
     try:
         lease = coordination.read_namespaced_lease(config.name, config.namespace)
     except ApiException as err:
@@ -104,9 +111,11 @@ def acquire(coordination: client.CoordinationV1Api, config: LeaseConfig, on_wait
         time.sleep(config.retry_seconds)
 
 
-def keep_renewing(coordination: client.CoordinationV1Api, config: LeaseConfig,
-                  on_lost: Callable[[], None]) -> threading.Thread:
+def keep_renewing(
+    coordination: client.CoordinationV1Api, config: LeaseConfig, on_lost: Callable[[], None]
+) -> threading.Thread:
     """A daemon thread renewing the Lease; ``on_lost`` runs once when it cannot for lease_seconds."""
+
     def renew() -> None:
         last_renewed = time.monotonic()
         while True:
@@ -118,12 +127,13 @@ def keep_renewing(coordination: client.CoordinationV1Api, config: LeaseConfig,
                 log.error("lease %s/%s was taken by another replica", config.namespace, config.name)
                 on_lost()
                 return
-            except Exception as err:  # noqa: BLE001 - any failure to renew counts against the deadline
+            except Exception as err:
                 log.warning("renewing lease %s/%s failed: %s", config.namespace, config.name, err)
             if time.monotonic() - last_renewed > config.lease_seconds:
                 log.error("could not renew lease %s/%s for %ss", config.namespace, config.name, config.lease_seconds)
                 on_lost()
                 return
+
     thread = threading.Thread(target=renew, name="lease-renewal", daemon=True)
     thread.start()
     return thread

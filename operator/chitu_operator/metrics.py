@@ -29,13 +29,16 @@ class OperatorMetrics:
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
         self.jobs = Gauge("chitu_generationjobs", "GenerationJobs by phase", ["phase"], registry=self.registry)
-        self.reconcile_seconds = Histogram("chitu_reconcile_duration_seconds", "Duration of one reconcile tick",
-                                           registry=self.registry,
-                                           buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
-        self.gang_restarts = Counter("chitu_gang_restarts", "Gang restarts decided", ["reason"],
-                                     registry=self.registry)
-        self.prompts_completed = Counter("chitu_prompts_completed", "Prompts reported done by the workers",
-                                         registry=self.registry)
+        self.reconcile_seconds = Histogram(
+            "chitu_reconcile_duration_seconds",
+            "Duration of one reconcile tick",
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
+        self.gang_restarts = Counter("chitu_gang_restarts", "Gang restarts decided", ["reason"], registry=self.registry)
+        self.prompts_completed = Counter(
+            "chitu_prompts_completed", "Prompts reported done by the workers", registry=self.registry
+        )
         self.gpu_seconds = Counter("chitu_gpu_seconds", "GPU-seconds held by running gangs", registry=self.registry)
         self._phases: dict[tuple[str, str], str] = {}
         self._prompts_done: dict[tuple[str, str], int] = {}
@@ -60,7 +63,7 @@ class OperatorMetrics:
                 self.prompts_completed.inc(done - seen)
             if seen is None or done > seen:  # the first sight of a job is its baseline, not new work
                 self._prompts_done[key] = done
-        counts = {phase: 0 for phase in PHASES}
+        counts = dict.fromkeys(PHASES, 0)
         for phase in self._phases.values():
             counts[phase] = counts.get(phase, 0) + 1
         for phase, count in counts.items():

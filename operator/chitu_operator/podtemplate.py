@@ -47,8 +47,9 @@ def layer(defaults: WorkerDefaults, worker: Any, scheduling: Any) -> PodTemplate
         volumes=_by_name(defaults.volumes, worker.volumes),
         volume_mounts=_by_key("mountPath", defaults.volume_mounts, worker.volume_mounts),
         env_from=(*defaults.env_from, *worker.env_from),
-        image_pull_secrets=tuple(dict.fromkeys(ref.name for ref in (*defaults.image_pull_secrets,
-                                                                    *worker.image_pull_secrets))),
+        image_pull_secrets=tuple(
+            dict.fromkeys(ref.name for ref in (*defaults.image_pull_secrets, *worker.image_pull_secrets))
+        ),
         runtime_class_name=worker.runtime_class_name or defaults.runtime_class_name,
         pod_security_context=_first(worker.pod_security_context, defaults.pod_security_context),
         security_context=_first(worker.security_context, defaults.security_context),
@@ -72,8 +73,10 @@ def apply_template(pod: dict[str, Any], template: PodTemplate, gpus: int) -> dic
     volumes, mounts = list(spec.get("volumes") or []), list(container.get("volumeMounts") or [])
     if template.scratch_mounts:
         volumes.append({"name": SCRATCH_VOLUME, "emptyDir": _sized({}, template.scratch_size)})
-        mounts += [{"name": SCRATCH_VOLUME, "mountPath": path, "subPath": path.strip("/").replace("/", "-")}
-                   for path in template.scratch_mounts]
+        mounts += [
+            {"name": SCRATCH_VOLUME, "mountPath": path, "subPath": path.strip("/").replace("/", "-")}
+            for path in template.scratch_mounts
+        ]
     if gpus and template.shm_size:
         volumes.append({"name": SHM_VOLUME, "emptyDir": _sized({"medium": "Memory"}, template.shm_size)})
         mounts.append({"name": SHM_VOLUME, "mountPath": SHM_PATH})
@@ -91,9 +94,14 @@ def apply_template(pod: dict[str, Any], template: PodTemplate, gpus: int) -> dic
         spec["securityContext"] = dict(template.pod_security_context)
     if template.image_pull_secrets:
         spec["imagePullSecrets"] = [{"name": name} for name in template.image_pull_secrets]
-    placement = {"runtimeClassName": template.runtime_class_name, "affinity": template.affinity,
-                 "priorityClassName": template.priority_class_name, "schedulerName": template.scheduler_name,
-                 "nodeSelector": dict(template.node_selector), "tolerations": [dict(t) for t in template.tolerations]}
+    placement = {
+        "runtimeClassName": template.runtime_class_name,
+        "affinity": template.affinity,
+        "priorityClassName": template.priority_class_name,
+        "schedulerName": template.scheduler_name,
+        "nodeSelector": dict(template.node_selector),
+        "tolerations": [dict(t) for t in template.tolerations],
+    }
     spec.update({key: value for key, value in placement.items() if value})
     return pod
 
@@ -110,8 +118,9 @@ def _by_name(defaults: Iterable[Mapping[str, Any]], job: Iterable[Mapping[str, A
     return _by_key("name", defaults, job)
 
 
-def _by_key(key: str, defaults: Iterable[Mapping[str, Any]],
-            job: Iterable[Mapping[str, Any]]) -> tuple[Mapping[str, Any], ...]:
+def _by_key(
+    key: str, defaults: Iterable[Mapping[str, Any]], job: Iterable[Mapping[str, Any]]
+) -> tuple[Mapping[str, Any], ...]:
     """Defaults then the job's items; a job item replaces a default with the same ``key``."""
     merged = {item.get(key): item for item in defaults}
     merged.update({item.get(key): item for item in job})

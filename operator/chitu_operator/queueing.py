@@ -33,21 +33,35 @@ def workload_name(job_name: str) -> str:
     return f"generationjob-{job_name}"[:253]
 
 
-def build_workload(job_name: str, namespace: str, queue_name: str, pods: int, pod_spec: Mapping[str, Any],
-                   priority_class_name: str = "") -> dict[str, Any]:
+def build_workload(
+    job_name: str,
+    namespace: str,
+    queue_name: str,
+    pods: int,
+    pod_spec: Mapping[str, Any],
+    priority_class_name: str = "",
+) -> dict[str, Any]:
     """The Workload Kueue admits for the whole gang: ``pods`` copies of one worker pod spec.
 
     The pod spec is the one the gang will run (its containers' requests are what Kueue counts);
     owner references are added by the caller (kopf.adopt), as for the pods."""
-    spec: dict[str, Any] = {"queueName": queue_name,
-                            "podSets": [{"name": POD_SET, "count": pods, "template": {"spec": dict(pod_spec)}}]}
+    spec: dict[str, Any] = {
+        "queueName": queue_name,
+        "podSets": [{"name": POD_SET, "count": pods, "template": {"spec": dict(pod_spec)}}],
+    }
     if priority_class_name:
         spec["priorityClassName"] = priority_class_name
         spec["priorityClassSource"] = "scheduling.k8s.io/priorityclass"
-    return {"apiVersion": f"{KUEUE_GROUP}/{KUEUE_VERSION}", "kind": "Workload",
-            "metadata": {"name": workload_name(job_name), "namespace": namespace,
-                         "labels": {"chitu.dev/job-name": job_name}},
-            "spec": spec}
+    return {
+        "apiVersion": f"{KUEUE_GROUP}/{KUEUE_VERSION}",
+        "kind": "Workload",
+        "metadata": {
+            "name": workload_name(job_name),
+            "namespace": namespace,
+            "labels": {"chitu.dev/job-name": job_name},
+        },
+        "spec": spec,
+    }
 
 
 @dataclass(frozen=True)
@@ -82,10 +96,16 @@ class QueueView:
                 selector.update(flavor.get("nodeLabels") or {})
                 tolerations += [t for t in flavor.get("tolerations") or [] if t not in tolerations]
         is_evicted = evicted.get("status") == "True"
-        return cls(exists=True, admitted=_true(conditions, ADMITTED), evicted=is_evicted,
-                   reserved=_true(conditions, QUOTA_RESERVED), finished=_true(conditions, FINISHED),
-                   message=(evicted if is_evicted else waiting).get("message", ""),
-                   node_selector=selector, tolerations=tuple(tolerations))
+        return cls(
+            exists=True,
+            admitted=_true(conditions, ADMITTED),
+            evicted=is_evicted,
+            reserved=_true(conditions, QUOTA_RESERVED),
+            finished=_true(conditions, FINISHED),
+            message=(evicted if is_evicted else waiting).get("message", ""),
+            node_selector=selector,
+            tolerations=tuple(tolerations),
+        )
 
 
 def requeue_patch(workload: Mapping[str, Any], now: datetime.datetime) -> dict[str, Any]:
@@ -94,27 +114,41 @@ def requeue_patch(workload: Mapping[str, Any], now: datetime.datetime) -> dict[s
     conditions = list((workload.get("status") or {}).get("conditions") or [])
     evicted = next((c for c in conditions if c["type"] == EVICTED), {})
     reason, message = evicted.get("reason", "Evicted"), evicted.get("message", "evicted")
-    for kind, value, why in ((QUOTA_RESERVED, "False", "Pending"), (ADMITTED, "False", "NoReservation"),
-                             (REQUEUED, "True" if reason in REQUEUE_REASONS else "False", reason)):
+    for kind, value, why in (
+        (QUOTA_RESERVED, "False", "Pending"),
+        (ADMITTED, "False", "NoReservation"),
+        (REQUEUED, "True" if reason in REQUEUE_REASONS else "False", reason),
+    ):
         conditions = _set(conditions, kind, value, why, message, now, workload)
     return {"status": {"admission": None, "conditions": conditions}}
 
 
-def finish_patch(workload: Mapping[str, Any], succeeded: bool, message: str,
-                 now: datetime.datetime) -> dict[str, Any]:
+def finish_patch(workload: Mapping[str, Any], succeeded: bool, message: str, now: datetime.datetime) -> dict[str, Any]:
     """Finished True releases the Workload's quota to the next job in the queue."""
     conditions = list((workload.get("status") or {}).get("conditions") or [])
     reason = "Succeeded" if succeeded else "Failed"
     return {"status": {"conditions": _set(conditions, FINISHED, "True", reason, message, now, workload)}}
 
 
-def _set(conditions: list[Mapping[str, Any]], kind: str, value: str, reason: str, message: str,
-         now: datetime.datetime, workload: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+def _set(
+    conditions: list[Mapping[str, Any]],
+    kind: str,
+    value: str,
+    reason: str,
+    message: str,
+    now: datetime.datetime,
+    workload: Mapping[str, Any],
+) -> list[Mapping[str, Any]]:
     old = next((c for c in conditions if c["type"] == kind), None)
-    moment = now.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    new = {"type": kind, "status": value, "reason": reason, "message": message[:32768],
-           "lastTransitionTime": old["lastTransitionTime"] if old and old.get("status") == value else moment,
-           "observedGeneration": (workload.get("metadata") or {}).get("generation", 0)}
+    moment = now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    new = {
+        "type": kind,
+        "status": value,
+        "reason": reason,
+        "message": message[:32768],
+        "lastTransitionTime": old["lastTransitionTime"] if old and old.get("status") == value else moment,
+        "observedGeneration": (workload.get("metadata") or {}).get("generation", 0),
+    }
     return [c for c in conditions if c["type"] != kind] + [new]
 
 

@@ -37,6 +37,11 @@ def test_exposition_names_every_metric():
     with metrics.reconcile_seconds.time():
         pass
     text = generate_latest(metrics.registry).decode()
-    for name in ("chitu_generationjobs{", "chitu_reconcile_duration_seconds_count", "chitu_gang_restarts_total{",
-                 "chitu_prompts_completed_total", "chitu_gpu_seconds_total 4.0"):
+    for name in (
+        "chitu_generationjobs{",
+        "chitu_reconcile_duration_seconds_count",
+        "chitu_gang_restarts_total{",
+        "chitu_prompts_completed_total",
+        "chitu_gpu_seconds_total 4.0",
+    ):
         assert name in text
