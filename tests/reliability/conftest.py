@@ -8,8 +8,12 @@ its own waiting so the tier stays within CI's budget.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import json
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,3 +37,18 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
     """Collect this tier only when a command-line path points into it."""
     asked = any(Path(arg.split("::")[0]).resolve().is_relative_to(TIER) for arg in config.args)
     return None if asked else True
+
+
+@pytest.fixture(scope="session")
+def reliability_report() -> Iterator[list]:
+    """Outcomes of the fault and load tests (batch.Outcome), written as JSON at the end of the session to
+    $CHITU_RELIABILITY_REPORT (make reliability: bench/results/reliability.json)."""
+    outcomes: list = []
+    yield outcomes
+    target = os.environ.get("CHITU_RELIABILITY_REPORT")
+    if target and outcomes:
+        entries = [dataclasses.asdict(outcome) for outcome in outcomes]
+        totals = {
+            key: sum(entry[key] for entry in entries) for key in ("injected", "jobs", "lost", "duplicates", "stuck")
+        }
+        Path(target).write_text(json.dumps({"faults": entries, "totals": totals}, indent=2) + "\n")
