@@ -1,8 +1,8 @@
 """Operator under load: N GenerationJobs applied at once on the hermetic cluster (issue 14, must-show 3).
 
-Each job is one CPU pod whose worker finishes fast (it writes each prompt's two objects to SeaweedFS under
-the contract's keys and reports status.outputs, as chitu-worker does, without generating anything), so
-what is measured is the operator:
+Each job is one CPU pod running tests/reliability/fastworker.py: chitu-worker without the engine (it
+uploads each prompt's video and metrics.json to SeaweedFS and reports status.outputs through the worker's
+own code, generating nothing), so what is measured is the operator:
 
 - all jobs terminal; objects in S3 (expected jobs x prompts x 2), status outputs without an object in S3
   (lost), prompts run more than once (duplicates), jobs not terminal at the deadline (stuck);
@@ -21,8 +21,8 @@ import argparse
 import json
 import re
 import statistics
+import sys
 import tempfile
-import textwrap
 import threading
 import time
 from collections import Counter, defaultdict
@@ -44,32 +44,8 @@ SECRET = "s3-creds"
 FINISHED = ("Succeeded", "Failed")
 METRIC_LINE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>[0-9.e+]+)$")
 
-# The fast worker: each prompt's video.mp4 and metrics.json under the contract's keys, then status.outputs
-# through the status subresource (the worker's own identity), and one line per run in $RUNS for duplicates.
-FAST_WORKER = textwrap.dedent("""
-    import json, os, boto3
-    from kubernetes import client, config
-    from chitu_api.objectkeys import job_prefix, prompt_prefix
-    name, ns, uid = (os.environ[k] for k in ("CHITU_JOB_NAME", "CHITU_JOB_NAMESPACE", "CHITU_JOB_UID"))
-    config.load_kube_config()
-    api = client.CustomObjectsApi()
-    job = api.get_namespaced_custom_object("chitu.dev", "v1alpha1", ns, "generationjobs", name)
-    s3 = boto3.client("s3", endpoint_url=os.environ["CHITU_S3_ENDPOINT"])
-    bucket, _, root = job["spec"]["output"]["uri"][len("s3://"):].partition("/")
-    prefix = job_prefix("s3://" + bucket + "/" + root, name, uid)
-    outputs = []
-    for index, prompt in enumerate(job["spec"]["prompts"]):
-        with open(os.environ["RUNS"], "a") as runs:
-            runs.write(f"{uid} {index}\\n")
-        where = prompt_prefix(prefix, index)
-        for key in ("video.mp4", "metrics.json"):
-            s3.put_object(Bucket=bucket, Key=(where + "/" + key)[len("s3://" + bucket + "/"):], Body=b"x")
-        outputs.append({"index": index, "prompt": prompt, "video": where + "/video.mp4",
-                        "metrics": where + "/metrics.json"})
-    n = len(outputs)
-    api.patch_namespaced_custom_object_status("chitu.dev", "v1alpha1", ns, "generationjobs", name, {"status": {
-        "outputs": outputs, "progress": {"promptsDone": n, "promptsTotal": n, "percent": 100}}})
-""")
+# chitu-worker without the engine (uploads and reports through the worker's own code): the operator is measured.
+FAST_WORKER = Path(__file__).resolve().parents[1] / "tests" / "reliability" / "fastworker.py"
 
 
 def job_manifest(index: int, prompts: int, endpoint: str, runs: Path) -> dict:
@@ -89,8 +65,8 @@ def job_manifest(index: int, prompts: int, endpoint: str, runs: Path) -> dict:
             },
             "worker": {
                 "image": "unused",
-                "command": ["python", "-c", FAST_WORKER],
-                "env": [{"name": "RUNS", "value": str(runs)}],
+                "command": [sys.executable, str(FAST_WORKER)],
+                "env": [{"name": "RUNS", "value": str(runs)}, {"name": "SECONDS_PER_PROMPT", "value": "0"}],
             },
             "runPolicy": {"backoffLimit": 2},
         },
