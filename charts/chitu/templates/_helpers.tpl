@@ -38,24 +38,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
 {{/*
-The operator's configuration document (chitu_api's OperatorConfig): the platform defaults of every
-GenerationJob, with unset values ("" or {}) left out so the built-in defaults of the spec apply.
+The operator's configuration document (chitu_api.operatorconfig.OperatorConfig): values.yaml's jobDefaults as
+they are (its sections are the document's: worker, model, output; "" and {} mean "not set"), with the worker
+image defaulting to the chart's own version.
 */}}
 {{- define "chitu.operatorConfig" -}}
-{{- $in := .Values.jobDefaults -}}
-{{- $worker := dict "image" ($in.worker.image | default (printf "ghcr.io/chitu/worker:%s" .Chart.AppVersion)) -}}
-{{- with $in.worker.imagePullPolicy }}{{ $_ := set $worker "imagePullPolicy" . }}{{ end -}}
-{{- with $in.worker.resources }}{{ $_ := set $worker "resources" . }}{{ end -}}
-{{- $model := dict -}}
-{{- with $in.model.volume }}{{ $_ := set $model "volume" . }}{{ end -}}
-{{- with $in.model.mountPath }}{{ $_ := set $model "mountPath" . }}{{ end -}}
-{{- $output := dict -}}
-{{- range $key := list "uri" "endpoint" "region" }}
-{{- with (get $in.output $key) }}{{ $_ := set $output $key . }}{{ end -}}
-{{- end -}}
-{{- with $in.output.credentialsSecretRef }}{{ if .name }}{{ $_ := set $output "credentialsSecretRef" . }}{{ end }}{{ end -}}
-{{- $defaults := dict "worker" $worker -}}
-{{- if $model }}{{ $_ := set $defaults "model" $model }}{{ end -}}
-{{- if $output }}{{ $_ := set $defaults "output" $output }}{{ end -}}
-{{- dict "jobDefaults" $defaults | toYaml -}}
+{{- $config := deepCopy .Values.jobDefaults -}}
+{{- $worker := $config.worker | default dict -}}
+{{- $_ := set $worker "image" ($worker.image | default (printf "ghcr.io/chitu/worker:%s" .Chart.AppVersion)) -}}
+{{- $_ := set $config "worker" $worker -}}
+{{- toYaml $config -}}
 {{- end -}}
