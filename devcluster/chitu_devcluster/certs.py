@@ -75,7 +75,7 @@ def _key_pem(key) -> bytes:
 
 def _issue(subject: x509.Name, key, issuer: x509.Name, signer, *, ca: bool = False,
            usages: list | None = None, sans: list | None = None) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)

@@ -9,6 +9,7 @@ work from any shell given the same folder.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
@@ -27,9 +28,16 @@ from . import identities
 from .certs import CertPaths
 from .controlplane import ControlPlane, admin_tls, http_status
 from .kubeconfig import write_kubeconfig
-from .paths import (BUILD_SCRIPT, CONTROL_PLANE_BINARIES, CRDS_DIR, DEFAULT_STATE_DIR, VENV_BIN, StateDir,
-                     control_plane_bin_dir)
 from .nodeagent import NODE_NAME, NOT_READY_TAINT, NodeConfig
+from .paths import (
+    BUILD_SCRIPT,
+    CONTROL_PLANE_BINARIES,
+    CRDS_DIR,
+    DEFAULT_STATE_DIR,
+    VENV_BIN,
+    StateDir,
+    control_plane_bin_dir,
+)
 from .podrunner import PID_RECORD
 from .processes import ProcessTable, kill_recorded
 from .s3 import S3Credentials, start_s3
@@ -216,7 +224,7 @@ class DevCluster:
         for crd in self._crd_manifests():
             if crd["kind"] == "CustomResourceDefinition":
                 name = crd["metadata"]["name"]
-                wait_for(lambda: established(name), f"CRD {name} to be established", timeout)
+                wait_for(functools.partial(established, name), f"CRD {name} to be established", timeout)
 
     def _write_operator_kubeconfig(self) -> None:
         core = client.CoreV1Api(self.api_client())

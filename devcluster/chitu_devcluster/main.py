@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 from .cluster import DevCluster
-from .paths import DEFAULT_STATE_DIR
 from .nodeagent import GPU_RESOURCE, NodeConfig
+from .paths import DEFAULT_STATE_DIR
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ from pathlib import Path
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
-from .paths import StateDir, k8s_version
 from .containerenv import LOOPBACK
+from .paths import StateDir, k8s_version
 from .podrunner import NodeContext, PodRunner, now
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class NodeConfig:
 
 
 def _micro_time() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class NodeAgent:

@@ -23,6 +23,7 @@ Conventions a pod sees (the stand-ins for what a container runtime would give it
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import json
 import logging
@@ -39,9 +40,9 @@ from urllib.parse import urlparse
 from kubernetes.client import CoreV1Api
 from kubernetes.client.exceptions import ApiException
 
+from .containerenv import LOOPBACK, EnvError, container_argv, container_env
 from .kubeconfig import write_kubeconfig
 from .paths import VENV_BIN
-from .containerenv import LOOPBACK, EnvError, container_argv, container_env
 from .processes import write_record
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ class NodeContext:
 
 
 def now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _condition(kind: str, ready: bool, reason: str | None = None, message: str | None = None,
@@ -95,10 +96,8 @@ def _api_error(err: ApiException) -> str:
 
 
 def _kill_group(pgid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 class PodRunner:

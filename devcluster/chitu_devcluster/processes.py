@@ -7,6 +7,7 @@ it and a Ctrl-C in that terminal. A pid file records the pid and the process sta
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -52,10 +53,8 @@ def stop_group(pgid: int, grace: float) -> None:
         return
     if not wait_gone(pgid, grace):
         log.warning("process group %d ignored SIGTERM for %.0f s: SIGKILL", pgid, grace)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)  # also reaps stragglers the leader left behind
-    except ProcessLookupError:
-        pass
     wait_gone(pgid, 5)
 
 
@@ -77,10 +76,8 @@ def kill_recorded(path: Path) -> None:
     alive = is_ours(record)
     if alive:
         log.info("SIGKILL process group %d (%s)", record["pid"], " ".join(record["argv"])[:200])
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(record["pid"], signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     wait_gone(record["pid"], 5 if alive else 0)  # also reaps it if it died as our child
     path.unlink()
 

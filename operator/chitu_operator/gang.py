@@ -16,9 +16,10 @@ import kopf
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from chitu_api.names import GROUP, PLURAL, VERSION, WORKER_IDENTITY, service_name
+
 from .lifecycle import Decision, Job
 from .manifests import build_pod, build_service, build_worker_role_binding, build_worker_service_account
-from chitu_api.names import GROUP, PLURAL, VERSION, WORKER_IDENTITY, service_name
 from .pods import PodView
 
 log = logging.getLogger(__name__)

@@ -23,13 +23,13 @@ from typing import Any
 
 import kopf
 
+from chitu_api.generationjob import InvalidSpec
+from chitu_api.names import FINALIZER, GROUP, JOB_NAME_LABEL, OPERATOR_PREFIX, PLURAL, ROLE_LABEL, VERSION, WORKER_ROLE
+
 from . import gang, lifecycle
 from . import status as st
 from .lifecycle import Decision, Job
-from chitu_api.names import (FINALIZER, GROUP, JOB_NAME_LABEL, OPERATOR_PREFIX, PLURAL, ROLE_LABEL, VERSION,
-                    WORKER_ROLE)
 from .pods import PodView
-from chitu_api.generationjob import InvalidSpec
 
 RECONCILE_INTERVAL_SECONDS = 1.0  # how soon a pod's change is acted on; ticks without news cost no API call
 TTL_RECHECK_SECONDS = 30.0  # only matters when ttlSecondsAfterFinished is raised after the job finished
@@ -138,4 +138,4 @@ def _ttl(spec: Mapping[str, Any]) -> int | None:
 
 
 def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)

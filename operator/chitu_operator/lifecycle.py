@@ -24,10 +24,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import status as st
-from chitu_api.names import pod_name
-from .pods import FAILED, PENDING, RUNNING, SUCCEEDED, PodView, parse_time
 from chitu_api.generationjob import GenerationJobSpec, parse_spec
+from chitu_api.names import pod_name
+
+from . import status as st
+from .pods import FAILED, PENDING, RUNNING, SUCCEEDED, PodView, parse_time
 
 
 @dataclass(frozen=True)

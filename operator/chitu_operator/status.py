@@ -38,7 +38,7 @@ JOB_RESUMED = "JobResumed"
 
 def timestamp(moment: datetime.datetime) -> str:
     """RFC 3339 in UTC with second precision, as Kubernetes writes times."""
-    return moment.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)

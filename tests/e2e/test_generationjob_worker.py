@@ -14,7 +14,6 @@ import subprocess
 import textwrap
 from pathlib import Path
 
-import pytest
 import yaml
 
 from chitu_api.names import GROUP, PLURAL, VERSION
@@ -29,7 +28,7 @@ TIMEOUT = 600  # worker processes importing torch and generating on 2 CPU cores
 CRASH_RANK_1_IN_PROMPT_1 = """
 import os
 if os.environ.get("RANK") == "1" and os.environ.get("CHITU_RESTART_ATTEMPT") == "0":
-    import chitu_diffusion.engine as engine  # Engine.sample runs the loop for ParallelEngine too
+    import chitu_diffusion.engines.single as engine  # Engine.sample runs the loop for ParallelEngine too
 
     denoise, calls = engine.denoise, []
 
@@ -52,7 +51,8 @@ def kubectl(cluster, *args: str) -> str:
     return subprocess.run(command, capture_output=True, text=True, check=True).stdout
 
 
-def apply_example(cluster, k8s, namespace, s3, tiny_model_dir, tmp_path, env: list[dict] | None = None) -> dict:
+def apply_example(cluster, k8s, namespace, s3, tiny_model_dir, tmp_path, env: list[dict] | None = None,
+                  parallelism: dict | None = None) -> dict:
     """Render the example for this machine and `kubectl apply -f` it; returns the created job."""
     credentials = cluster.s3
     k8s.core.create_namespaced_secret(namespace, {"metadata": {"name": "s3-creds"}, "stringData": {
@@ -65,6 +65,7 @@ def apply_example(cluster, k8s, namespace, s3, tiny_model_dir, tmp_path, env: li
     spec["output"].update(uri=f"s3://{s3.name}/runs", endpoint=credentials.endpoint, region=credentials.region)
     spec["worker"].pop("resources")
     spec["worker"]["env"] = env or []
+    spec["parallelism"] = parallelism or spec["parallelism"]
     manifest = tmp_path / "job.yaml"
     manifest.write_text(yaml.safe_dump(job))
     assert "created" in kubectl(cluster, "apply", "-n", namespace, "-f", str(manifest))
@@ -73,7 +74,7 @@ def apply_example(cluster, k8s, namespace, s3, tiny_model_dir, tmp_path, env: li
 
 def printer_row(cluster, namespace: str, name: str) -> dict[str, str]:
     header, row = kubectl(cluster, "get", "gj", name, "-n", namespace).splitlines()
-    return dict(zip(header.split(), row.split()))
+    return dict(zip(header.split(), row.split(), strict=True))
 
 
 def wait_finished(cluster, k8s, namespace: str, name: str, on_poll=lambda: None) -> dict:
@@ -149,3 +150,24 @@ def test_crashed_rank_restarts_the_gang_and_resumes_without_redoing_finished_pro
     assert prompt0 and (head["ETag"], head["LastModified"]) == (prompt0["etag"], prompt0["modified"])
     assert sorted(o["index"] for o in status["outputs"]) == [0, 1]
     assert status["progress"] == {**status["progress"], "promptsDone": 2, "percent": 100}
+
+
+def test_missing_model_path_fails_the_job_once_with_the_workers_reason(
+        cluster, k8s, namespace, s3, operator_process, tmp_path):
+    """The worker exits 2 (invalid input): the operator fails the job without spending backoffLimit (3 here)."""
+    missing = tmp_path / "no-such-model"
+    created = apply_example(cluster, k8s, namespace, s3, missing, tmp_path,
+                            parallelism={"cfg": 1, "cpSize": 1, "gpusPerPod": 1})
+    name = created["metadata"]["name"]
+    status = wait_finished(cluster, k8s, namespace, name)["status"]
+    worker_reason = f"InvalidInput: spec.model.uri: {missing} is not a folder on this machine"
+    assert status["phase"] == "Failed" and status["restarts"] == 0, status
+    assert worker_reason in status["message"] and "exit code 2" in status["message"], status["message"]
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert (failed["status"], failed["reason"]) == ("True", "InvalidInput")
+    events = k8s.core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}").items
+    assert not [e.message for e in events if e.reason == "RankFailed"]  # no second attempt was started
+    pod = k8s.core.read_namespaced_pod(f"{name}-worker-0", namespace)  # cleanPodPolicy Running keeps it
+    assert pod.metadata.labels["chitu.dev/restart-attempt"] == "0"
+    assert pod.status.container_statuses[0].state.terminated.exit_code == 2
+    assert printer_row(cluster, namespace, name)["RESTARTS"] == "0"

@@ -148,7 +148,7 @@ def test_outputs_upload_metrics_last(tmp_path):
     class Result:
         video_path = tmp_path / "video.mp4"
         metrics_path = tmp_path / "metrics.json"
-        extra_paths = [tmp_path / "ditango_policy.ppm", tmp_path / "ditango_policy.png"]
+        extra_paths = (tmp_path / "ditango_policy.ppm", tmp_path / "ditango_policy.png")
 
     store = Recording()
     policies = outputs.upload(store, "s3://b/j-1/prompt-0002", Result())

@@ -92,7 +92,7 @@ class ProgressReporter:
         status = self.status()
         try:
             self._publish(status)
-        except Exception as err:  # noqa: BLE001 - any reporting failure is survivable
+        except Exception as err:
             logger.warning(
                 "progress not reported (%s: %s); retrying in %.0f s", type(err).__name__, err, self._retry_after
             )
