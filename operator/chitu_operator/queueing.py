@@ -20,9 +20,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from chitu_api.names import JOB_NAME_LABEL
+
 KUEUE_GROUP, KUEUE_VERSION = "kueue.x-k8s.io", "v1beta2"
 WORKLOADS, RESOURCE_FLAVORS = "workloads", "resourceflavors"
 POD_SET = "workers"
+PRIORITY_CLASS_LABEL = "kueue.x-k8s.io/priority-class"  # on the job: a WorkloadPriorityClass's name
+WORKLOAD_PRIORITY_CLASSES = "workloadpriorityclasses"
+WORKLOAD_PRIORITY_SOURCE = "kueue.x-k8s.io/workloadpriorityclass"
+POD_PRIORITY_SOURCE = "scheduling.k8s.io/priorityclass"
 # Workload conditions written by Kueue (and, for Finished and the requeue, by the job's controller).
 QUOTA_RESERVED, ADMITTED, EVICTED, FINISHED, REQUEUED = "QuotaReserved", "Admitted", "Evicted", "Finished", "Requeued"
 REQUEUE_REASONS = frozenset({"Preempted", "NodeFailures"})  # Kueue's own job reconciler sets Requeued for these
@@ -33,13 +39,22 @@ def workload_name(job_name: str) -> str:
     return f"generationjob-{job_name}"[:253]
 
 
+@dataclass(frozen=True)
+class WorkloadPriority:
+    """The gang's priority as Kueue orders and preempts by it (read from the class the job names)."""
+
+    class_name: str
+    source: str  # WORKLOAD_PRIORITY_SOURCE or POD_PRIORITY_SOURCE
+    value: int
+
+
 def build_workload(
     job_name: str,
     namespace: str,
     queue_name: str,
     pods: int,
     pod_spec: Mapping[str, Any],
-    priority_class_name: str = "",
+    priority: WorkloadPriority | None = None,
 ) -> dict[str, Any]:
     """The Workload Kueue admits for the whole gang: ``pods`` copies of one worker pod spec.
 
@@ -49,17 +64,12 @@ def build_workload(
         "queueName": queue_name,
         "podSets": [{"name": POD_SET, "count": pods, "template": {"spec": dict(pod_spec)}}],
     }
-    if priority_class_name:
-        spec["priorityClassName"] = priority_class_name
-        spec["priorityClassSource"] = "scheduling.k8s.io/priorityclass"
+    if priority:
+        spec.update(priorityClassName=priority.class_name, priorityClassSource=priority.source, priority=priority.value)
     return {
         "apiVersion": f"{KUEUE_GROUP}/{KUEUE_VERSION}",
         "kind": "Workload",
-        "metadata": {
-            "name": workload_name(job_name),
-            "namespace": namespace,
-            "labels": {"chitu.dev/job-name": job_name},
-        },
+        "metadata": {"name": workload_name(job_name), "namespace": namespace, "labels": {JOB_NAME_LABEL: job_name}},
         "spec": spec,
     }
 

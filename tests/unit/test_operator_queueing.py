@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import datetime
 
-from chitu_operator.queueing import QueueView, build_workload, finish_patch, requeue_patch, workload_name
+from chitu_operator.queueing import (
+    WORKLOAD_PRIORITY_SOURCE,
+    QueueView,
+    WorkloadPriority,
+    build_workload,
+    finish_patch,
+    requeue_patch,
+    workload_name,
+)
 
 NOW = datetime.datetime(2026, 12, 1, 12, 0, tzinfo=datetime.UTC)
 POD_SPEC = {"containers": [{"name": "worker", "resources": {"limits": {"nvidia.com/gpu": "2"}}}]}
@@ -29,12 +37,20 @@ def condition(kind: str, status: str, reason: str = "R", message: str = "") -> d
 
 
 def test_one_workload_holds_the_whole_gang():
-    workload = build_workload("cats", "ns", "videos", pods=3, pod_spec=POD_SPEC, priority_class_name="batch")
+    workload = build_workload(
+        "cats",
+        "ns",
+        "videos",
+        pods=3,
+        pod_spec=POD_SPEC,
+        priority=WorkloadPriority("urgent", WORKLOAD_PRIORITY_SOURCE, 1000),
+    )
     assert workload["metadata"]["name"] == workload_name("cats") == "generationjob-cats"
     assert workload["spec"]["queueName"] == "videos"
     (pod_set,) = workload["spec"]["podSets"]
     assert pod_set["count"] == 3 and pod_set["template"]["spec"] == POD_SPEC
-    assert workload["spec"]["priorityClassName"] == "batch"
+    assert (workload["spec"]["priorityClassName"], workload["spec"]["priority"]) == ("urgent", 1000)
+    assert workload["spec"]["priorityClassSource"] == WORKLOAD_PRIORITY_SOURCE
 
 
 def test_waiting_workload_reports_kueues_reason():
