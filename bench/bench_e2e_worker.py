@@ -1,0 +1,184 @@
+"""One mode of bench_e2e.py, run in its own process (the driver starts one per mode, under torchrun for 2 GPUs).
+
+Writes the mode's JSON (stages, loop seconds, peak memory, versions) to --out and its final latents and frames
+next to it for the driver's rel-L2 / PSNR. Only rank 0 writes; every rank runs the whole video.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from bench_e2e import CACHE_DIT_LAYOUTS, CHITU_OVERRIDES, NEGATIVE, PROMPT, chitu_cache_dir
+from benchlib import commit
+
+from chitu_diffusion.metrics import StageTimer, versions
+from chitu_diffusion.pipeline import decode_latents, encode_text, initial_noise
+from chitu_diffusion.video import write_mp4
+
+FPS = 16
+SEED = 0
+
+
+def run_worker(args: argparse.Namespace) -> None:
+    mode = args.worker
+    model_dir = args.work_dir / f"model-{args.arch}"
+    videos_dir = args.work_dir / "videos"
+    videos_dir.mkdir(parents=True, exist_ok=True)
+    if mode.startswith("chitu"):
+        result, latents, frames = run_chitu(args, mode, model_dir, videos_dir)
+    else:
+        result, latents, frames = run_diffusers(args, mode, model_dir, videos_dir)
+    if int(os.environ.get("RANK", "0")) == 0:
+        stem = args.work_dir / mode
+        torch.save(latents.float().cpu(), f"{stem}.latents.pt")
+        np.save(f"{stem}.frames.npy", frames)
+        result.update(mode=mode, commit=commit(), versions=all_versions(), latents_file=f"{stem}.latents.pt",
+                      frames_file=f"{stem}.frames.npy")
+        args.out.write_text(json.dumps(result, indent=2, default=str))
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def all_versions() -> dict:
+    found = versions()
+    for package in ("cache-dit", "fa3-fwd"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = "not installed"
+    return found
+
+
+def device_here() -> torch.device:
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak(device: torch.device) -> int | None:
+    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+
+
+# ------------------------------------------------------------------------------------------- diffusers peers
+
+
+def run_diffusers(args: argparse.Namespace, mode: str, model_dir: Path, videos_dir: Path):
+    """WanPipeline's own denoising loop (prompt embeddings and noise given, so every mode starts alike)."""
+    from diffusers import WanPipeline
+
+    device = device_here()
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    timer = StageTimer(device)
+    with timer.stage("load"):
+        pipe = WanPipeline.from_pretrained(model_dir, torch_dtype=dtype, local_files_only=True).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    settings = configure_peer(pipe.transformer, mode)
+    warm_start = time.perf_counter()
+    if args.warmup_steps:
+        with torch.no_grad():
+            diffusers_video(pipe, args, args.warmup_steps, StageTimer(device), videos_dir / f"{mode}-warmup.mp4")
+    warmup_s = time.perf_counter() - warm_start
+    reset_peak(device)
+    with torch.no_grad(), timer.stage("total"):
+        latents, frames = diffusers_video(pipe, args, args.steps, timer, videos_dir / f"{mode}.mp4")
+    stages = dict(timer.stages)
+    stages["total"] += stages["load"]  # a fresh process: load + one video
+    return {"stages_s": stages, "loop_s": stages["denoise"], "warmup_s": warmup_s, "peak_memory_bytes": peak(device),
+            "settings": settings}, latents, frames
+
+
+def configure_peer(transformer: torch.nn.Module, mode: str) -> dict:
+    """What a user of each peer would write to make it fast (see the module docstring of bench_e2e)."""
+    if mode == "stock":
+        return {"attention": "diffusers default (SDPA)", "compile": False}
+    if mode == "tuned":
+        transformer.set_attention_backend("_flash_3")
+        transformer.compile_repeated_blocks(fullgraph=True)
+        return {"attention": "_flash_3 (fa3-fwd through the flash_attn_interface shim)", "compile": "repeated blocks, fullgraph"}
+    import cache_dit
+
+    layout = CACHE_DIT_LAYOUTS[mode]
+    parallelism = cache_dit.ParallelismConfig(**layout) if layout else None
+    # No cache_config: cache-dit runs every block (exact), so this is its no-cache speed, like ours.
+    cache_dit.enable_cache(transformer, attention_backend="_sdpa_cudnn", parallelism_config=parallelism)
+    transformer.compile_repeated_blocks(fullgraph=False)  # its hooks and all-to-alls break graphs
+    return {"attention": "_sdpa_cudnn", "parallelism": layout, "compile": "repeated blocks"}
+
+
+def diffusers_video(pipe, args: argparse.Namespace, steps: int, timer: StageTimer, path: Path):
+    device = pipe.transformer.device
+    with timer.stage("text_encode"):
+        embeds = encode_text(pipe, PROMPT, NEGATIVE, args.guidance_scale > 1, device)
+    noise = initial_noise(pipe, args.frames, args.height, args.width, SEED, device)
+    with timer.stage("denoise"):
+        latents = pipe(
+            prompt_embeds=embeds["cond"], negative_prompt_embeds=embeds.get("uncond"), latents=noise,
+            height=args.height, width=args.width, num_frames=args.frames, num_inference_steps=steps,
+            guidance_scale=args.guidance_scale, output_type="latent", return_dict=False,
+        )[0]
+    with timer.stage("decode"):
+        frames = decode_latents(pipe, latents)
+    with timer.stage("encode_mp4"):
+        write_mp4(frames, path, FPS)
+    return latents, frames
+
+
+# ------------------------------------------------------------------------------------------------------ chitu
+
+
+def run_chitu(args: argparse.Namespace, mode: str, model_dir: Path, videos_dir: Path):
+    """`load_engine(...).generate(...)` exactly as a user calls it; the bench only keeps the sample's latents."""
+    from chitu_diffusion.config import EngineConfig
+    from chitu_diffusion.engines import load_engine
+    from chitu_diffusion.task import DiffusionUserParams, FlexCacheParams
+
+    overrides = [*CHITU_OVERRIDES[mode], f"infer.diffusion.compile_cache_dir={chitu_cache_dir(args.work_dir)}"]
+    if not torch.cuda.is_available():
+        overrides.append("infer.diffusion.device=cpu")
+    started = time.perf_counter()
+    engine = load_engine(model_dir, EngineConfig.from_overrides(overrides))
+    load_s = time.perf_counter() - started
+    samples = []
+    sample = engine.sample
+    engine.sample = lambda *a, **k: samples.append(sample(*a, **k)) or samples[-1]  # keep the latents
+    cache = FlexCacheParams(strategy="pab", cache_ratio=0.5) if mode == "chitu-pab" else FlexCacheParams()
+    params = DiffusionUserParams(
+        prompt=PROMPT, negative_prompt=NEGATIVE, num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
+        height=args.height, width=args.width, num_frames=args.frames, seed=SEED, fps=FPS, flexcache_params=cache,
+    )
+    warmup_s = None
+    if mode in ("chitu-fp8", "chitu-pab") and args.warmup_steps:  # as the peers: compile these graphs untimed
+        warm_start = time.perf_counter()
+        engine.generate(params.model_copy(update={"num_inference_steps": args.warmup_steps}), videos_dir, f"{mode}-warmup")
+        warmup_s = time.perf_counter() - warm_start
+    videos = 2 if mode == "chitu" else 1  # the steady state next to the first video of a fresh process
+    runs = [engine.generate(params, videos_dir, f"{mode}-{index}").metrics for index in range(videos)]
+    first = runs[0]
+    stages = {"load": load_s, **first["timings_s"]}
+    stages["total"] += load_s
+    frames = decode_latents(engine.pipe, samples[-1].latents)
+    result = {
+        "stages_s": stages, "loop_s": runs[-1]["timings_s"]["denoise"], "warmup_s": warmup_s,
+        "videos": [run["timings_s"] for run in runs], "peak_memory_bytes": first["peak_memory"]["bytes"],
+        "engine_config": first["engine_config"], "runtime": first["runtime"], "cache": first.get("cache"),
+    }
+    return result, samples[-1].latents, frames

@@ -1,0 +1,213 @@
+"""Where one transformer forward's time goes, per variant, and checks of the FP8 kernels against their references.
+
+Random bf16 weights, Wan2.1-T2V-1.3B architecture, one forward at 81x480x832 (32760 tokens). For each variant:
+median seconds per forward (CUDA events, after a compiling warm-up), and a torch.profiler pass over 2 forwards
+whose GPU kernel time is grouped into attention, GEMM, fused elementwise (Triton) and the rest, so the bench
+says what is left to fuse beyond attention and GEMMs. Also: FA3 FP8 attention and the row-wise FP8 linear against
+their reference math on the GPU, the VAE decode of a whole frame vs one rank's strip (what a 2-GPU split
+decodes), and the mp4 encode.
+
+    python bench/profile_forward.py --out /tmp/profile.json [--variants tuned,chitu,chitu-fullgraph,fp8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from benchlib import commit, rel_l2
+
+from chitu_diffusion.attention.kernels import get_kernel
+from chitu_diffusion.attention.processor import set_self_attention
+from chitu_diffusion.metrics import versions
+from chitu_diffusion.models.random_init import build_wan21_1_3b_transformer, build_wan21_vae
+
+CATEGORIES = (
+    ("attention", ("flash", "fmha", "attention", "fwd_kernel")),
+    ("gemm", ("gemm", "nvjet", "cutlass", "xmma", "cublas", "scaled_mm", "sm90")),
+    ("triton_fused", ("triton",)),
+)
+
+
+def category(name: str) -> str:
+    lowered = name.lower()
+    return next((label for label, keys in CATEGORIES if any(k in lowered for k in keys)), "other")
+
+
+def inputs(frames: int, height: int, width: int):
+    generator = torch.Generator("cuda").manual_seed(0)
+    latents = torch.randn(1, 16, (frames - 1) // 4 + 1, height // 8, width // 8, device="cuda", generator=generator)
+    text = torch.randn(1, 512, 4096, device="cuda", generator=generator)
+    return latents.bfloat16(), torch.tensor([500.0], device="cuda"), text.bfloat16()
+
+
+def build_variant(name: str):
+    """A fresh transformer set up like the variant (weights seeded identically)."""
+    torch.manual_seed(0)
+    transformer = build_wan21_1_3b_transformer()
+    if name == "tuned":
+        transformer.set_attention_backend("_flash_3")
+        transformer.compile_repeated_blocks(fullgraph=True)
+        return transformer
+    kernel = get_kernel("fa3")
+    if name.startswith("fp8"):
+        from chitu_diffusion.precision.apply import apply_precision
+
+        plan = apply_precision(transformer.blocks, "fp8", torch.device("cuda"))
+        if name == "fp8-linear-only":
+            pass
+        else:
+            kernel = plan.attention_kernel
+        if name == "fp8-attention-only":
+            plan.restore()
+    set_self_attention(transformer, "blocks", "attn1", kernel)
+    transformer.compile_repeated_blocks(fullgraph=name != "chitu")  # chitu today compiles with fullgraph=False
+    return transformer
+
+
+def time_forwards(transformer, args_, repeats: int) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        transformer(*args_, return_dict=False)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1000)
+    return times
+
+
+def profile(transformer, args_) -> dict:
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(2):
+            transformer(*args_, return_dict=False)
+        torch.cuda.synchronize()
+    totals: dict[str, float] = {}
+    kernels: dict[str, float] = {}
+    for event in prof.key_averages():
+        device_us = getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0)
+        if device_us <= 0 or event.key.startswith("ProfilerStep"):
+            continue
+        totals[category(event.key)] = totals.get(category(event.key), 0.0) + device_us / 2e6  # s per forward
+        kernels[event.key] = device_us / 2e6
+    top = dict(sorted(kernels.items(), key=lambda kv: -kv[1])[:25])
+    return {"seconds_per_forward_by_category": totals, "top_kernels_s_per_forward": top}
+
+
+def check_fp8_kernels() -> dict:
+    """FA3 FP8 vs its reference math and exact attention; FP8 linear vs its reference and bf16."""
+    from chitu_diffusion.precision.fp8_attention import _fa3_fp8, fp8_attention_reference
+    from chitu_diffusion.precision.fp8_linear import Fp8Linear
+
+    generator = torch.Generator("cuda").manual_seed(1)
+    q, k, v = (torch.randn(1, 8192, 12, 128, device="cuda", generator=generator).bfloat16() for _ in range(3))
+    k = k + 2.0 * torch.randn(1, 1, 12, 128, device="cuda", generator=generator).bfloat16()
+    exact = get_kernel("math")(q, k, v)
+    out = {
+        "fa3_fp8_vs_reference": rel_l2(_fa3_fp8(q, k, v), fp8_attention_reference(q, k, v)),
+        "fa3_fp8_vs_exact": rel_l2(_fa3_fp8(q, k, v), exact),
+        "fa3_bf16_vs_exact": rel_l2(get_kernel("fa3")(q, k, v), exact),
+    }
+    linear = torch.nn.Linear(1536, 8960, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(4096, 1536, device="cuda", dtype=torch.bfloat16, generator=generator)
+    fp8 = Fp8Linear(linear)
+    fp8.use_scaled_mm = False
+    reference = fp8(x)
+    fp8.use_scaled_mm = True
+    fast = fp8(x)
+    out.update(fp8_linear_vs_reference=rel_l2(fast, reference), fp8_linear_vs_bf16=rel_l2(fast, linear(x)))
+    return out
+
+
+def vae_decode_split(frames: int, height: int, width: int) -> dict:
+    """Whole decode vs the wider of two strips (halo 8): the 2-GPU decode time is about the strip's."""
+    from chitu_diffusion.parallel.vae_decode import DEFAULT_HALO, decode_strip, split_axis, strips
+
+    torch.manual_seed(0)
+    vae = build_wan21_vae()
+    z = torch.randn(1, 16, (frames - 1) // 4 + 1, height // 8, width // 8, device="cuda").bfloat16()
+    decode = lambda latents: vae.decode(latents, return_dict=False)[0]  # noqa: E731
+    axis = split_axis(z)
+    result = {}
+    with torch.no_grad():
+        decode(z[:, :, :2])  # cuDNN autotuning out of the timed runs
+        for name, fn in (("whole", lambda: decode(z)),
+                         *((f"strip{i}", (lambda s=s: decode_strip(decode, z, s, axis)))
+                           for i, s in enumerate(strips(z.shape[axis], 2, DEFAULT_HALO)))):
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            result[name] = fn()
+            torch.cuda.synchronize()
+            result[f"{name}_s"] = time.perf_counter() - start
+        stitched = torch.cat([result.pop("strip0"), result.pop("strip1")], dim=axis)
+        whole = result.pop("whole")
+    result["stitched_rel_l2"] = rel_l2(stitched, whole)
+    mse = float(((stitched.float() - whole.float()) / 2 * 255).pow(2).mean())  # [-1, 1] -> 8-bit levels
+    result["stitched_psnr_db"] = 10 * torch.log10(torch.tensor(255.0**2 / mse)).item()
+    result["two_gpu_speedup_estimate"] = result["whole_s"] / max(result["strip0_s"], result["strip1_s"])
+    return result
+
+
+def mp4_encode(frames: int, height: int, width: int) -> dict:
+    import numpy as np
+
+    from chitu_diffusion.video import write_mp4
+
+    video = (np.random.default_rng(0).random((frames, height, width, 3)) * 255).astype(np.uint8)
+    start = time.perf_counter()
+    path = write_mp4(video, Path("/tmp/profile-encode.mp4"), 16)
+    return {"seconds": time.perf_counter() - start, "bytes": path.stat().st_size, "content": "uniform noise (worst case)"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--variants", default="tuned,chitu,chitu-fullgraph,fp8,fp8-attention-only,fp8-linear-only")
+    parser.add_argument("--frames", type=int, default=81)
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--width", type=int, default=832)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    results: dict = {"weights": "random bf16", "commit": commit(), "versions": versions(), "variants": {}}
+    forward_args = inputs(args.frames, args.height, args.width)
+    reference = None
+    steps = [("fp8_kernels", check_fp8_kernels), ("vae_decode", lambda: vae_decode_split(args.frames, args.height, args.width)),
+             ("mp4_encode", lambda: mp4_encode(args.frames, args.height, args.width))]
+    for name, fn in steps:
+        try:
+            results[name] = fn()
+        except Exception as err:  # keep measuring the rest; the failure is in the JSON
+            results[name] = {"error": f"{type(err).__name__}: {err}"}
+        print(name, results[name], flush=True)
+        args.out.write_text(json.dumps(results, indent=2, default=str))
+    with torch.no_grad():
+        for name in args.variants.split(","):
+            try:
+                transformer = build_variant(name)
+                start = time.perf_counter()
+                output = transformer(*forward_args, return_dict=False)[0]
+                torch.cuda.synchronize()
+                entry = {"first_forward_s (compile)": time.perf_counter() - start}
+                times = time_forwards(transformer, forward_args, args.repeats)
+                entry.update(median_s=statistics.median(times), times_s=times, **profile(transformer, forward_args))
+                if reference is None:
+                    reference = output.float()
+                entry["rel_l2_vs_first_variant"] = rel_l2(output, reference)
+                del transformer
+                torch.cuda.empty_cache()
+            except Exception as err:
+                entry = {"error": f"{type(err).__name__}: {err}"[:2000]}
+            results["variants"][name] = entry
+            print(name, {k: v for k, v in entry.items() if k != "top_kernels_s_per_forward"}, flush=True)
+            args.out.write_text(json.dumps(results, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
