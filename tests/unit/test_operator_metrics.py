@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import urllib.error
+import urllib.request
+
+import pytest
 from prometheus_client import generate_latest
 
 from chitu_operator.metrics import OperatorMetrics
@@ -45,3 +49,20 @@ def test_exposition_names_every_metric():
         "chitu_gpu_seconds_total 4.0",
     ):
         assert name in text
+
+
+def test_one_port_serves_metrics_and_probes():
+    metrics = OperatorMetrics()
+    metrics.gpu_seconds.inc(2.5)
+    server = metrics.serve(0, "127.0.0.1")
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        with urllib.request.urlopen(f"{base}/metrics") as response:
+            assert "chitu_gpu_seconds_total 2.5" in response.read().decode()
+        for probe in ("/healthz", "/readyz"):
+            with urllib.request.urlopen(base + probe) as response:
+                assert response.status == 200
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(f"{base}/other")
+    finally:
+        server.shutdown()
