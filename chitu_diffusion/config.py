@@ -15,13 +15,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from chitu_diffusion.errors import ConfigError
 
-class ConfigError(ValueError):
-    """Bad engine configuration or an unsupported combination; `errors` holds one line per problem."""
-
-    def __init__(self, errors: str | list[str]):
-        self.errors = [errors] if isinstance(errors, str) else list(errors)
-        super().__init__("; ".join(self.errors))
+__all__ = ["ConfigError", "DiffusionConfig", "EngineConfig", "InferConfig"]
 
 
 class DiffusionConfig(BaseModel):

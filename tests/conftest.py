@@ -27,7 +27,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def tiny_model_dir(tmp_path_factory):
     """A tiny random Wan2.1 T2V folder (`chitu make-tiny-model`, seed 0), shared by the session: treat it as
     read-only (copy it, or make your own with `make_tiny_model`, before writing into it)."""
-    from chitu_diffusion.models.tiny import make_tiny_model
+    from chitu_diffusion.models.random_init import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-wan", seed=0)
 
@@ -38,7 +38,7 @@ def tiny_pipeline(tiny_model_dir):
     because the engine removes each request's FlexCache hooks afterwards; a test that changes the engine's
     transformer otherwise must build its own (`Engine(build_random_pipeline())`)."""
     from chitu_diffusion.config import EngineConfig
-    from chitu_diffusion.engine import Engine
+    from chitu_diffusion.engines.single import Engine
 
     return Engine.load(tiny_model_dir, EngineConfig.from_overrides(["infer.diffusion.device=cpu"]))
 

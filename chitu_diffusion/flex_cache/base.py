@@ -100,9 +100,8 @@ class LocalReducer:
 class FlexCacheStrategy(ABC):
     """One feature-reuse strategy, applied to a transformer from outside via hooks."""
 
+    #: The strategy's folder name; what it needs from the parallel layout is a trait in the folder's `__init__`.
     name: ClassVar[str]
-    #: True when the strategy only works with context parallelism (DiTango reuses ring K/V groups).
-    requires_context_parallel: ClassVar[bool] = False
 
     def __init__(self, params: FlexCacheParams, adapter: ModelAdapter, reducer: StatsReducer | None = None):
         self.params = params

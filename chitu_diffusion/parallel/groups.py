@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from chitu_diffusion.parallel.layout import ParallelLayout
+from chitu_diffusion.parallel.degrees import ParallelLayout
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class ParallelGroups:
 
 
 def _rank_lists(layout: ParallelLayout) -> dict[str, list[list[int]]]:
-    """Global ranks of every group of each kind (see layout.py for the rank order)."""
+    """Global ranks of every group of each kind (see degrees.py for the rank order)."""
     cp, u, r = layout.cp, layout.ulysses, layout.ring
     return {
         "cfg": [[c * cp + p for c in range(layout.cfg)] for p in range(cp)],

@@ -2,7 +2,8 @@
 
 torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; the worker's per-pod launcher sets the
 same names, so one reader serves both. Everything below the entry point receives a `DistributedEnv` or the
-process groups built from it, never the environment.
+process groups built from it, never the environment. Reading the environment needs no torch (the command line
+checks a launch before it pays for the import); joining and leaving the gang import torch.distributed.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
-import torch
-import torch.distributed as dist
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +47,9 @@ class DistributedEnv:
 
 def init_distributed(env: DistributedEnv, device: str) -> torch.device:
     """Join the gang's default process group (NCCL on CUDA, gloo on CPU) and return this rank's device."""
+    import torch
+    import torch.distributed as dist
+
     if device == "cuda":
         torch_device = torch.device("cuda", env.local_rank)
         torch.cuda.set_device(torch_device)
@@ -64,6 +69,8 @@ def leave_gang() -> None:
     without an active exception", seen on the 2-core CI machine), turning a finished run into a failure.
     No-op outside a gang.
     """
+    import torch.distributed as dist
+
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

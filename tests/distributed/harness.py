@@ -2,7 +2,7 @@
 
 A scenario is a layout (world size, cp_size, up_limit) and a FlexCache setting. Every process builds the same
 seeded tiny Wan2.1 transformer and inputs, and drives the engine's own loop (`pipeline.denoise` with
-`transformer_noise_predictor`), single-process with `guided_noise`, in a gang through `parallel.parallelize`.
+`transformer_noise_predictor`), single-process with `guided_noise`, in a gang through `engines.parallelize`.
 Each run returns the final latents, the strategy's decision records and its report, so tests compare ranks with
 each other and with the single-process run. Spawning dominates the cost, so one spawn runs many scenarios.
 """
@@ -25,10 +25,10 @@ from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 from chitu_diffusion.flex_cache.registry import get_strategy
 from chitu_diffusion.metrics import StageTimer
 from chitu_diffusion.models.adapter import adapter_for
-from chitu_diffusion.models.tiny import TINY_TRANSFORMER, WAN21_SCHEDULER, build_transformer
+from chitu_diffusion.models.random_init import TINY_TRANSFORMER, WAN21_SCHEDULER, build_transformer
 from chitu_diffusion.parallel.groups import build_groups
-from chitu_diffusion.parallel.layout import ParallelLayout
-from chitu_diffusion.parallel.parallelize import parallelized
+from chitu_diffusion.parallel.degrees import ParallelLayout
+from chitu_diffusion.engines.parallelize import parallelized
 from chitu_diffusion.pipeline import denoise, guided_noise, transformer_noise_predictor
 from chitu_diffusion.task import FlexCacheParams
 

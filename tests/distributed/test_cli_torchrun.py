@@ -17,7 +17,7 @@ REQUEST = ["--prompt", "a cat", "--frames", "9", "--height", "64", "--width", "6
 def torchrun_generate(model_dir, output_dir, *extra: str) -> subprocess.CompletedProcess:
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
-        "-m", "chitu_diffusion.cli", "generate", "--model", str(model_dir), "--output", str(output_dir),
+        "-m", "chitu_cli", "generate", "--model", str(model_dir), "--output", str(output_dir),
         *REQUEST, *extra,
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=240)

@@ -9,8 +9,8 @@ from conftest import rel_l2
 from harness import tiny_transformer
 from scenarios import BY_NAME
 
-from chitu_diffusion.config import ConfigError, EngineConfig
-from chitu_diffusion.engine import check_single_process
+from chitu_diffusion.config import EngineConfig
+from chitu_diffusion.engines.checks import check_launch, check_request
 from chitu_diffusion.flex_cache.base import Decision
 from chitu_diffusion.flex_cache.registry import get_strategy
 from chitu_diffusion.flex_cache.strategy.ditango.ditango import POLICY_FILE
@@ -18,9 +18,9 @@ from chitu_diffusion.flex_cache.strategy.ditango.planner import CODES
 from chitu_diffusion.flex_cache.strategy.ditango.policy_image import LEGEND, read_ppm
 from chitu_diffusion.models.adapter import adapter_for
 from chitu_diffusion.parallel.groups import ParallelGroups
-from chitu_diffusion.parallel.layout import LayoutError, ParallelLayout
-from chitu_diffusion.parallel.parallelize import parallelize
-from chitu_diffusion.task import FlexCacheParams
+from chitu_diffusion.parallel.degrees import LayoutError, ParallelLayout
+from chitu_diffusion.engines.parallelize import parallelize
+from chitu_diffusion.task import DiffusionUserParams, FlexCacheParams
 
 LAYOUTS = sorted({name.rsplit("-", 1)[0] for name, s in BY_NAME.items() if s.strategy == "ditango"})
 LAYERS = 4
@@ -73,8 +73,9 @@ def test_policy_picture_has_one_pixel_per_decision(layout, gang_results):
 
 
 def test_single_device_is_a_clear_error():
-    with pytest.raises(ConfigError, match="ditango needs context parallelism"):
-        check_single_process(EngineConfig(), get_strategy("ditango"))
+    """One process is ring 1: the launch check refuses it before any load, naming the settings to change."""
+    with pytest.raises(LayoutError, match=r"'ditango' needs ring attention .* cp_size 1 .* use cp_size >= 2"):
+        check_launch(EngineConfig(), "ditango")
     transformer = tiny_transformer()
     strategy = get_strategy("ditango")(FlexCacheParams(strategy="ditango"), adapter_for(transformer))
     with pytest.raises(ValueError, match="cp_size>=2"):
@@ -82,8 +83,14 @@ def test_single_device_is_a_clear_error():
 
 
 def test_a_ulysses_only_gang_is_a_clear_error():
-    """Checked before any collective: the groups' communicators are never touched."""
-    groups = ParallelGroups(ParallelLayout(ulysses=2), 0, torch.device("cpu"), None, None, None, None, None, (0,))
+    """Checked per request before any collective (the request check), and by the strategy when attached: the
+    groups' communicators are never touched."""
+    layout = ParallelLayout(ulysses=2)
+    request = DiffusionUserParams(prompt="a cat", num_frames=9, height=64, width=64, flexcache="ditango")
+    with pytest.raises(LayoutError, match=r"ulysses 2 x ring 1.*up_limit 1 puts all of cp_size on the ring"):
+        check_request(request, layout, up_limit=8, num_heads=4)
+    check_request(request, ParallelLayout(ring=2), up_limit=1, num_heads=4)  # the same request on a ring of 2 runs
+    groups = ParallelGroups(layout, 0, torch.device("cpu"), None, None, None, None, None, (0,))
     transformer = tiny_transformer()
-    with pytest.raises(LayoutError, match=r"ulysses 2 x ring 1.*up_limit=1"):
+    with pytest.raises(ValueError, match="ring degree >= 2"):
         parallelize(transformer, adapter_for(transformer), groups, cache=FlexCacheParams(strategy="ditango"))

@@ -13,7 +13,7 @@ from diffusers import UniPCMultistepScheduler, WanTransformer3DModel
 from chitu_diffusion.flex_cache.base import FlexCacheStrategy
 from chitu_diffusion.flex_cache.registry import get_strategy
 from chitu_diffusion.models.adapter import ModelAdapter, adapter_for
-from chitu_diffusion.models.tiny import TINY_TRANSFORMER, build_transformer
+from chitu_diffusion.models.random_init import TINY_TRANSFORMER, build_transformer
 from chitu_diffusion.task import FlexCacheParams
 
 LATENT_SHAPE = (1, 16, 3, 8, 8)  # (B, C, F, H, W) -> 3 x 4 x 4 = 48 tokens after the 1x2x2 patchify

@@ -1,4 +1,5 @@
-"""The `chitu` command line: one real subprocess run, the rest in-process through `main(argv)`."""
+"""The `chitu` command line (chitu_cli.main over chitu_diffusion.commands): one real subprocess run, the rest
+in-process through `main(argv)`."""
 
 import json
 import subprocess
@@ -7,7 +8,7 @@ import types
 
 import pytest
 
-from chitu_diffusion import cli
+from chitu_cli import main as cli
 from chitu_diffusion.video import read_mp4
 
 TINY_REQUEST = ["--prompt", "A cat walking on grass", "--frames", "5", "--height", "32", "--width", "32"]
@@ -15,7 +16,7 @@ TINY_REQUEST += ["--steps", "2"]
 
 
 def test_generate_subprocess_writes_video_and_metrics(tiny_model_dir, tmp_path):
-    command = [sys.executable, "-m", "chitu_diffusion.cli", "generate", "--model", str(tiny_model_dir)]
+    command = [sys.executable, "-m", "chitu_cli", "generate", "--model", str(tiny_model_dir)]
     command += TINY_REQUEST + ["--flexcache", "none", "--cache-ratio", "0.5", "--warmup", "0", "--cooldown", "1"]
     command += ["--seed", "3", "--name", "cat", "--output", str(tmp_path), "infer.diffusion.dtype=float32"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
@@ -41,6 +42,7 @@ def test_generate_subprocess_writes_video_and_metrics(tiny_model_dir, tmp_path):
         (["--prompt", " "], "--prompt (prompt): prompt must be a non-empty text"),
         (["infer.diffusion.cp=2"], "unknown engine config key 'infer.diffusion.cp'"),
         (["infer.diffusion.cp_size=2"], "infer.diffusion.cp_size=2 needs context parallelism"),
+        (["--flexcache", "ditango", "--warmup", "0"], "FlexCache strategy 'ditango' needs ring attention over at least 2 ranks"),
         (["infer.diffusion.dtype=fp8"], "infer.diffusion.dtype: Input should be"),
     ],
 )
@@ -77,7 +79,7 @@ def test_make_tiny_model(tmp_path, capsys):
 
 
 def test_make_random_model_choices_match_the_builders(tmp_path):
-    from chitu_diffusion.models.tiny import ARCHS, TEXT_ENCODERS
+    from chitu_diffusion.models.random_init import ARCHS, TEXT_ENCODERS
 
     random_model = cli.build_parser()._subparsers._group_actions[0].choices["make-random-model"]
     choices = {a.dest: a.choices for a in random_model._actions if a.choices}
@@ -86,29 +88,54 @@ def test_make_random_model_choices_match_the_builders(tmp_path):
     assert (tmp_path / "m" / "transformer" / "config.json").is_file()
 
 
-def test_external_commands_get_the_remaining_argv(monkeypatch):
-    seen = []
-    monkeypatch.setitem(sys.modules, "fake_devcluster_cli", types.SimpleNamespace(main=lambda argv: seen.append(argv)))
-    monkeypatch.setitem(cli.EXTERNAL_COMMANDS, "dev-cluster", cli.ExternalCommand("fake_devcluster_cli", "main", "x"))
-    assert cli.main(["dev-cluster", "up", "--wait"]) == 0
-    assert seen == [["up", "--wait"]]
+ENGINE_COMMANDS = {"generate", "make-tiny-model", "make-random-model", "calibrate-teacache"}
+JOB_COMMANDS = {"submit", "list", "status", "logs", "cancel", "download"}
 
 
-def test_missing_external_package_is_a_clear_error(monkeypatch, capsys):
-    monkeypatch.setitem(cli.EXTERNAL_COMMANDS, "job", cli.ExternalCommand("chitu_not_installed.cli", "main", "x"))
-    assert cli.main(["job", "list"]) == 1
-    assert "chitu job: error: needs chitu_not_installed.cli, which is not installed" in capsys.readouterr().err
+def test_a_missing_dependency_names_the_extra(monkeypatch, capsys):
+    def needs_a_missing_package(args):
+        import kubernetes_not_installed  # noqa: F401  (what an install without the extra meets)
+
+    def register(commands):
+        commands.add_parser("fetch-model").set_defaults(func=needs_a_missing_package)
+
+    fake = types.SimpleNamespace(register=register, run_command=lambda args: args.func(args))
+    monkeypatch.setitem(sys.modules, "fake_group", fake)
+    monkeypatch.setattr(cli, "GROUPS", (*cli.GROUPS, cli.CommandGroup("fake_group", extra="models")))
+    assert cli.main(["fetch-model"]) == cli.MISSING_DEPENDENCY
+    expected = "chitu fetch-model: error: needs kubernetes_not_installed, which is not installed: pip install 'chitu[models]'"
+    assert expected in capsys.readouterr().err
 
 
-def test_help_lists_every_command(capsys):
-    with pytest.raises(SystemExit):
+def test_help_lists_every_command_and_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
         cli.main(["--help"])
+    assert exit_info.value.code == 0
+    listed = set(cli.build_parser()._subparsers._group_actions[0].choices)
+    assert listed == ENGINE_COMMANDS | JOB_COMMANDS  # no dev-cluster: it has its own script, chitu-dev-cluster
     out = capsys.readouterr().out
-    for command in ["generate", "make-tiny-model", "make-random-model", "dev-cluster", "calibrate-teacache"]:
-        assert command in out
+    assert all(name in out for name in listed)
+    with pytest.raises(SystemExit):
+        cli.main(["--version"])
+    assert capsys.readouterr().out.startswith("chitu 0.")
 
 
-def test_cli_and_config_import_without_torch():
-    """`chitu --help` and config validation (the operator's) must not pay for torch."""
-    code = "import sys, chitu_diffusion, chitu_diffusion.cli, chitu_diffusion.config; print('torch' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
+def test_engine_command_help_is_the_commands_parser(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["generate", "--help"])
+    out = capsys.readouterr().out
+    assert out.startswith("usage: chitu generate") and "none, ditango, pab, teacache" in out
+
+
+def test_help_and_a_validation_error_import_no_torch():
+    """`chitu --help` and a bad request never pay for torch (or a Kubernetes client)."""
+    code = (
+        "import sys\n"
+        "from chitu_cli.main import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "assert main(['generate', '--model', 'm', '--output', 'o', '--prompt', 'p', '--frames', '8']) == 2\n"
+        "print(sorted(m for m in ('torch', 'diffusers', 'kubernetes') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.splitlines()[-1] == "[]"
+    assert "--frames (num_frames): num_frames must be 4k+1" in done.stderr

@@ -8,19 +8,18 @@ import pytest
 import torch
 from flexcache_loop import denoise, make_strategy, tiny_transformer
 
-from chitu_diffusion.flex_cache.calibrate import (
+from chitu_cli.main import main as chitu
+from chitu_diffusion.flex_cache.strategy.teacache.calibrate import (
     CalibrationSample,
     TeaCacheRecorder,
     calibration_path,
     find_calibration,
     fit,
-    main,
     write_calibration,
 )
-from chitu_diffusion import cli
 from chitu_diffusion.models.adapter import WAN21
 from chitu_diffusion.models.loading import load_wan_pipeline
-from chitu_diffusion.models.tiny import make_tiny_model
+from chitu_diffusion.models.random_init import make_tiny_model
 
 STEPS = 8
 
@@ -31,7 +30,7 @@ def calibrated_model(tmp_path_factory):
     model_dir = make_tiny_model(tmp_path_factory.mktemp("calibrated") / "tiny-wan")
     argv = ["--model", str(model_dir), "--steps", str(STEPS), "--frames", "9", "--height", "64", "--width", "64"]
     argv += ["--prompt", "A cat walking on grass", "--prompt", "A dog on a beach"]
-    assert cli.main(["calibrate-teacache", *argv]) == 0
+    assert chitu(["calibrate-teacache", *argv]) == 0
     return model_dir
 
 
@@ -97,13 +96,13 @@ def test_output_option_writes_elsewhere(tmp_path):
     model_dir = make_tiny_model(tmp_path / "tiny-wan")
     output = tmp_path / "carry" / "teacache.json"
     argv = ["--model", str(model_dir), "--steps", "4", "--frames", "5", "--height", "32", "--width", "32"]
-    assert main(argv + ["--prompt", "x", "--output", str(output)]) == 0
+    assert chitu(["calibrate-teacache", *argv, "--prompt", "x", "--output", str(output)]) == 0
     assert json.loads(output.read_text())["samples"] == 2 * 3
     assert not calibration_path(model_dir).exists()
 
 
 def test_bad_input_is_a_usage_error(tmp_path, capsys):
-    assert main(["--model", str(tmp_path / "missing"), "--steps", "4"]) == 2
-    assert "--model:" in capsys.readouterr().err
-    assert main(["--model", str(tmp_path), "--frames", "8"]) == 2
-    assert "num_frames" in capsys.readouterr().err
+    assert chitu(["calibrate-teacache", "--model", str(tmp_path / "missing"), "--steps", "4"]) == 2
+    assert "chitu calibrate-teacache: error: --model:" in capsys.readouterr().err
+    assert chitu(["calibrate-teacache", "--model", str(tmp_path), "--frames", "8"]) == 2
+    assert "--frames (num_frames): num_frames must be 4k+1" in capsys.readouterr().err

@@ -6,7 +6,14 @@ import pytest
 import torch
 from flexcache_loop import STEPS, denoise, make_strategy, run
 
-STRATEGIES = ("teacache", "pab")
+from chitu_diffusion.flex_cache.registry import requires_ring_attention, strategy_names
+
+#: every strategy that caches on one device, read from the registry: a new strategy folder is tested here unasked
+STRATEGIES = tuple(s for s in strategy_names() if s != "none" and not requires_ring_attention(s))
+
+
+def test_the_single_device_strategies_are_found():
+    assert set(STRATEGIES) == {"teacache", "pab"}
 
 
 @pytest.mark.parametrize("name", STRATEGIES)

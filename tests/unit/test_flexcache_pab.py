@@ -4,7 +4,7 @@ import pytest
 import torch
 from flexcache_loop import STEPS, decisions, denoise, make_strategy, run
 
-from chitu_diffusion.flex_cache.strategy.pab import PABConfig
+from chitu_diffusion.flex_cache.strategy.pab.pab import PABConfig
 
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from flexcache_loop import STEPS, decisions, denoise, make_strategy, run
 
-from chitu_diffusion.flex_cache.strategy.teacache import FALLBACK_COEFFICIENTS, TeaCacheConfig
+from chitu_diffusion.flex_cache.strategy.teacache.teacache import FALLBACK_COEFFICIENTS, TeaCacheConfig
 from chitu_diffusion.models.adapter import WAN21
 
 

@@ -8,15 +8,17 @@ from diffusers.hooks import HookRegistry
 
 from chitu_diffusion.attention.processor import WanSelfAttnProcessor
 from chitu_diffusion.config import ConfigError, EngineConfig
-from chitu_diffusion.engine import Engine, generate
-from chitu_diffusion.flex_cache.registry import get_strategy, strategy_names
-from chitu_diffusion.flex_cache.strategy.none import NoCache
-from chitu_diffusion.models.tiny import build_random_pipeline
+from chitu_diffusion.engines import generate, load_engine
+from chitu_diffusion.engines.single import Engine
+from chitu_diffusion.flex_cache.registry import requires_ring_attention, strategy_names
+from chitu_diffusion.flex_cache.strategy import none as no_cache_traits
+from chitu_diffusion.parallel.degrees import LayoutError, ParallelLayout
+from chitu_diffusion.models.random_init import build_random_pipeline
 from chitu_diffusion.task import DiffusionUserParams
 from chitu_diffusion.video import read_mp4
 
 STEPS = 3
-SINGLE_DEVICE_STRATEGIES = [s for s in strategy_names() if not get_strategy(s).requires_context_parallel]
+SINGLE_DEVICE_STRATEGIES = [s for s in strategy_names() if not requires_ring_attention(s)]
 
 
 def request(**overrides) -> DiffusionUserParams:
@@ -133,12 +135,15 @@ def test_cache_ratio_zero_equals_no_cache(tiny_pipeline, strategy):
     assert torch.equal(tiny_pipeline.sample(cached).latents, reference)
 
 
-def test_context_parallel_strategy_fails_before_any_work(tiny_pipeline, tmp_path, monkeypatch):
-    monkeypatch.setattr(NoCache, "requires_context_parallel", True)
-    expected = r"none needs context parallelism: run with infer.diffusion.cp_size>=2 under torchrun"
-    with pytest.raises(ConfigError, match=expected):
+def test_ring_attention_strategy_fails_before_any_work(tiny_pipeline, tmp_path, monkeypatch):
+    """The trait in the strategy's folder decides, through the same check a gang runs (one process = ring 1)."""
+    monkeypatch.setattr(no_cache_traits, "REQUIRES_RING_ATTENTION", True)
+    expected = r"FlexCache strategy 'none' needs ring attention over at least 2 ranks, but cp_size 1 .* ring 1"
+    with pytest.raises(LayoutError, match=expected):
         tiny_pipeline.generate(request(), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+    with pytest.raises(LayoutError, match="FlexCache strategy 'ditango' needs ring attention"):
+        tiny_pipeline.sample(request(flexcache="ditango"))
 
 
 def test_cp_size_above_one_needs_torchrun(tiny_model_dir):
@@ -181,3 +186,10 @@ def test_python_api_generate(tiny_model_dir, tmp_path):
     config = ["infer.diffusion.device=cpu"]
     result = generate(tiny_model_dir, request().model_dump(), tmp_path, name="api", engine_config=config)
     assert result.video_path.name == "api.mp4" and result.metrics["model"]["dir"] == str(tiny_model_dir)
+
+
+def test_seed_api_and_load_engine_share_one_path(tiny_model_dir):
+    """`Engine.load` (the seed's API) is `load_engine`: outside a gang both give the single-process engine."""
+    config = EngineConfig.from_overrides(["infer.diffusion.device=cpu"])
+    for engine in (Engine.load(tiny_model_dir, config), load_engine(tiny_model_dir, config)):
+        assert type(engine) is Engine and engine.layout == ParallelLayout() and engine.model_dir == tiny_model_dir

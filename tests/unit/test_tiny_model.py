@@ -7,8 +7,9 @@ import pytest
 import torch
 from diffusers import UniPCMultistepScheduler, WanPipeline
 
-from chitu_diffusion.models.loading import ModelFolderError, check_model_folder, load_wan_pipeline
-from chitu_diffusion.models.tiny import (
+from chitu_diffusion.models.folder import ModelFolderError, check_model_folder
+from chitu_diffusion.models.loading import load_wan_pipeline
+from chitu_diffusion.models.random_init import (
     UMT5_XXL,
     build_random_pipeline,
     build_text_encoder,

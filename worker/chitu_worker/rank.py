@@ -23,8 +23,7 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
-from chitu_diffusion.flex_cache.registry import get_strategy
-from chitu_diffusion.parallel.engine import check_launch, load_engine
+from chitu_diffusion.engines import check_launch, load_engine
 from chitu_diffusion.parallel.launch import DistributedEnv, init_distributed, leave_gang
 from chitu_worker import outputs
 from chitu_worker.failures import EXIT_FAILED, exit_code, one_line, write_rank_error_file
@@ -89,7 +88,7 @@ def make_reporter(plan: WorkerPlan, pending: list[int]) -> ProgressReporter:
 def run_rank(plan: WorkerPlan, env: DistributedEnv) -> None:
     leader = env.rank == 0
     store = S3Store.connect(plan.s3)
-    check_launch(plan.engine, get_strategy(plan.prompts[0].cache.strategy))  # before any download or load
+    check_launch(plan.engine, plan.prompts[0].cache.strategy)  # before any download or load
     with gang(env, plan):
         pending = from_leader(env, lambda: pending_prompts(plan, store))
         reporter = make_reporter(plan, pending) if leader else None

@@ -137,7 +137,6 @@ class DiTango(FlexCacheStrategy):
     """DiTango: ASE-guided per-group compute/reuse of remote attention states under ring attention."""
 
     name = "ditango"
-    requires_context_parallel = True
 
     def __init__(self, params, adapter, reducer=None):
         super().__init__(params, adapter, reducer)
@@ -167,7 +166,7 @@ class DiTango(FlexCacheStrategy):
             raise ValueError(
                 "ditango reuses remote K/V groups of ring attention: run under torchrun with "
                 "infer.diffusion.cp_size>=2 and an infer.diffusion.up_limit leaving a ring degree >= 2 "
-                "(parallel.parallelize applies it)"
+                "(engines.parallelize applies it)"
             )
         return attention
 

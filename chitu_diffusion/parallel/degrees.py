@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from chitu_diffusion.config import ConfigError
+from chitu_diffusion.errors import ConfigError
 
 #: CFG has two branches (cond, uncond): more than two CFG ranks would have nothing to do.
 MAX_CFG_DEGREE = 2

@@ -6,15 +6,12 @@ and removes it afterwards. Every rank denoises; after the last step all ranks ho
 0 decodes and writes the video, metrics and policy pictures (`generate` returns None elsewhere).
 
 Every check that can fail runs on every rank before the first collective, with the same inputs, so a bad request
-fails on all ranks alike instead of leaving peers waiting in a collective.
-
-`load_engine` is the entry points' one call: it reads the launch environment (the only place besides
-`launch.DistributedEnv`) and returns a `ParallelEngine` in a gang of two or more ranks, the `Engine` otherwise.
+fails on all ranks alike instead of leaving peers waiting in a collective (the request check is the single
+engine's, on this gang's layout). Build it with `chitu_diffusion.engines.load_engine`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 import time
@@ -28,34 +25,23 @@ import torch.distributed as dist
 from diffusers import WanPipeline
 
 from chitu_diffusion.config import EngineConfig
-from chitu_diffusion.engine import (
-    Engine,
-    GenerationResult,
-    Sample,
-    check_output_name,
-    check_single_process,
-)
+from chitu_diffusion.engines.checks import check_output_name
+from chitu_diffusion.engines.parallelize import parallelized
+from chitu_diffusion.engines.single import Engine, GenerationResult, Sample
 from chitu_diffusion.flex_cache.base import FlexCacheStrategy
-from chitu_diffusion.flex_cache.registry import get_strategy
-from chitu_diffusion.models.loading import check_model_folder, load_wan_pipeline
+from chitu_diffusion.models.folder import num_attention_heads
+from chitu_diffusion.models.loading import load_wan_pipeline
+from chitu_diffusion.parallel.degrees import ParallelLayout
 from chitu_diffusion.parallel.groups import ParallelGroups, build_groups
 from chitu_diffusion.parallel.launch import DistributedEnv, init_distributed
-from chitu_diffusion.parallel.layout import LayoutError, ParallelLayout
-from chitu_diffusion.parallel.parallelize import parallelized
 from chitu_diffusion.pipeline import Guide, PredictNoise, StepCallback
-from chitu_diffusion.task import FRAME_STRIDE, SPATIAL_STRIDE, DiffusionUserParams
+from chitu_diffusion.task import DiffusionUserParams
 
 logger = logging.getLogger(__name__)
 
 
-def transformer_tokens(params: DiffusionUserParams) -> int:
-    """Sequence length of one video in Wan2.1's DiT: latent frames x (H/16) x (W/16)."""
-    latent_frames = (params.num_frames - 1) // FRAME_STRIDE + 1
-    return latent_frames * (params.height // SPATIAL_STRIDE) * (params.width // SPATIAL_STRIDE)
-
-
 class ParallelEngine(Engine):
-    """One rank's engine; build it with `ParallelEngine.launch` (or `load_engine`) on every rank."""
+    """One rank's engine; build it with `load_engine` (or `ParallelEngine.launch`) on every rank."""
 
     def __init__(
         self, pipe: WanPipeline, config: EngineConfig, groups: ParallelGroups, *, model_dir: str | Path | None = None
@@ -67,8 +53,7 @@ class ParallelEngine(Engine):
     def launch(cls, model_dir: str | Path, config: EngineConfig, env: DistributedEnv) -> ParallelEngine:
         """Join the gang, validate the layout against the model (before loading weights), load, build groups."""
         settings = config.diffusion
-        transformer_config = check_model_folder(model_dir) / "transformer" / "config.json"
-        heads = json.loads(transformer_config.read_text())["num_attention_heads"]
+        heads = num_attention_heads(model_dir)
         layout = ParallelLayout.resolve(env.world_size, settings.cp_size, settings.up_limit, heads)
         device = init_distributed(env, settings.resolved_device(torch.cuda.is_available()))
         dtype = getattr(torch, settings.resolved_dtype(device.type))
@@ -80,9 +65,10 @@ class ParallelEngine(Engine):
         logger.info("rank %d: model loaded in %.1f s, layout %s", env.rank, engine.load_s, layout.describe())
         return engine
 
-    @classmethod
-    def check_config(cls, config: EngineConfig, strategy: type[FlexCacheStrategy] | None = None) -> None:
-        """cp_size > 1 is what this engine is for; the layout itself was validated by `launch`."""
+    @property
+    def layout(self) -> ParallelLayout:
+        """The gang's degrees, validated by `launch` against the world size and the model."""
+        return self.groups.layout
 
     def _configure_transformer(self) -> None:
         """The single-device configuration minus compile, which `parallelize` applies last."""
@@ -91,17 +77,6 @@ class ParallelEngine(Engine):
             super()._configure_transformer()
         finally:
             self.config = config
-
-    def _check_request(self, params: DiffusionUserParams) -> None:
-        layout = self.groups.layout
-        layout.check_guidance(params.do_classifier_free_guidance)
-        layout.check_tokens(transformer_tokens(params))
-        strategy = get_strategy(params.cache.strategy)
-        if strategy.requires_context_parallel and layout.ring < 2:
-            raise LayoutError(
-                f"{strategy.name} works on ring attention, but this gang has ulysses {layout.ulysses} x ring "
-                f"{layout.ring}: set infer.diffusion.up_limit so that cp_size / ulysses >= 2 (up_limit=1: all ring)"
-            )
 
     def _seed(self, params: DiffusionUserParams) -> int:
         """The request's seed, or rank 0's random draw sent to every rank (all ranks must start from one noise)."""
@@ -145,17 +120,3 @@ class ParallelEngine(Engine):
         metrics["parallel"] = self.groups.layout.describe()
         return metrics
 
-
-def check_launch(config: EngineConfig, strategy: type[FlexCacheStrategy] | None = None) -> None:
-    """The entry point's early check, before the slow model load: single-process rules outside a gang."""
-    env = DistributedEnv.from_env()
-    if env is None or env.world_size == 1:
-        check_single_process(config, strategy)
-
-
-def load_engine(model_dir: str | Path, config: EngineConfig) -> Engine:
-    """A `ParallelEngine` when launched as a gang of >= 2 ranks (torchrun / the worker launcher), else `Engine`."""
-    env = DistributedEnv.from_env()
-    if env is None or env.world_size == 1:
-        return Engine.load(model_dir, config)
-    return ParallelEngine.launch(model_dir, config, env)

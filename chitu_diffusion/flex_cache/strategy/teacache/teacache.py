@@ -23,20 +23,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from diffusers.hooks.hooks import BaseState, StateManager
+from diffusers.hooks.hooks import CacheContext, StateManager
 
 from chitu_diffusion.flex_cache.base import Decision, FlexCacheStrategy
-from chitu_diffusion.flex_cache.calibrate import find_calibration, load_calibration
-from chitu_diffusion.flex_cache.hooks import (
-    CacheMeter,
-    StatefulHook,
-    attach_hook,
-    current_step,
-    detach_hooks,
-    forward_argument,
-    refresh_registries,
-)
+from chitu_diffusion.flex_cache.hooks import CacheMeter, current_step, detach_hooks
 from chitu_diffusion.flex_cache.registry import register_strategy
+from chitu_diffusion.flex_cache.strategy.teacache.calibrate import find_calibration, load_calibration
+from chitu_diffusion.flex_cache.strategy.teacache.stack import BlockStackState, attach_stack_hooks
 
 logger = logging.getLogger(__name__)
 
@@ -104,84 +97,14 @@ class TeaCacheConfig:
         return max(float(np.polyval(self.coefficients, change)), 0.0)
 
 
-class TeaCacheState(BaseState):
-    """One branch's TeaCache state (diffusers' StateManager keys it by the cache_context name)."""
+class TeaCacheState(BlockStackState):
+    """One branch's TeaCache state: the block-stack state plus the accumulated change the decision is taken on."""
 
     def __init__(self) -> None:
-        self.previous_modulation: torch.Tensor | None = None  # (B, 6, C) fp32
+        super().__init__()
         self.accumulated = 0.0
         self.change_sum = 0.0  # running sum / count of rescaled changes (relative thresholds)
         self.change_count = 0
-        self.reuse = False  # the decision for the transformer call in flight
-        self.stack_input: torch.Tensor | None = None  # (B, L, C) first block's input while computing
-        self.residual: torch.Tensor | None = None  # (B, L, C) last block output - first block input
-
-    def reset(self) -> None:
-        self.__init__()
-
-
-class TeaCacheBlockHook(StatefulHook):
-    """On every block: the head (block 0) decides and, when reusing, returns input + cached residual; the
-    middle blocks then pass their input through; the tail (last block) stores the fresh residual."""
-
-    def __init__(self, strategy: TeaCache, state_manager: StateManager, is_head: bool, is_tail: bool) -> None:
-        super().__init__(state_manager)
-        self.strategy = strategy
-        self.is_head = is_head
-        self.is_tail = is_tail
-
-    def new_forward(self, module: torch.nn.Module, *args, **kwargs):
-        adapter = self.strategy.adapter
-        state: TeaCacheState = self.state_manager.get_state()
-        hidden_states = forward_argument(module, adapter.hidden_states_arg, args, kwargs)  # (B, L, C)
-        if self.is_head:
-            modulation = forward_argument(module, adapter.modulation_arg, args, kwargs)  # (B, 6, C)
-            state.reuse = self._decide(state, modulation)
-            if state.reuse:
-                return hidden_states + state.residual  # (B, L, C)
-            state.stack_input = hidden_states
-        elif state.reuse:
-            return hidden_states
-        output = self.fn_ref.original_forward(*args, **kwargs)  # (B, L, C)
-        if self.is_tail:
-            if self.strategy.config.threshold > 0:  # at 0 nothing is ever reused: hold no residual
-                residual = output - state.stack_input  # (B, L, C)
-                self.strategy.meter.replace(state.residual, residual)
-                state.residual = residual
-            state.stack_input = None
-        return output
-
-    @torch.compiler.disable
-    def _decide(self, state: TeaCacheState, modulation: torch.Tensor) -> bool:
-        config, context = self.strategy.config, self.state_manager.context
-        step = current_step(context)
-        # The modulation is computed from the timestep alone and is replicated, not sequence-sharded, under
-        # context parallelism: this statistic, and so every decision, is already global and equal on all ranks.
-        modulation = modulation.float()  # (B, 6, C)
-        change = None
-        if state.previous_modulation is not None:
-            previous = state.previous_modulation
-            relative_l1 = ((modulation - previous).abs().mean() / previous.abs().mean()).item()
-            change = config.rescale(relative_l1)
-            state.change_sum += change
-            state.change_count += 1
-        state.previous_modulation = modulation  # (B, 6, C): negligible next to the residual, not metered
-
-        forced = self.strategy.params.forced_compute(step, context.num_inference_steps)
-        if forced is not None:
-            decision = Decision(forced)
-        elif change is None or state.residual is None:
-            decision = Decision.COMPUTE
-        else:
-            state.accumulated += change
-            threshold = config.threshold
-            if config.relative:
-                threshold *= state.change_sum / state.change_count
-            decision = Decision.REUSE if state.accumulated < threshold else Decision.COMPUTE
-        self.strategy.log.record(step, context.name, "blocks", decision, score=state.accumulated)
-        if not decision.reused:
-            state.accumulated = 0.0
-        return decision.reused
 
 
 @register_strategy
@@ -214,11 +137,37 @@ class TeaCache(FlexCacheStrategy):
                 variant,
             )
         logger.info("TeaCache on %s: %s", variant, self.describe_ratio())
-        blocks = self.adapter.blocks(transformer)
-        for index, block in enumerate(blocks):
-            hook = TeaCacheBlockHook(self, self.state_manager, index == 0, index == len(blocks) - 1)
-            attach_hook(block, hook, _HOOK)
-        refresh_registries(transformer)
+        attach_stack_hooks(self, self.state_manager, transformer, _HOOK)
+
+    def decide(self, state: TeaCacheState, context: CacheContext, change: float | None) -> bool:
+        """Reuse while the accumulated rescaled change stays under the threshold; computing resets it."""
+        config, step = self.config, current_step(context)
+        if change is not None:
+            change = config.rescale(change)
+            state.change_sum += change
+            state.change_count += 1
+        forced = self.params.forced_compute(step, context.num_inference_steps)
+        if forced is not None:
+            decision = Decision(forced)
+        elif change is None or state.residual is None:
+            decision = Decision.COMPUTE
+        else:
+            state.accumulated += change
+            threshold = config.threshold
+            if config.relative:
+                threshold *= state.change_sum / state.change_count
+            decision = Decision.REUSE if state.accumulated < threshold else Decision.COMPUTE
+        self.log.record(step, context.name, "blocks", decision, score=state.accumulated)
+        if not decision.reused:
+            state.accumulated = 0.0
+        return decision.reused
+
+    def take_residual(self, state: TeaCacheState, context: CacheContext, output: torch.Tensor) -> None:
+        """Keep the fresh residual for the next reuse; at threshold 0 nothing is ever reused, so hold none."""
+        if self.config.threshold > 0:
+            residual = output - state.stack_input  # (B, L, C)
+            self.meter.replace(state.residual, residual)
+            state.residual = residual
 
     def remove(self, transformer: torch.nn.Module) -> None:
         detach_hooks(transformer, _HOOK)

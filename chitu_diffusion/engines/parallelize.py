@@ -9,7 +9,9 @@
 4. Regional compile of the repeated blocks, last: it traces whatever the blocks run by then.
 
 Applied per request and undone by `remove` (reverse order), so the transformer is plain between requests, as
-the single-device engine leaves it. Steps 1-3 only register hooks and processors (microseconds); the compiled
+the single-device engine leaves it. Whether the request's strategy fits the layout (DiTango: ring >= 2) is
+checked before, with the request (engines/checks.py); a strategy that finds no ring attention to work on still
+refuses to attach. Steps 1-3 only register hooks and processors (microseconds); the compiled
 blocks are kept across requests (`compile_repeated_blocks` once).
 """
 
@@ -28,7 +30,6 @@ from chitu_diffusion.models.adapter import ModelAdapter
 from chitu_diffusion.parallel.cfg import cfg_parallel_guide
 from chitu_diffusion.parallel.context_parallel import ContextParallelHandle, apply_context_parallel
 from chitu_diffusion.parallel.groups import ParallelGroups
-from chitu_diffusion.parallel.layout import LayoutError
 from chitu_diffusion.parallel.reducer import ProcessGroupReducer
 from chitu_diffusion.pipeline import Guide, PredictNoise, guided_noise
 from chitu_diffusion.task import FlexCacheParams
@@ -79,12 +80,6 @@ def parallelize(
     """Apply CFG split -> context parallelism -> `cache` strategy -> compile (see the module docstring)."""
     layout = groups.layout
     strategy_cls = get_strategy(cache.strategy) if cache is not None else None
-    if strategy_cls is not None and strategy_cls.requires_context_parallel and layout.ring < 2:
-        raise LayoutError(
-            f"FlexCache strategy {strategy_cls.name!r} works on ring attention, but this gang has cp {layout.cp} = "
-            f"ulysses {layout.ulysses} x ring {layout.ring}: use infer.diffusion.cp_size >= 2 and an "
-            "infer.diffusion.up_limit that leaves ring >= 2 (up_limit=1 puts all of cp_size on the ring)"
-        )
     handle = apply_context_parallel(transformer, adapter, groups, backend) if layout.cp > 1 else None
     result = Parallelized(transformer, groups, handle, None)
     try:

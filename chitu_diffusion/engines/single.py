@@ -1,8 +1,9 @@
-"""The single-device engine: load a Wan2.1 T2V model once, then generate one video per request.
+"""The single-process engine: load a Wan2.1 T2V model once, then generate one video per request.
 
 `Engine.generate(params, output_dir, name)` writes `<output_dir>/<name>.mp4`, `<output_dir>/metrics.json` and
 any FlexCache policy files. A request's FlexCache strategy is attached for that request only and removed
-afterwards (even on error), so the transformer is clean for the next prompt of the job.
+afterwards (even on error), so the transformer is clean for the next prompt of the job. `ParallelEngine`
+(gang.py) is this engine with a gang's layout; get either from `chitu_diffusion.engines.load_engine`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -23,11 +24,13 @@ from diffusers import WanPipeline
 from chitu_diffusion.attention.kernels import get_kernel, resolve_backend
 from chitu_diffusion.attention.processor import set_self_attention
 from chitu_diffusion.config import ConfigError, EngineConfig
+from chitu_diffusion.engines.checks import check_output_name, check_request, check_single_process
 from chitu_diffusion.flex_cache.base import FlexCacheStrategy
 from chitu_diffusion.flex_cache.registry import get_strategy
 from chitu_diffusion.metrics import StageTimer, peak_memory, reset_peak_memory, versions, write_metrics
 from chitu_diffusion.models.adapter import adapter_for
 from chitu_diffusion.models.loading import load_wan_pipeline
+from chitu_diffusion.parallel.degrees import ParallelLayout
 from chitu_diffusion.pipeline import (
     Guide,
     PredictNoise,
@@ -62,27 +65,6 @@ class Sample:
     extra_paths: list[Path] = field(default_factory=list)
 
 
-def check_single_process(config: EngineConfig, strategy: type[FlexCacheStrategy] | None = None) -> None:
-    """Reject, before any work, what needs more than one process."""
-    cp_size = config.diffusion.cp_size
-    if cp_size > 1:
-        raise ConfigError(
-            f"infer.diffusion.cp_size={cp_size} needs context parallelism across processes: launch under torchrun "
-            f"with world size = cfg degree x cp_size (e.g. torchrun --nproc-per-node={2 * cp_size} for cfg 2); "
-            "a single process runs cp_size=1"
-        )
-    if strategy is not None and strategy.requires_context_parallel:
-        raise ConfigError(
-            f"{strategy.name} needs context parallelism: run with infer.diffusion.cp_size>=2 under torchrun"
-        )
-
-
-def check_output_name(name: str) -> None:
-    """`name` becomes `<output_dir>/<name>.mp4`: it must not leave the folder or hide the file."""
-    if not name or Path(name).name != name or name.startswith("."):
-        raise ValueError(f"name must be a plain file name stem (no folders, not hidden), got {name!r}")
-
-
 @contextmanager
 def attached(strategy: FlexCacheStrategy, transformer: torch.nn.Module):
     """`strategy`'s hooks on `transformer` for the duration of one request; removed and reset afterwards."""
@@ -114,7 +96,8 @@ class Engine:
     def __init__(self, pipe: WanPipeline, config: EngineConfig | None = None, *, model_dir: str | Path | None = None):
         """Wrap an already loaded/built pipeline (used as it is: its device and dtype); see `Engine.load`."""
         self.config = config or EngineConfig()
-        self.check_config(self.config)
+        if self.layout.world_size == 1:
+            check_single_process(self.config)
         self.pipe = pipe
         self.transformer = pipe.transformer
         self.adapter = adapter_for(self.transformer)
@@ -123,11 +106,17 @@ class Engine:
         self.load_s: float | None = None
         self._configure_transformer()
 
+    @staticmethod
+    def load(model_dir: str | Path, config: EngineConfig | None = None) -> Engine:
+        """The seed's API: `chitu_diffusion.engines.load_engine` (a `ParallelEngine` when run under torchrun)."""
+        from chitu_diffusion.engines import load_engine  # the package imports this module
+
+        return load_engine(model_dir, config)
+
     @classmethod
-    def load(cls, model_dir: str | Path, config: EngineConfig | None = None) -> Engine:
-        """Load a diffusers-format Wan2.1 T2V folder on the configured device and dtype."""
-        config = config or EngineConfig()
-        cls.check_config(config)
+    def load_on_device(cls, model_dir: str | Path, config: EngineConfig) -> Engine:
+        """Load a diffusers-format Wan2.1 T2V folder in this process, on the configured device and dtype."""
+        check_single_process(config)  # before the slow load
         device = config.diffusion.resolved_device(torch.cuda.is_available())
         dtype = getattr(torch, config.diffusion.resolved_dtype(device))
         start = time.perf_counter()
@@ -136,10 +125,10 @@ class Engine:
         logger.info("model loaded in %.1f s", engine.load_s)
         return engine
 
-    @classmethod
-    def check_config(cls, config: EngineConfig, strategy: type[FlexCacheStrategy] | None = None) -> None:
-        """Reject, before any work, what this engine cannot run (parallel.engine.ParallelEngine overrides it)."""
-        check_single_process(config, strategy)
+    @property
+    def layout(self) -> ParallelLayout:
+        """One process holds the whole video: cfg 1 x ulysses 1 x ring 1 (`ParallelEngine`: its gang's)."""
+        return ParallelLayout()
 
     def _configure_transformer(self) -> None:
         """Attention kernel, then compile (compile last: it traces whatever the forward is by then)."""
@@ -158,8 +147,9 @@ class Engine:
             self.transformer.compile_repeated_blocks(fullgraph=False)
 
     def _check_request(self, params: DiffusionUserParams) -> None:
-        """Reject, before any work, a request this engine cannot run."""
-        self.check_config(self.config, get_strategy(params.cache.strategy))
+        """Reject, before any work, a request this engine's layout cannot run (checks.check_request)."""
+        heads = self.transformer.config.num_attention_heads
+        check_request(params, self.layout, self.config.diffusion.up_limit, heads)
 
     def _seed(self, params: DiffusionUserParams) -> int:
         return params.seed if params.seed is not None else secrets.randbits(32)
@@ -262,15 +252,3 @@ class Engine:
             "versions": versions(),
         }
 
-
-def generate(
-    model_dir: str | Path,
-    params: DiffusionUserParams | Mapping[str, Any],
-    output_dir: str | Path,
-    name: str = "video",
-    engine_config: EngineConfig | Iterable[str] | Mapping[str, Any] | None = None,
-) -> GenerationResult:
-    """Load `model_dir` and generate one video (for many prompts, load an `Engine` once instead)."""
-    if not isinstance(engine_config, EngineConfig):
-        engine_config = EngineConfig.from_overrides(engine_config or ())
-    return Engine.load(model_dir, engine_config).generate(params, output_dir, name)
