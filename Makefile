@@ -44,5 +44,14 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# The generated Kubernetes files: the GenerationJob CRD (from chitu_api's models) and its chart copy, and the
+# chart's RBAC rules (from chitu_operator/rbac.py). Byte-stable; `make crds-check` (and a unit test) fails when stale.
+.PHONY: crds crds-check
+crds: setup
+	$(BIN)/python scripts/generate-crds.py
+
+crds-check: setup
+	$(BIN)/python scripts/generate-crds.py --check
+
 clean:
 	rm -rf out .dev-cluster .pytest_cache

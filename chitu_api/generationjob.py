@@ -1,32 +1,34 @@
-"""The GenerationJob spec as typed values: the one model of the document, for the operator and the worker.
+"""The GenerationJob spec as typed values: the one model of the document, for the CRD, the operator and the worker.
 
-The CRD's schema and CEL rules reject bad specs at the apiserver; this model is the second line for
-what slips past it (an object stored under an older CRD, a spec edited while the operator was down)
-and for the checks only the operator can make (env names the operator owns). Defaults equal the
-CRD's, so a spec read from an older object behaves like a new one. Unknown fields are ignored here
-(forward compatibility; the apiserver prunes them); the worker, which also reads local manifest files
-that no apiserver has seen, rejects them first (chitu_worker.spec). Every failure is an InvalidSpec
-naming the exact field (`spec.prompts[1]`), which the handlers turn into phase Failed / reason
-InvalidSpec and the worker into its termination message.
+Each field carries its description, default, bounds and enum, and each section its CEL rules (chitu_api.schema),
+so the CRD (`make crds`, chitu_api.crd) is generated from this file and adding a field is one edit here. The
+apiserver rejects bad specs with the CEL rules; this model is the second line for what slips past it (an
+object stored under an older CRD, a manifest file run by a worker without a cluster) and runs the same rules
+in Python: the facts they share (frame and pixel strides, strategy names, what DiTango needs of the layout) come
+from the engine's torch-free modules, and tests/unit/test_contract_cel.py checks each CEL rule against its Python
+twin on a grid of values. Every failure is an InvalidSpec naming the exact field (`spec.prompts[1]`).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, NotRequired, Required
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import AfterValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
 
 from chitu_api.names import WORKER_IDENTITY
+from chitu_api.podenv import RESERVED_ENV
+from chitu_api.schema import FREE_FORM, ContractModel, cel, error_message, immutable, rules
+from chitu_diffusion.flex_cache.registry import requires_ring_attention, strategy_names, strategy_problem
+from chitu_diffusion.parallel.degrees import MAX_CFG_DEGREE, RING_ATTENTION_CEL
+from chitu_diffusion.task import FRAME_STRIDE, SPATIAL_STRIDE, frames_problem, spatial_problem
 
-FRAME_STRIDE = 4  # Wan's VAE compresses time 4x: frames = 4k+1
-SPATIAL_STRIDE = 16  # 8x VAE x 2x2 patches
-# Set by the operator on every worker (manifests.build_worker_env); a user's env may not override them.
-RESERVED_ENV = frozenset({
-    "CHITU_JOB_NAME", "CHITU_JOB_NAMESPACE", "CHITU_JOB_UID", "CHITU_RESTART_ATTEMPT", "MASTER_ADDR",
-    "MASTER_PORT", "NNODES", "NODE_RANK", "NPROC_PER_NODE", "WORLD_SIZE", "POD_NAME", "POD_NAMESPACE",
-})
+# A bucket name as S3 allows it (3-63 lower-case letters, digits, '.', '-'), then an optional /prefix.
+S3_URI_PATTERN = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$"
+#: FlexCache strategies that work on ring attention states (today DiTango), from the strategies' own traits.
+RING_ATTENTION_STRATEGIES = tuple(name for name in strategy_names() if requires_ring_attention(name))
 
 
 class InvalidSpec(ValueError):
@@ -37,19 +39,44 @@ class InvalidSpec(ValueError):
         self.field, self.detail = field, detail
 
 
-class _Spec(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True, extra="ignore")
+BLANK = "must be a non-empty text, not only whitespace"
 
 
-class ModelSource(_Spec):
-    uri: str
-    volume: dict[str, Any] | None = None
-    mount_path: str = "/models"
+def _not_blank(text: str) -> str:
+    if not text.strip():
+        raise ValueError(BLANK)
+    return text
+
+
+def _at_least_one(prompts: tuple[str, ...]) -> tuple[str, ...]:
+    if not prompts:
+        raise ValueError("must hold at least one prompt")
+    return prompts
+
+
+#: A prompt: non-empty, not only whitespace. `trim()` is Kubernetes' CEL strings extension (Python's strip()).
+PromptText = Annotated[str, Field(max_length=4096, json_schema_extra=rules(cel("self.trim().size() > 0", BLANK))),
+                       AfterValidator(_not_blank)]
+
+
+class ModelSource(ContractModel):
+    """Where the diffusers model directory comes from."""
+
+    uri: str = Field(max_length=1024, description="A path inside the pod (absolute) or s3://bucket/prefix (copied "
+                     "once to a local cache on the node).", json_schema_extra=rules(
+                         cel("self.startsWith('/') || self.startsWith('s3://')",
+                             "model.uri must be an absolute path or an s3:// URI")))
+    volume: dict[str, Any] | None = Field(None, description="Optional Kubernetes volume source (any core/v1 "
+                                          "VolumeSource, e.g. persistentVolumeClaim) mounted read-only at mountPath.",
+                                          json_schema_extra=FREE_FORM)
+    mount_path: str = Field("/models", max_length=1024, description="Where the volume is mounted in the pod.",
+                            json_schema_extra=rules(cel("self.startsWith('/')", "model.mountPath must be an "
+                                                                                 "absolute path")))
 
     @field_validator("uri")
     @classmethod
     def _absolute_or_s3(cls, uri: str) -> str:
-        if not (uri.startswith("/") or uri.startswith("s3://")):
+        if not uri.startswith(("/", "s3://")):
             raise ValueError(f"must be an absolute path or an s3:// URI, got {uri!r}")
         return uri
 
@@ -61,35 +88,69 @@ class ModelSource(_Spec):
         return path
 
 
-class Generation(_Spec):
-    steps: int = Field(50, ge=1, le=1000)
-    guidance_scale: float = Field(5.0, ge=0, le=50)
-    height: int = Field(480, ge=16, le=4096, multiple_of=SPATIAL_STRIDE)
-    width: int = Field(832, ge=16, le=4096, multiple_of=SPATIAL_STRIDE)
-    frames: int = Field(81, ge=1, le=1001)
-    fps: int = Field(16, ge=1, le=120)
-    seed: int | None = Field(None, ge=0)
+def _spatial_rule(field: str) -> dict[str, Any]:
+    return rules(cel(f"self % {SPATIAL_STRIDE} == 0", f"generation.{field} must be a multiple of {SPATIAL_STRIDE}"))
+
+
+class Generation(ContractModel):
+    """Generation settings shared by every prompt of the job."""
+
+    steps: int = Field(50, ge=1, le=1000, description="Denoising steps.")
+    guidance_scale: float = Field(5.0, ge=0, le=50, description="Classifier-free guidance scale (> 1 runs both "
+                                  "guidance branches).")
+    height: int = Field(480, ge=16, le=4096, description=f"Pixels; a multiple of {SPATIAL_STRIDE}.",
+                        json_schema_extra=_spatial_rule("height"))
+    width: int = Field(832, ge=16, le=4096, description=f"Pixels; a multiple of {SPATIAL_STRIDE}.",
+                       json_schema_extra=_spatial_rule("width"))
+    frames: int = Field(81, ge=1, le=1001, description=f"Frames per video: {FRAME_STRIDE}k+1 (Wan's VAE compresses "
+                        f"time {FRAME_STRIDE}x).", json_schema_extra=rules(cel(
+                            f"self % {FRAME_STRIDE} == 1", "generation.frames must be 4k+1 (1, 5, 9, ..., 81)")))
+    fps: int = Field(16, ge=1, le=120, description="Frames per second of the video file.")
+    seed: int | None = Field(None, ge=0, description="Optional seed; each prompt's generator is seeded from it.",
+                             json_schema_extra=rules(format="int64"))
+
+    @field_validator("height", "width")
+    @classmethod
+    def _spatial_stride(cls, pixels: int) -> int:
+        if problem := spatial_problem(pixels):
+            raise ValueError(problem)
+        return pixels
 
     @field_validator("frames")
     @classmethod
-    def _frames_4k_plus_1(cls, frames: int) -> int:
-        if frames % FRAME_STRIDE != 1:
-            raise ValueError(f"must be 4k+1 (1, 5, 9, ..., 81), got {frames}")
+    def _frame_stride(cls, frames: int) -> int:
+        if problem := frames_problem(frames):
+            raise ValueError(problem)
         return frames
 
 
-class FlexCache(_Spec):
-    strategy: Literal["none", "teacache", "pab", "ditango"] = "none"
-    cache_ratio: float = Field(0.5, ge=0, le=1)
-    warmup: int = Field(1, ge=0, le=1000)
-    cooldown: int = Field(1, ge=0, le=1000)
+class FlexCache(ContractModel):
+    """FlexCache: feature reuse across denoising steps (docs/flexcache.md)."""
+
+    strategy: Literal[strategy_names()] = Field(
+        "none", description=f"The strategy, one of the engine's registry: {', '.join(strategy_names())} "
+        f"({', '.join(RING_ATTENTION_STRATEGIES)} needs ring attention: parallelism.cpSize >= 2 and upLimit < cpSize).")
+    cache_ratio: float = Field(0.5, ge=0, le=1, description="0 = quality first, 1 = speed first; each strategy maps "
+                               "it onto its own thresholds.")
+    warmup: int = Field(1, ge=0, le=1000, description="First steps always computed in full.")
+    cooldown: int = Field(1, ge=0, le=1000, description="Last steps always computed in full.")
 
 
-class Parallelism(_Spec):
-    cfg: Literal[1, 2] = 1
-    cp_size: int = Field(1, ge=1, le=64)
-    up_limit: int = Field(8, ge=1, le=64)
-    gpus_per_pod: int = Field(1, ge=0, le=16)
+class Parallelism(ContractModel):
+    """The gang's parallel degrees: world size = cfg x cpSize processes, pods = world size / gpusPerPod."""
+
+    cfg: Literal[tuple(range(1, MAX_CFG_DEGREE + 1))] = Field(1, description="Classifier-free-guidance parallel "
+                                                              "degree: 2 runs the two guidance branches on "
+                                                              "different ranks.")
+    cp_size: int = Field(1, ge=1, le=64, description="Context-parallel degree (Ulysses x ring).")
+    up_limit: int = Field(8, ge=1, le=64, description="Largest Ulysses degree; the rest of cpSize goes to ring "
+                          "attention (1 puts all of cpSize on the ring).")
+    gpus_per_pod: int = Field(1, ge=0, le=16, description="GPUs (= processes) per pod; 0 = CPU-only pods with one "
+                              "process each. The world size must be a multiple of it.")
+
+    model_config = ConfigDict(json_schema_extra=rules(cel(
+        "self.gpusPerPod == 0 || (self.cfg * self.cpSize) % self.gpusPerPod == 0",
+        "world size (cfg x cpSize) must be a multiple of gpusPerPod", ".gpusPerPod")))
 
     @property
     def world_size(self) -> int:
@@ -105,108 +166,227 @@ class Parallelism(_Spec):
     def pods(self) -> int:
         return self.world_size // self.procs_per_pod
 
-    @model_validator(mode="after")
-    def _whole_pods(self) -> Parallelism:
-        if self.world_size % self.procs_per_pod:
-            raise ValueError(f"world size cfg*cpSize = {self.world_size} must be a multiple of "
-                             f"gpusPerPod = {self.gpus_per_pod}")
-        return self
+    @field_validator("gpus_per_pod")
+    @classmethod
+    def _whole_pods(cls, gpus_per_pod: int, info: ValidationInfo) -> int:
+        world_size = info.data.get("cfg", 1) * info.data.get("cp_size", 1)
+        if gpus_per_pod and world_size % gpus_per_pod:
+            raise ValueError(f"world size cfg*cpSize = {world_size} must be a multiple of gpusPerPod = {gpus_per_pod}")
+        return gpus_per_pod
 
 
-class Engine(_Spec):
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    compile: bool = False
+class Engine(ContractModel):
+    """Engine settings (chitu_diffusion.config's infer.diffusion.*)."""
+
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto = bfloat16 on CUDA, "
+                                                                     "float32 on CPU.")
+    compile: bool = Field(False, description="Regional torch.compile of the repeated DiT blocks.")
 
 
-class WorkerTemplate(_Spec):
-    image: str = Field(min_length=1)
-    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
-    resources: dict[str, Any] = Field(default_factory=dict)
-    env: tuple[dict[str, Any], ...] = ()
-    service_account_name: str = WORKER_IDENTITY
-    pod_annotations: dict[str, str] = Field(default_factory=dict)
-    pod_labels: dict[str, str] = Field(default_factory=dict)
-    command: tuple[str, ...] = ()
+Quantity = Annotated[int | str, Field(json_schema_extra={"x-kubernetes-int-or-string": True})]
+QuantityMap = Annotated[dict[str, Quantity], Field(max_length=32)]
 
 
-class CredentialsSecretRef(_Spec):
-    name: str = Field(min_length=1)
-    access_key_id_key: str = "AWS_ACCESS_KEY_ID"
-    secret_access_key_key: str = "AWS_SECRET_ACCESS_KEY"
+class ResourceRequirements(TypedDict, total=False):
+    """A container's requests and limits (core/v1 ResourceRequirements without claims)."""
+
+    requests: Annotated[QuantityMap, Field(description="Minimum amounts, e.g. {cpu: '4', memory: 32Gi}.")]
+    limits: Annotated[QuantityMap, Field(description="Maximum amounts; nvidia.com/gpu is set by the operator.")]
 
 
-class Output(_Spec):
-    uri: str
-    endpoint: str | None = None
-    region: str | None = None
-    credentials_secret_ref: CredentialsSecretRef | None = None
+def _not_reserved(name: str) -> str:
+    if name in RESERVED_ENV:
+        raise ValueError(f"{name} is set by the operator and cannot be overridden")
+    return name
+
+
+class EnvVar(TypedDict):
+    """One core/v1 EnvVar of the worker container."""
+
+    name: Required[Annotated[str, Field(min_length=1, max_length=256, description="The variable's name; not one "
+                                        "the operator sets on every pod.", json_schema_extra=rules(cel(
+                                            f"!(self in {sorted(RESERVED_ENV)})", "is set by the operator and "
+                                            f"cannot be overridden (reserved: {', '.join(sorted(RESERVED_ENV))})"))),
+                             AfterValidator(_not_reserved)]]
+    value: NotRequired[Annotated[str, Field(max_length=4096, description="A literal value.")]]
+    valueFrom: NotRequired[Annotated[dict[str, Any], Field(description="A core/v1 EnvVarSource (secretKeyRef, "
+                                                           "fieldRef, ...).", json_schema_extra=FREE_FORM)]]
+
+
+class WorkerTemplate(ContractModel):
+    """The worker pods' container."""
+
+    image: str = Field(min_length=1, max_length=1024, description="The worker image (runs chitu-worker).")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field("IfNotPresent", description="When the "
+                                                                          "kubelet pulls the image.")
+    resources: ResourceRequirements = Field(default_factory=dict, description="Container requests and limits; the "
+                                            "operator adds the nvidia.com/gpu limit from parallelism.gpusPerPod.")
+    env: tuple[EnvVar, ...] = Field((), max_length=64, description="Extra environment variables; the ones the "
+                                    "operator sets on every pod (docs/generationjob.md) cannot be overridden.")
+    service_account_name: str = Field(WORKER_IDENTITY, max_length=253, description=f"The operator creates "
+                                      f"{WORKER_IDENTITY} (bound to ClusterRole {WORKER_IDENTITY}) in the namespace; "
+                                      "another name is yours to create and bind.")
+    pod_annotations: dict[str, Annotated[str, Field(max_length=4096)]] = Field(
+        default_factory=dict, max_length=64, description="Annotations on every worker pod.")
+    pod_labels: dict[str, Annotated[str, Field(max_length=63)]] = Field(
+        default_factory=dict, max_length=64, description="Labels on every worker pod (the operator's chitu.dev/* "
+        "labels take precedence).")
+    command: tuple[Annotated[str, Field(max_length=4096)], ...] = Field(
+        (), max_length=64, description="Advanced / testing: replaces the container command (default [chitu-worker]).")
+
+
+class CredentialsSecretRef(ContractModel):
+    """A Secret in the job's namespace holding the S3 keys."""
+
+    name: str = Field(min_length=1, max_length=253, description="The Secret's name.")
+    access_key_id_key: str = Field("AWS_ACCESS_KEY_ID", max_length=253, description="The key holding the access "
+                                   "key id.")
+    secret_access_key_key: str = Field("AWS_SECRET_ACCESS_KEY", max_length=253, description="The key holding the "
+                                       "secret access key.")
+
+
+class Output(ContractModel):
+    """Where videos, metrics and policy files go."""
+
+    uri: str = Field(max_length=1024, description="s3://bucket/prefix; objects land under <prefix>/<job name>-"
+                     "<uid[:8]>/prompt-<index:04d>/.", json_schema_extra=rules(cel(
+                         f"self.matches('{S3_URI_PATTERN}')", "output.uri must start with s3:// and name a bucket")))
+    endpoint: str | None = Field(None, max_length=1024, description="S3 endpoint URL (default AWS).",
+                                 json_schema_extra=rules(cel("self.startsWith('http://') || self.startsWith('https://')",
+                                                             "output.endpoint must be an http(s) URL")))
+    region: str | None = Field(None, max_length=64, description="Sets AWS_DEFAULT_REGION.")
+    credentials_secret_ref: CredentialsSecretRef | None = Field(None, description="A Secret holding the S3 keys "
+                                                                "(omit for ambient credentials, e.g. a cloud "
+                                                                "workload identity).")
 
     @field_validator("uri")
     @classmethod
     def _s3(cls, uri: str) -> str:
-        if not uri.startswith("s3://") or len(uri) <= len("s3://"):
-            raise ValueError(f"must look like s3://bucket/prefix, got {uri!r}")
+        if not re.match(S3_URI_PATTERN, uri):
+            raise ValueError(f"must look like s3://bucket/prefix (a bucket of 3-63 lower-case letters, digits, "
+                             f"'.' or '-'), got {uri!r}")
         return uri
 
-
-class RunPolicy(_Spec):
-    backoff_limit: int = Field(3, ge=0, le=100)
-    active_deadline_seconds: int | None = Field(None, ge=1)
-    pre_running_deadline_seconds: int = Field(600, ge=1)
-    ttl_seconds_after_finished: int | None = Field(None, ge=0)
-    clean_pod_policy: Literal["None", "Running", "All"] = "Running"
-    suspend: bool = False
+    @field_validator("endpoint")
+    @classmethod
+    def _http(cls, endpoint: str | None) -> str | None:
+        if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http(s) URL, got {endpoint!r}")
+        return endpoint
 
 
-class Scheduling(_Spec):
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    tolerations: tuple[dict[str, Any], ...] = ()
-    priority_class_name: str = ""
-    queue_name: str = ""
+class RunPolicy(ContractModel):
+    """How the job runs: the only section that may change while the job exists."""
+
+    backoff_limit: int = Field(3, ge=0, le=100, description="Gang restarts allowed before the job fails.")
+    active_deadline_seconds: int | None = Field(None, ge=1, description="The job fails once active this long "
+                                                "(counted from startTime; resuming restarts the clock).",
+                                                json_schema_extra=rules(format="int64"))
+    pre_running_deadline_seconds: int = Field(600, ge=1, description="The job fails when a pod stays Pending "
+                                              "(unschedulable, pulling, ...) this long, with the pod's waiting "
+                                              "reason.", json_schema_extra=rules(format="int64"))
+    ttl_seconds_after_finished: int | None = Field(None, ge=0, description="Delete the finished job (and its pods) "
+                                                   "this long after completion.",
+                                                   json_schema_extra=rules(format="int64"))
+    clean_pod_policy: Literal["None", "Running", "All"] = Field("Running", description="Pods deleted when the job "
+                                                                "finishes: None, Running (unfinished ones) or All.")
+    suspend: bool = Field(False, description="true deletes the pods (phase Suspended); false recreates them.")
 
 
-class GenerationJobSpec(_Spec):
-    model: ModelSource
-    prompt: str | None = None
-    prompts: tuple[str, ...] | None = None
-    negative_prompt: str = ""
-    generation: Generation = Generation()
-    flex_cache: FlexCache = FlexCache()
-    parallelism: Parallelism = Parallelism()
-    engine: Engine = Engine()
-    worker: WorkerTemplate | None = None  # required on the cluster (parse_spec); a local worker run needs none
-    output: Output
-    run_policy: RunPolicy = RunPolicy()
-    scheduling: Scheduling = Scheduling()
+class Toleration(TypedDict, total=False):
+    """One core/v1 Toleration of the worker pods."""
+
+    key: Annotated[str, Field(max_length=317, description="The taint key (empty with operator Exists: all).")]
+    operator: Annotated[Literal["Exists", "Equal"], Field(description="Exists or Equal (default Equal).")]
+    value: Annotated[str, Field(max_length=256, description="The taint value (operator Equal).")]
+    effect: Annotated[Literal["NoSchedule", "PreferNoSchedule", "NoExecute"], Field(
+        description="The taint effect to tolerate (empty: all).")]
+    tolerationSeconds: Annotated[int, Field(description="How long a NoExecute taint is tolerated.",
+                                            json_schema_extra=rules(format="int64"))]
+
+
+class Scheduling(ContractModel):
+    """Pod placement; may change only while the job is suspended (so a queue such as Kueue can place it)."""
+
+    node_selector: dict[str, Annotated[str, Field(max_length=256)]] = Field(
+        default_factory=dict, max_length=64, description="Node labels the worker pods require.")
+    tolerations: tuple[Toleration, ...] = Field((), max_length=32, description="Taints the worker pods tolerate.")
+    priority_class_name: str = Field("", max_length=253, description="The worker pods' PriorityClass.")
+    queue_name: str = Field("", max_length=63, description="Sets the kueue.x-k8s.io/queue-name label on the worker "
+                            "pods.")
+
+
+def _ring_attention_rule() -> dict[str, str]:
+    """RING_ATTENTION_CEL (written over the parallelism object) lifted to the spec, for the strategies needing it."""
+    over_parallelism = re.sub(r"\bself\b", "self.parallelism", RING_ATTENTION_CEL)
+    return cel(f"!(self.flexCache.strategy in {list(RING_ATTENTION_STRATEGIES)}) || ({over_parallelism})",
+               f"flexCache.strategy {' and '.join(RING_ATTENTION_STRATEGIES)} needs ring attention over at least 2 "
+               "ranks: set parallelism.cpSize >= 2 and parallelism.upLimit < parallelism.cpSize (upLimit 1 puts all "
+               "of cpSize on the ring)", ".parallelism")
+
+
+class GenerationJobSpec(ContractModel):
+    """What to generate, with which model, engine settings and parallelism, and where to put it."""
+
+    #: Required by the CRD (a job on a cluster needs pods); optional to a worker running a manifest file.
+    CLUSTER_REQUIRED: ClassVar[tuple[str, ...]] = ("worker",)
+
+    model: ModelSource = Field(description="The diffusers model directory. Immutable.",
+                               json_schema_extra=rules(immutable("spec.model")))
+    prompt: PromptText | None = Field(None, description="One prompt (or use prompts; exactly one of the two). "
+                                      "Immutable.", json_schema_extra=rules(immutable("spec.prompt")))
+    prompts: Annotated[tuple[PromptText, ...], AfterValidator(_at_least_one)] | None = Field(
+        None, max_length=1024, description="The prompts, one video each (or use prompt). Immutable.",
+        json_schema_extra=rules(immutable("spec.prompts"), minItems=1))
+    negative_prompt: str = Field("", max_length=4096, description="Negative prompt applied to every prompt. "
+                                 "Immutable.", json_schema_extra=rules(immutable("spec.negativePrompt")))
+    generation: Generation = Field(Generation(), description="Generation settings shared by every prompt. "
+                                   "Immutable.", json_schema_extra=rules(immutable("spec.generation")))
+    flex_cache: FlexCache = Field(FlexCache(), description="FlexCache feature reuse across denoising steps. "
+                                  "Immutable.", json_schema_extra=rules(immutable("spec.flexCache")))
+    parallelism: Parallelism = Field(Parallelism(), description="World size = cfg x cpSize processes; pods = world "
+                                     "size / gpusPerPod (one process per pod when gpusPerPod is 0). Immutable.",
+                                     json_schema_extra=rules(immutable("spec.parallelism")))
+    engine: Engine = Field(Engine(), description="Engine settings (infer.diffusion.*). Immutable.",
+                           json_schema_extra=rules(immutable("spec.engine")))
+    worker: WorkerTemplate | None = Field(None, description="The worker pods' container (required on a cluster). "
+                                          "Immutable.", json_schema_extra=rules(immutable("spec.worker")))
+    output: Output = Field(description="Where videos, metrics and policy files go. Immutable.",
+                           json_schema_extra=rules(immutable("spec.output")))
+    run_policy: RunPolicy = Field(RunPolicy(), description="How the job runs. Mutable.")
+    scheduling: Scheduling = Field(Scheduling(), description="Pod placement. Mutable only while the job is "
+                                   "suspended.")
+
+    model_config = ConfigDict(json_schema_extra=rules(
+        cel("has(self.prompt) != has(self.prompts)", "exactly one of spec.prompt or spec.prompts must be set",
+            ".prompts"),
+        cel("self.flexCache.strategy == 'none' || self.flexCache.warmup + self.flexCache.cooldown < "
+            "self.generation.steps", "flexCache.warmup + flexCache.cooldown must be less than generation.steps, to "
+            "leave steps that may reuse the cache", ".flexCache"),
+        _ring_attention_rule(),
+        cel("has(self.prompts) == has(oldSelf.prompts)", "prompt and prompts are immutable: a job cannot switch "
+            "between them", ".prompts"),
+        cel("oldSelf.runPolicy.suspend || self.scheduling == oldSelf.scheduling",
+            "spec.scheduling may change only while the job is suspended", ".scheduling"),
+    ))
 
     @property
     def prompt_list(self) -> tuple[str, ...]:
         return self.prompts if self.prompts is not None else (self.prompt,)
 
 
-
 def _check_across_fields(spec: GenerationJobSpec) -> None:
-    """The rules that tie fields together, each reported at the field to change."""
+    """The rules that tie fields together (the spec's CEL rules above), each reported at the field to change."""
     if (spec.prompt is None) == (spec.prompts is None):
         raise InvalidSpec("spec.prompts", "exactly one of spec.prompt or spec.prompts must be set")
-    if spec.prompts is not None and not spec.prompts:
-        raise InvalidSpec("spec.prompts", "must hold at least one prompt")
-    named = [("spec.prompt", spec.prompt)] if spec.prompt is not None else [
-        (f"spec.prompts[{index}]", text) for index, text in enumerate(spec.prompts)]
-    for field, text in named:
-        if not text.strip():
-            raise InvalidSpec(field, "must be a non-empty text")
-    cache = spec.flex_cache
+    cache, parallelism = spec.flex_cache, spec.parallelism
     if cache.strategy != "none" and cache.warmup + cache.cooldown >= spec.generation.steps:
         raise InvalidSpec("spec.flexCache", f"warmup + cooldown ({cache.warmup} + {cache.cooldown}) must be less "
                           f"than generation.steps ({spec.generation.steps}) so that some steps may reuse")
-    if cache.strategy == "ditango" and spec.parallelism.cp_size < 2:
-        raise InvalidSpec("spec.parallelism.cpSize", "must be at least 2 for the ditango strategy (it reuses "
-                          "ring attention states)")
-    for index, var in enumerate(spec.worker.env if spec.worker else ()):
-        if var.get("name") in RESERVED_ENV:
-            raise InvalidSpec(f"spec.worker.env[{index}].name",
-                              f"{var['name']} is set by the operator and cannot be overridden")
+    if problem := strategy_problem(cache.strategy, parallelism.cp_size, parallelism.up_limit, None):
+        field = "cpSize" if parallelism.cp_size < 2 else "upLimit"
+        raise InvalidSpec(f"spec.parallelism.{field}", f"cpSize {parallelism.cp_size}, upLimit {parallelism.up_limit}"
+                          f": {problem}")
 
 
 def field_path(loc: tuple) -> str:
@@ -217,24 +397,17 @@ def field_path(loc: tuple) -> str:
     return path
 
 
-def error_message(error: Mapping[str, Any]) -> str:
-    """One pydantic error as text, quoting the value for its built-in checks (our validators' messages do)."""
-    if error["type"] == "value_error":
-        return error["msg"].removeprefix("Value error, ")
-    if "input" in error and not isinstance(error["input"], dict):
-        return f"{error['msg']} (got {error['input']!r})"
-    return error["msg"]
-
-
 def parse_spec(spec: Mapping[str, Any], *, require_worker: bool = True) -> GenerationJobSpec:
-    """The typed spec, or InvalidSpec naming the first offending field. `require_worker`: the pod template is
-    needed to run on a cluster (the CRD requires it), not by a worker running a manifest file locally."""
+    """The typed spec, or InvalidSpec naming the first offending field. `require_worker`: the sections in
+    CLUSTER_REQUIRED are needed to run on a cluster (the CRD requires them), not by a worker running a manifest
+    file locally."""
     try:
         parsed = GenerationJobSpec.model_validate(spec)
     except ValidationError as err:
         first = err.errors()[0]
         raise InvalidSpec(field_path(first["loc"]), error_message(first)) from err
-    if require_worker and parsed.worker is None:
-        raise InvalidSpec("spec.worker", "Field required")
+    for name in GenerationJobSpec.CLUSTER_REQUIRED if require_worker else ():
+        if getattr(parsed, name) is None:
+            raise InvalidSpec(f"spec.{GenerationJobSpec.model_fields[name].alias}", "Field required")
     _check_across_fields(parsed)
     return parsed

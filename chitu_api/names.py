@@ -41,3 +41,7 @@ def service_name(job: str) -> str:
 def master_addr(job: str, namespace: str) -> str:
     """Rank 0's DNS name through the headless Service (pod hostname + subdomain)."""
     return f"{pod_name(job, 0)}.{service_name(job)}.{namespace}.svc"
+
+
+#: A job's name is a DNS label leaving room for `-worker-<rank>` (ranks up to 999) in a pod's 63-character hostname.
+MAX_JOB_NAME_LENGTH = 63 - len(pod_name("", 999))

@@ -13,6 +13,7 @@ from .lifecycle import Job
 from chitu_api.names import (ATTEMPT_LABEL, JOB_NAME_LABEL, KUEUE_QUEUE_LABEL, MASTER_PORT, MODEL_VOLUME, RANK_LABEL,
                     ROLE_LABEL, WORKER_COMMAND, WORKER_CONTAINER, WORKER_IDENTITY, WORKER_ROLE, master_addr,
                     pod_name, service_name)
+from chitu_api.podenv import PodEnv, container_env
 
 GPU_RESOURCE = "nvidia.com/gpu"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "chitu-operator"}
@@ -66,25 +67,15 @@ def build_pod(job: Job, rank: int, attempt: int) -> dict[str, Any]:
 
 
 def build_worker_env(job: Job, rank: int, attempt: int) -> list[dict[str, Any]]:
-    """The worker's environment (the contract's list), then the user's extra variables."""
+    """The worker's environment (the contract's PodEnv, chitu_api.podenv), then the user's extra variables."""
     parallelism, output = job.spec.parallelism, job.spec.output
-    values = {
-        "CHITU_JOB_NAME": job.name, "CHITU_JOB_NAMESPACE": job.namespace, "CHITU_JOB_UID": job.uid,
-        "CHITU_RESTART_ATTEMPT": attempt, "MASTER_ADDR": master_addr(job.name, job.namespace),
-        "MASTER_PORT": MASTER_PORT, "NNODES": parallelism.pods, "NODE_RANK": rank,
-        "NPROC_PER_NODE": parallelism.procs_per_pod, "WORLD_SIZE": parallelism.world_size,
-    }
-    env = [{"name": key, "value": str(value)} for key, value in values.items()]
-    env += [_field_ref("POD_NAME", "metadata.name"), _field_ref("POD_NAMESPACE", "metadata.namespace")]
-    if output.credentials_secret_ref:
-        ref = output.credentials_secret_ref
-        env += [_secret_ref("AWS_ACCESS_KEY_ID", ref.name, ref.access_key_id_key),
-                _secret_ref("AWS_SECRET_ACCESS_KEY", ref.name, ref.secret_access_key_key)]
-    if output.endpoint:
-        env.append({"name": "CHITU_S3_ENDPOINT", "value": output.endpoint})
-    if output.region:
-        env.append({"name": "AWS_DEFAULT_REGION", "value": output.region})
-    return env + [dict(var) for var in job.spec.worker.env]
+    values = PodEnv(
+        job_name=job.name, job_namespace=job.namespace, job_uid=job.uid, restart_attempt=attempt,
+        master_addr=master_addr(job.name, job.namespace), master_port=MASTER_PORT, nnodes=parallelism.pods,
+        node_rank=rank, nproc_per_node=parallelism.procs_per_pod, world_size=parallelism.world_size,
+        s3_endpoint=output.endpoint, region=output.region,
+    )
+    return container_env(values, output.credentials_secret_ref) + [dict(var) for var in job.spec.worker.env]
 
 
 def build_resources(job: Job) -> dict[str, Any]:
@@ -112,10 +103,3 @@ def build_worker_role_binding(namespace: str) -> dict[str, Any]:
         "subjects": [{"kind": "ServiceAccount", "name": WORKER_IDENTITY, "namespace": namespace}],
     }
 
-
-def _field_ref(name: str, path: str) -> dict[str, Any]:
-    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
-
-
-def _secret_ref(name: str, secret: str, key: str) -> dict[str, Any]:
-    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}

@@ -21,7 +21,7 @@ def job(phase: str = st.PENDING, restarts: int = 0, run_policy: dict | None = No
         **status) -> Job:
     """A 2-pod job (cfg 2, one GPU per pod) in ``phase``, started ``started`` seconds ago."""
     spec = {"model": {"uri": "/models/wan"}, "prompts": ["a", "b"], "parallelism": {"cfg": 2, "gpusPerPod": 1},
-            "worker": {"image": "w"}, "output": {"uri": "s3://b/p"}, "runPolicy": run_policy or {}}
+            "worker": {"image": "w"}, "output": {"uri": "s3://videos/p"}, "runPolicy": run_policy or {}}
     if started is not None:
         status["startTime"] = st.timestamp(NOW - datetime.timedelta(seconds=started))
     return Job("cats", "ns", UID, 1, parse_spec(spec), {"phase": phase, "restarts": restarts, **status})

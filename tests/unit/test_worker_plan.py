@@ -85,7 +85,7 @@ def test_key_helpers():
 
 
 def test_single_prompt_and_defaults():
-    spec = {"model": {"uri": "/m"}, "prompt": "A cat", "output": {"uri": "s3://v"}}
+    spec = {"model": {"uri": "/m"}, "prompt": "A cat", "output": {"uri": "s3://videos"}}
     job = {"metadata": {"name": "one"}, "spec": spec}
     plan = plan_of(job)
     (request,) = plan.prompts
@@ -127,7 +127,7 @@ def test_examples_are_valid_jobs(name):
         ("spec.promt", "a cat", "spec.promt", "unknown field"),
         ("spec.generation.seed", -1, "spec.generation.seed", "greater than or equal to 0"),
         ("spec.flexCache.cacheRatio", 1.5, "spec.flexCache.cacheRatio", "less than or equal to 1"),
-        ("spec.flexCache.strategy", "fast", "spec.flexCache.strategy", "'none', 'teacache', 'pab' or 'ditango'"),
+        ("spec.flexCache.strategy", "fast", "spec.flexCache.strategy", "'none', 'ditango', 'pab' or 'teacache'"),
         ("spec.flexCache.warmup", 5, "spec.flexCache", "warmup + cooldown (5 + 1) must be less than generation.steps (6)"),
         ("spec.prompts.1", "  ", "spec.prompts[1]", "non-empty"),
         ("spec.prompts", [], "spec.prompts", "at least one"),

@@ -1,6 +1,9 @@
-"""The operator's typed spec: defaults, derived sizes, and the checks behind phase Failed/InvalidSpec."""
+"""The contract's typed spec: defaults, derived sizes, and the checks behind phase Failed/InvalidSpec."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import pytest
 
@@ -43,17 +46,25 @@ def test_gang_size_follows_parallelism(parallelism, world, pods, procs):
     ({"flexCache": {"cacheRatio": 1.5}}, "spec.flexCache.cacheRatio"),
     ({"flexCache": {"strategy": "foo"}}, "spec.flexCache.strategy"),
     ({"output": {"uri": "http://x"}}, "spec.output.uri: must look like s3://bucket/prefix"),
+    ({"output": {"uri": "s3://ab/x"}}, "spec.output.uri: must look like s3://bucket/prefix (a bucket of 3-63"),
+    ({"output": {"uri": "s3://videos", "endpoint": "s3.local:8333"}}, "spec.output.endpoint: must be an http(s) URL"),
     ({"model": {"uri": "models/wan"}}, "spec.model.uri: must be an absolute path"),
-    ({"parallelism": {"cfg": 1, "cpSize": 3, "gpusPerPod": 2}}, "spec.parallelism: world size"),
+    ({"parallelism": {"cfg": 1, "cpSize": 3, "gpusPerPod": 2}}, "spec.parallelism.gpusPerPod: world size"),
     ({"generation": {"steps": 4}, "flexCache": {"strategy": "pab", "warmup": 2, "cooldown": 2}},
      "spec.flexCache: warmup + cooldown (2 + 2) must be less than generation.steps (4)"),
     ({"prompts": ["a"]}, "spec.prompts: exactly one of spec.prompt or spec.prompts"),
     ({"prompt": "  "}, "spec.prompt: must be a non-empty text"),
+    ({"prompt": ""}, "spec.prompt: must be a non-empty text"),
     ({"prompt": None, "prompts": ["a", " "]}, "spec.prompts[1]: must be a non-empty text"),
     ({"prompt": None, "prompts": []}, "spec.prompts: must hold at least one prompt"),
-    ({"flexCache": {"strategy": "ditango"}}, "spec.parallelism.cpSize: must be at least 2"),
-    ({"worker": {"image": "w", "env": [{"name": "WORLD_SIZE", "value": "9"}]}},
-     "spec.worker.env[0].name: WORLD_SIZE is set by the operator"),
+    ({"flexCache": {"strategy": "ditango"}}, "spec.parallelism.cpSize: cpSize 1, upLimit 8: FlexCache strategy "
+     "'ditango' needs ring attention over at least 2 ranks"),
+    # the issue's case: cpSize 2 with the default upLimit 8 is Ulysses 2 x ring 1
+    ({"flexCache": {"strategy": "ditango"}, "parallelism": {"cpSize": 2}},
+     "spec.parallelism.upLimit: cpSize 2, upLimit 8: FlexCache strategy 'ditango' needs ring attention"),
+    ({"flexCache": {"strategy": "ditango"}, "parallelism": {"cpSize": 4, "upLimit": 4}}, "spec.parallelism.upLimit"),
+    ({"worker": {"image": "w", "env": [{"name": "A", "value": "1"}, {"name": "WORLD_SIZE", "value": "9"}]}},
+     "spec.worker.env[1].name: WORLD_SIZE is set by the operator"),
     ({"runPolicy": {"cleanPodPolicy": "Some"}}, "spec.runPolicy.cleanPodPolicy"),
 ])
 def test_invalid_specs_name_the_field(changes, field):
@@ -69,3 +80,20 @@ def test_missing_required_fields_are_named():
 
 def test_unknown_fields_are_ignored_for_forward_compatibility():
     assert parse_spec(spec_with(futureField={"x": 1})).prompt_list == ("a cat",)
+
+
+@pytest.mark.parametrize("parallelism", [{"cpSize": 2, "upLimit": 1}, {"cpSize": 4, "upLimit": 2},
+                                         {"cfg": 2, "cpSize": 3, "upLimit": 1, "gpusPerPod": 2}])
+def test_ditango_runs_where_the_layout_gives_a_ring(parallelism):
+    assert parse_spec(spec_with(flexCache={"strategy": "ditango"}, parallelism=parallelism)).flex_cache.strategy
+
+
+def test_validating_a_spec_imports_neither_torch_nor_kopf():
+    """Admission-time validation is cheap everywhere: the operator image has no torch, the CLI starts fast."""
+    script = ("import sys, time; start = time.perf_counter(); from chitu_api.generationjob import parse_spec, "
+              "InvalidSpec\ntry:\n    parse_spec({'model': {'uri': '/m'}, 'prompt': 'a', 'worker': {'image': 'w'}, "
+              "'output': {'uri': 's3://videos'}, 'flexCache': {'strategy': 'ditango'}, 'parallelism': {'cpSize': 2}})"
+              "\nexcept InvalidSpec as err:\n    print(err.field)\n"
+              "print(sorted(m for m in ('torch', 'diffusers', 'kopf', 'kubernetes') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.split("\n")[:2] == ["spec.parallelism.upLimit", "[]"]
