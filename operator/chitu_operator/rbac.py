@@ -1,7 +1,7 @@
 """The RBAC rules of the operator and of the workers, each with the reason it exists.
 
 Single source: the Helm chart's ClusterRoles include these rules from files that
-scripts/sync-chart-crds.py renders (a test fails on drift), and the dev cluster can apply the
+scripts/generate-crds.py renders (a test fails on drift), and the dev cluster can apply the
 ClusterRoles built here. The operator never creates ClusterRoles itself (that would need cluster-wide
 ``create clusterroles``); it only binds ``chitu-worker`` per namespace, which ``bind`` allows.
 """
