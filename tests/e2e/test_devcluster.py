@@ -17,6 +17,7 @@ from kubernetes.client.exceptions import ApiException
 from chitu_devcluster.cluster import DevCluster
 from chitu_devcluster.identities import OPERATOR_NAMESPACE, OPERATOR_SERVICE_ACCOUNT
 from chitu_devcluster.nodeagent import GPU_RESOURCE, NODE_NAME
+from chitu_devcluster.paths import VENV_BIN
 from chitu_devcluster.podrunner import SIMULATE_WAITING_ANNOTATION
 from chitu_devcluster.waiting import wait_for
 
@@ -73,8 +74,9 @@ def test_control_plane_and_node_are_ready(cluster: DevCluster, k8s):
     assert lease.spec.holder_identity == NODE_NAME
 
 
-def test_cli_env_and_status(cluster: DevCluster):
-    run = [sys.executable, "-m", "chitu_devcluster"]
+@pytest.mark.parametrize("run", [[str(VENV_BIN / "chitu-dev-cluster")], [sys.executable, "-m", "chitu_devcluster"]],
+                         ids=["console-script", "python-m"])
+def test_cli_env_and_status(cluster: DevCluster, run: list[str]):
     env = subprocess.run([*run, "env", "--state-dir", str(cluster.state.root)],
                          capture_output=True, text=True, check=True).stdout
     assert f"export KUBECONFIG={cluster.state.kubeconfig}" in env
