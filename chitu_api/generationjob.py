@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Annotated, Any, ClassVar, Literal, NotRequired, Required
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
-from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
 
+from chitu_api.corev1 import EnvVar, ResourceRequirements, Toleration
 from chitu_api.names import WORKER_IDENTITY
-from chitu_api.podenv import RESERVED_ENV
 from chitu_api.schema import FREE_FORM, ContractModel, cel, error_message, immutable, rules
 from chitu_diffusion.flex_cache.registry import requires_ring_attention, strategy_names, strategy_problem
 from chitu_diffusion.parallel.degrees import MAX_CFG_DEGREE, RING_ATTENTION_CEL
@@ -183,36 +182,6 @@ class Engine(ContractModel):
     compile: bool = Field(False, description="Regional torch.compile of the repeated DiT blocks.")
 
 
-Quantity = Annotated[int | str, Field(json_schema_extra={"x-kubernetes-int-or-string": True})]
-QuantityMap = Annotated[dict[str, Quantity], Field(max_length=32)]
-
-
-class ResourceRequirements(TypedDict, total=False):
-    """A container's requests and limits (core/v1 ResourceRequirements without claims)."""
-
-    requests: Annotated[QuantityMap, Field(description="Minimum amounts, e.g. {cpu: '4', memory: 32Gi}.")]
-    limits: Annotated[QuantityMap, Field(description="Maximum amounts; nvidia.com/gpu is set by the operator.")]
-
-
-def _not_reserved(name: str) -> str:
-    if name in RESERVED_ENV:
-        raise ValueError(f"{name} is set by the operator and cannot be overridden")
-    return name
-
-
-class EnvVar(TypedDict):
-    """One core/v1 EnvVar of the worker container."""
-
-    name: Required[Annotated[str, Field(min_length=1, max_length=256, description="The variable's name; not one "
-                                        "the operator sets on every pod.", json_schema_extra=rules(cel(
-                                            f"!(self in {sorted(RESERVED_ENV)})", "is set by the operator and "
-                                            f"cannot be overridden (reserved: {', '.join(sorted(RESERVED_ENV))})"))),
-                             AfterValidator(_not_reserved)]]
-    value: NotRequired[Annotated[str, Field(max_length=4096, description="A literal value.")]]
-    valueFrom: NotRequired[Annotated[dict[str, Any], Field(description="A core/v1 EnvVarSource (secretKeyRef, "
-                                                           "fieldRef, ...).", json_schema_extra=FREE_FORM)]]
-
-
 class WorkerTemplate(ContractModel):
     """The worker pods' container."""
 
@@ -291,18 +260,6 @@ class RunPolicy(ContractModel):
     clean_pod_policy: Literal["None", "Running", "All"] = Field("Running", description="Pods deleted when the job "
                                                                 "finishes: None, Running (unfinished ones) or All.")
     suspend: bool = Field(False, description="true deletes the pods (phase Suspended); false recreates them.")
-
-
-class Toleration(TypedDict, total=False):
-    """One core/v1 Toleration of the worker pods."""
-
-    key: Annotated[str, Field(max_length=317, description="The taint key (empty with operator Exists: all).")]
-    operator: Annotated[Literal["Exists", "Equal"], Field(description="Exists or Equal (default Equal).")]
-    value: Annotated[str, Field(max_length=256, description="The taint value (operator Equal).")]
-    effect: Annotated[Literal["NoSchedule", "PreferNoSchedule", "NoExecute"], Field(
-        description="The taint effect to tolerate (empty: all).")]
-    tolerationSeconds: Annotated[int, Field(description="How long a NoExecute taint is tolerated.",
-                                            json_schema_extra=rules(format="int64"))]
 
 
 class Scheduling(ContractModel):
