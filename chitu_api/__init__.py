@@ -7,7 +7,8 @@
 - `names`: API group/version/plural, labels, annotations, pod and Service names.
 - `exitcodes`: what a worker's exit code means to the operator.
 - `objectkeys`: where a job's outputs live in S3.
-- `schema`: the CEL/OpenAPI data helpers the models use; `crd`: the CRD built from the models.
+- `corev1`: the Kubernetes shapes the spec embeds; `schema`: the CEL/OpenAPI data helpers the models use;
+  `crd`: the CRD built from the models.
 - `kubernetes_rules`: Kubernetes' own validation rules for what a worker pod carries.
 
 The CRD in `crds/` and the chart's copy are generated from these models (`make crds`); a test fails when they
