@@ -342,8 +342,7 @@ def _check_across_fields(spec: GenerationJobSpec) -> None:
                           f"than generation.steps ({spec.generation.steps}) so that some steps may reuse")
     if problem := strategy_problem(cache.strategy, parallelism.cp_size, parallelism.up_limit, None):
         field = "cpSize" if parallelism.cp_size < 2 else "upLimit"
-        raise InvalidSpec(f"spec.parallelism.{field}", f"cpSize {parallelism.cp_size}, upLimit {parallelism.up_limit}"
-                          f": {problem}")
+        raise InvalidSpec(f"spec.parallelism.{field}", problem)
 
 
 def field_path(loc: tuple) -> str:

@@ -57,11 +57,12 @@ def test_gang_size_follows_parallelism(parallelism, world, pods, procs):
     ({"prompt": ""}, "spec.prompt: must be a non-empty text"),
     ({"prompt": None, "prompts": ["a", " "]}, "spec.prompts[1]: must be a non-empty text"),
     ({"prompt": None, "prompts": []}, "spec.prompts: must hold at least one prompt"),
-    ({"flexCache": {"strategy": "ditango"}}, "spec.parallelism.cpSize: cpSize 1, upLimit 8: FlexCache strategy "
-     "'ditango' needs ring attention over at least 2 ranks"),
+    ({"flexCache": {"strategy": "ditango"}}, "spec.parallelism.cpSize: FlexCache strategy 'ditango' needs ring "
+     "attention over at least 2 ranks, but cp_size 1 with up_limit 8"),
     # the case: cpSize 2 with the default upLimit 8 is Ulysses 2 x ring 1
     ({"flexCache": {"strategy": "ditango"}, "parallelism": {"cpSize": 2}},
-     "spec.parallelism.upLimit: cpSize 2, upLimit 8: FlexCache strategy 'ditango' needs ring attention"),
+     "spec.parallelism.upLimit: FlexCache strategy 'ditango' needs ring attention over at least 2 ranks, but "
+     "cp_size 2 with up_limit 8 gives ulysses 2 x ring 1"),
     ({"flexCache": {"strategy": "ditango"}, "parallelism": {"cpSize": 4, "upLimit": 4}}, "spec.parallelism.upLimit"),
     ({"worker": {"image": "w", "env": [{"name": "A", "value": "1"}, {"name": "WORLD_SIZE", "value": "9"}]}},
      "spec.worker.env[1].name: WORLD_SIZE is set by the operator"),
