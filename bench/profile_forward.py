@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch._inductor.config
 
 from benchlib import commit, rel_l2
 
@@ -27,10 +28,11 @@ from chitu_diffusion.attention.processor import set_self_attention
 from chitu_diffusion.metrics import versions
 from chitu_diffusion.models.random_init import build_wan21_1_3b_transformer, build_wan21_vae
 
+# Order matters: inductor names a fused kernel after the ops it feeds, e.g. triton_..._flash_attn_forward_...
 CATEGORIES = (
+    ("triton_fused", ("triton",)),
     ("attention", ("flash", "fmha", "attention", "fwd_kernel")),
     ("gemm", ("gemm", "nvjet", "cutlass", "xmma", "cublas", "scaled_mm", "sm90")),
-    ("triton_fused", ("triton",)),
 )
 
 
@@ -50,6 +52,9 @@ def build_variant(name: str):
     """A fresh transformer set up like the variant (weights seeded identically)."""
     torch.manual_seed(0)
     transformer = build_wan21_1_3b_transformer()
+    # "-cdt": inductor tunes its Triton kernels' block sizes (coordinate descent) instead of using heuristics
+    torch._inductor.config.coordinate_descent_tuning = name.endswith("-cdt")
+    name = name.removesuffix("-cdt")
     if name == "tuned":
         transformer.set_attention_backend("_flash_3")
         transformer.compile_repeated_blocks(fullgraph=True)
@@ -59,9 +64,7 @@ def build_variant(name: str):
         from chitu_diffusion.precision.apply import apply_precision
 
         plan = apply_precision(transformer.blocks, "fp8", torch.device("cuda"))
-        if name == "fp8-linear-only":
-            pass
-        else:
+        if name != "fp8-linear-only":
             kernel = plan.attention_kernel
         if name == "fp8-attention-only":
             plan.restore()
@@ -123,6 +126,20 @@ def check_fp8_kernels() -> dict:
     fp8.use_scaled_mm = True
     fast = fp8(x)
     out.update(fp8_linear_vs_reference=rel_l2(fast, reference), fp8_linear_vs_bf16=rel_l2(fast, linear(x)))
+    from chitu_diffusion.precision.fp8_ffn import _triton_gelu_quantize, gelu_quantize_reference
+    from chitu_diffusion.precision.fp8_scaling import dequantize
+
+    hidden = 3 * torch.randn(32760, 8960, device="cuda", dtype=torch.bfloat16, generator=generator)
+    fused, reference = _triton_gelu_quantize()(hidden), gelu_quantize_reference(hidden)
+    out["gelu_quantize_fused_vs_reference"] = rel_l2(dequantize(*fused), dequantize(*reference))
+    out["gelu_quantize_scales_vs_reference"] = rel_l2(fused[1], reference[1])
+    torch.cuda.synchronize()
+    for name, fn in (("fused", _triton_gelu_quantize()), ("eager_reference", gelu_quantize_reference)):
+        start = time.perf_counter()
+        for _ in range(10):
+            fn(hidden)
+        torch.cuda.synchronize()
+        out[f"gelu_quantize_{name}_ms"] = (time.perf_counter() - start) * 100
     return out
 
 
@@ -174,12 +191,14 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--width", type=int, default=832)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--checks", default="fp8_kernels,vae_decode,mp4_encode")
     args = parser.parse_args()
     results: dict = {"weights": "random bf16", "commit": commit(), "versions": versions(), "variants": {}}
     forward_args = inputs(args.frames, args.height, args.width)
     reference = None
     steps = [("fp8_kernels", check_fp8_kernels), ("vae_decode", lambda: vae_decode_split(args.frames, args.height, args.width)),
              ("mp4_encode", lambda: mp4_encode(args.frames, args.height, args.width))]
+    steps = [step for step in steps if step[0] in args.checks.split(",")]
     for name, fn in steps:
         try:
             results[name] = fn()

@@ -1,14 +1,17 @@
 """Put a transformer into a precision once, at load: which modules change is data (the adapter's blocks).
 
-`fp8`: every `nn.Linear` inside the repeated blocks becomes an `Fp8Linear` (attention projections, cross-attention,
-FFN), and the self-attention kernel becomes `fp8_attention_kernel(device)`. The patch embedding, time/text
-embedders and the output projection run once per forward on few tokens or few channels and stay bf16, as do
+`fp8`: each block's GELU feed-forward becomes an `Fp8FeedForward` (FP8 GEMMs around one fused GELU + quantise
+kernel), every other `nn.Linear` inside the repeated blocks an `Fp8Linear` (attention projections,
+cross-attention), and the self-attention kernel becomes `fp8_attention_kernel(device)`. The patch embedding,
+time/text embedders and the output projection run once per forward on few tokens or few channels and stay bf16, as do
 all norms. `bf16` changes nothing. `PrecisionPlan.restore()` puts the bf16 layers back (benchmarks compare both
 precisions on one loaded model).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -16,6 +19,7 @@ import torch
 from chitu_diffusion.attention.kernels import Kernel
 from chitu_diffusion.precision import PRECISIONS
 from chitu_diffusion.precision.fp8_attention import fp8_attention_kernel
+from chitu_diffusion.precision.fp8_ffn import Fp8FeedForward, is_gelu_tanh_feed_forward
 from chitu_diffusion.precision.fp8_linear import Fp8Linear
 
 
@@ -25,12 +29,24 @@ class PrecisionPlan:
 
     precision: str
     attention_kernel: Kernel | None = None
-    swapped: list[tuple[torch.nn.Module, str, torch.nn.Linear]] = field(default_factory=list)
+    swapped: list[tuple[torch.nn.Module, str, torch.nn.Module]] = field(default_factory=list)
 
     def restore(self) -> None:
         for parent, name, linear in self.swapped:
             setattr(parent, name, linear)
         self.swapped.clear()
+
+    @contextmanager
+    def bf16_linears(self) -> Iterator[None]:
+        """The original bf16 linears in place for a while (a reference run), then the FP8 ones again."""
+        fp8 = [(parent, name, getattr(parent, name)) for parent, name, _ in self.swapped]
+        for parent, name, linear in self.swapped:
+            setattr(parent, name, linear)
+        try:
+            yield
+        finally:
+            for parent, name, module in fp8:
+                setattr(parent, name, module)
 
 
 def check_precision(precision: str) -> None:
@@ -45,6 +61,10 @@ def apply_precision(blocks: torch.nn.ModuleList, precision: str, device: torch.d
     if precision == "bf16":
         return plan
     for block in blocks:
+        for name, child in list(block.named_children()):  # the feed-forward as a whole: its middle is fused
+            if is_gelu_tanh_feed_forward(child):
+                setattr(block, name, Fp8FeedForward(child))
+                plan.swapped.append((block, name, child))
         for parent in list(block.modules()):
             for name, child in list(parent.named_children()):
                 if type(child) is torch.nn.Linear:

@@ -37,15 +37,18 @@ class Fp8Linear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)  # (M, K)
-        x8, x_scale = quantize(rows, ROW)  # (M, K) e4m3, (M, 1) fp32
+        out = self.matmul(*quantize(rows, ROW), x.dtype)  # from (M, K) e4m3 and (M, 1) fp32 scales
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def matmul(self, x8: torch.Tensor, x_scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """(M, N) in `dtype` from activations already quantised per row: (M, K) e4m3 and (M, 1) fp32 scales."""
         if self.use_scaled_mm:
-            out = torch._scaled_mm(
-                x8, self.weight8.t(), scale_a=x_scale, scale_b=self.weight_scale, bias=self.bias, out_dtype=x.dtype
+            return torch._scaled_mm(
+                x8, self.weight8.t(), scale_a=x_scale, scale_b=self.weight_scale, bias=self.bias, out_dtype=dtype
             )
-        else:
-            weight = dequantize(self.weight8, self.weight_scale.reshape(-1, 1))
-            out = F.linear(dequantize(x8, x_scale), weight, None if self.bias is None else self.bias.float())
-        return out.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
+        weight = dequantize(self.weight8, self.weight_scale.reshape(-1, 1))
+        out = F.linear(dequantize(x8, x_scale), weight, None if self.bias is None else self.bias.float())
+        return out.to(dtype)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, e4m3 row-wise"

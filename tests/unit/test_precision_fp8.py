@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from chitu_diffusion.models.random_init import TINY_TRANSFORMER, build_transformer
 from chitu_diffusion.precision.apply import apply_precision
 from chitu_diffusion.precision.fp8_attention import fp8_attention_kernel, fp8_attention_reference, smooth_keys
+from chitu_diffusion.precision.fp8_ffn import Fp8FeedForward, gelu_quantize_reference
 from chitu_diffusion.precision.fp8_linear import Fp8Linear
 from chitu_diffusion.precision.fp8_scaling import E4M3_MAX, dequantize, quantize
 
@@ -95,7 +96,8 @@ def test_apply_fp8_swaps_every_block_linear_and_restore_puts_them_back():
         plan = apply_precision(transformer.blocks, "fp8", torch.device("cpu"))
         assert plan.attention_kernel is fp8_attention_reference
         swapped = dict(transformer.blocks.named_modules())
-        assert all(isinstance(swapped[name], Fp8Linear) for name in originals)
+        assert all(isinstance(block.ffn, Fp8FeedForward) for block in transformer.blocks)
+        assert all(isinstance(swapped[name], Fp8Linear) for name in originals if ".ffn." not in f".{name}")
         fp8_out = transformer(latents, timestep, text, return_dict=False)[0]
         plan.restore()
         restored = transformer(latents, timestep, text, return_dict=False)[0]
@@ -110,3 +112,24 @@ def test_bf16_changes_nothing_and_unknown_precision_is_refused():
     assert plan.swapped == [] and plan.attention_kernel is None
     with pytest.raises(ValueError, match="bf16, fp8"):
         apply_precision(transformer.blocks, "int4", torch.device("cpu"))
+
+
+def test_fp8_feed_forward_is_up_gemm_gelu_quantise_down_gemm():
+    from diffusers.models.attention import FeedForward
+
+    torch.manual_seed(0)
+    ffn = FeedForward(64, inner_dim=160, activation_fn="gelu-approximate").eval()
+    x = torch.randn(2, 24, 64)
+    fp8 = Fp8FeedForward(ffn)
+    with torch.no_grad():
+        out = fp8(x)
+        hidden = fp8.up(x.reshape(-1, 64))
+        h8, h_scale = quantize(F.gelu(hidden, approximate="tanh"), (-1,))
+        definition = dequantize(h8, h_scale) @ dequantize(fp8.down.weight8, fp8.down.weight_scale.reshape(-1, 1)).t()
+        definition = definition + ffn.net[2].bias
+        reference = ffn(x)
+    assert rel_l2(out.reshape(-1, 64), definition) < 1e-6
+    assert rel_l2(out, reference) < 0.06
+    assert torch.equal(gelu_quantize_reference(hidden)[1], h_scale)
+    with pytest.raises(ValueError, match="GELU"):
+        Fp8FeedForward(FeedForward(64, inner_dim=160, activation_fn="gelu"))

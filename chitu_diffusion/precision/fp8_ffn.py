@@ -1,0 +1,81 @@
+"""Wan's feed-forward in FP8 with its middle fused: up GEMM -> one kernel for GELU + row amax + e4m3 cast -> down
+GEMM.
+
+Left to inductor, the GELU and the quantisation of the (tokens, 8960) intermediate became one looped reduction
+kernel that read the row twice and ran at a fifth of memory speed: 34 ms of a 382 ms FP8 forward on an H200
+(bench/results/profile_h200.json). Here one Triton program holds a whole row in registers, so the intermediate is
+read once in bf16 and written once in e4m3 with its scale. The function is `quantize(gelu_tanh(h))` of
+fp8_scaling.py with the GELU kept in fp32 (the bf16 model rounds it to bf16 first: a 2^-8 difference, far below
+e4m3's 2^-4); off CUDA the same expression runs in PyTorch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from chitu_diffusion.precision.fp8_linear import ROW, Fp8Linear
+from chitu_diffusion.precision.fp8_scaling import E4M3, E4M3_MAX, MIN_AMAX, quantize
+
+
+def gelu_quantize_reference(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, N) -> e4m3 GELU(h) (M, N) and its (M, 1) fp32 row scales."""
+    return quantize(F.gelu(h.float(), approximate="tanh"), ROW)
+
+
+def _triton_gelu_quantize():
+    """The fused kernel and its launcher (Triton imported only where a CUDA device runs it)."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def gelu_row_quantize(
+        h_ptr, out_ptr, scale_ptr, n_cols, h_stride, out_stride,
+        BLOCK: tl.constexpr, FP8_MAX: tl.constexpr, AMAX_MIN: tl.constexpr,
+    ):
+        row = tl.program_id(0)
+        cols = tl.arange(0, BLOCK)
+        mask = cols < n_cols
+        x = tl.load(h_ptr + row * h_stride + cols, mask=mask, other=0.0).to(tl.float32)
+        inner = 0.7978845608028654 * (x + 0.044715 * x * x * x)  # sqrt(2/pi) (x + 0.044715 x^3)
+        gelu = 0.5 * x * (1.0 + (2.0 * tl.sigmoid(2.0 * inner) - 1.0))  # tanh(a) = 2 sigmoid(2a) - 1
+        scale = tl.maximum(tl.max(tl.abs(gelu), axis=0), AMAX_MIN) / FP8_MAX
+        quantized = tl.minimum(tl.maximum(gelu / scale, -FP8_MAX), FP8_MAX)
+        tl.store(out_ptr + row * out_stride + cols, quantized.to(tl.float8e4nv), mask=mask)
+        tl.store(scale_ptr + row, scale)
+
+    def launch(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows, cols = h.shape
+        out = torch.empty((rows, cols), dtype=E4M3, device=h.device)
+        scale = torch.empty((rows, 1), dtype=torch.float32, device=h.device)
+        block = 1 << (cols - 1).bit_length()  # the whole row in one program
+        gelu_row_quantize[(rows,)](
+            h, out, scale, cols, h.stride(0), out.stride(0), BLOCK=block, FP8_MAX=E4M3_MAX, AMAX_MIN=MIN_AMAX, num_warps=16
+        )
+        return out, scale
+
+    return launch
+
+
+class Fp8FeedForward(torch.nn.Module):
+    """Replaces a diffusers `FeedForward` whose activation is GELU(tanh): net[0].proj, GELU, net[2]."""
+
+    def __init__(self, ffn: torch.nn.Module):
+        super().__init__()
+        activation, down = ffn.net[0], ffn.net[-1]
+        if getattr(activation, "approximate", None) != "tanh":
+            raise ValueError("Fp8FeedForward fuses GELU(tanh) only")
+        self.up, self.down = Fp8Linear(activation.proj), Fp8Linear(down)
+        self.gelu_quantize = _triton_gelu_quantize() if self.up.use_scaled_mm else gelu_quantize_reference
+        self.original = [ffn]  # not a child: outside state_dict and .to()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.up.in_features)  # (M, dim)
+        hidden = self.up(rows)  # (M, ffn_dim) in x's dtype
+        out = self.down.matmul(*self.gelu_quantize(hidden), x.dtype)  # (M, dim)
+        return out.reshape(*x.shape[:-1], self.down.out_features)
+
+
+def is_gelu_tanh_feed_forward(module: torch.nn.Module) -> bool:
+    net = getattr(module, "net", None)
+    return isinstance(net, torch.nn.ModuleList) and getattr(net[0], "approximate", None) == "tanh" and hasattr(net[0], "proj")
