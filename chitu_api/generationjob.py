@@ -292,8 +292,8 @@ class GenerationJobSpec(ContractModel):
                                json_schema_extra=rules(immutable("spec.model")))
     prompt: PromptText | None = Field(None, description="One prompt (or use prompts; exactly one of the two). "
                                       "Immutable.", json_schema_extra=rules(immutable("spec.prompt")))
-    prompts: Annotated[tuple[PromptText, ...], AfterValidator(_at_least_one)] | None = Field(
-        None, max_length=1024, description="The prompts, one video each (or use prompt). Immutable.",
+    prompts: Annotated[tuple[PromptText, ...], Field(max_length=1024), AfterValidator(_at_least_one)] | None = Field(
+        None, description="The prompts, one video each (or use prompt). Immutable.",
         json_schema_extra=rules(immutable("spec.prompts"), minItems=1))
     negative_prompt: str = Field("", max_length=4096, description="Negative prompt applied to every prompt. "
                                  "Immutable.", json_schema_extra=rules(immutable("spec.negativePrompt")))

@@ -58,9 +58,11 @@ def rules(*validations: dict[str, str], **openapi: Any) -> dict[str, Any]:
 
 
 def error_message(error: Mapping[str, Any]) -> str:
-    """One pydantic error as text, quoting the value for its built-in checks (our validators' messages do)."""
+    """One pydantic error as text, quoting a scalar value for its built-in checks (our validators' messages do);
+    a list or mapping is not repeated back (a 1025-prompt list would fill a termination message)."""
     if error["type"] == "value_error":
         return error["msg"].removeprefix("Value error, ")
-    if "input" in error and not isinstance(error["input"], dict):
-        return f"{error['msg']} (got {error['input']!r})"
+    if "input" in error and not isinstance(error["input"], (dict, list, tuple)):
+        quoted = repr(error["input"])
+        return f"{error['msg']} (got {quoted if len(quoted) <= 200 else quoted[:197] + '...'})"
     return error["msg"]

@@ -121,7 +121,7 @@ def grid() -> list[dict]:
               for strategy, steps, w, c in itertools.product(("none", "pab"), range(1, 5), range(3), range(3))]
     specs += [with_changes(prompt=prompt, prompts=prompts) for prompt, prompts in [
         (None, ["a", "b"]), ("a", ["b"]), (None, None), ("  ", None), ("", None), (None, ["a", " \t"]), (None, []),
-        (None, [""])]]
+        (None, [""]), (None, ["a"] * 1024), (None, ["a"] * 1025)]]
     specs += [with_changes(model={"uri": uri}) for uri in ("/m", "m", "s3://m", "s3:/m", "http://m")]
     specs += [with_changes(model={"mountPath": path}) for path in ("/models", "models")]
     specs += [with_changes(output={"uri": uri}) for uri in (
