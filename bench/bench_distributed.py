@@ -34,19 +34,18 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from diffusers import UniPCMultistepScheduler
-
 from benchlib import commit, rel_l2
+from diffusers import UniPCMultistepScheduler
 
 from chitu_diffusion.attention.kernels import get_kernel, resolve_backend
 from chitu_diffusion.attention.processor import restore_self_attention, set_self_attention
+from chitu_diffusion.engines.parallelize import parallelized
 from chitu_diffusion.metrics import StageTimer, versions
 from chitu_diffusion.models.adapter import adapter_for
 from chitu_diffusion.models.random_init import WAN21_SCHEDULER, build_wan21_1_3b_transformer
+from chitu_diffusion.parallel.degrees import ParallelLayout
 from chitu_diffusion.parallel.groups import build_groups
 from chitu_diffusion.parallel.launch import DistributedEnv, init_distributed
-from chitu_diffusion.parallel.degrees import ParallelLayout
-from chitu_diffusion.engines.parallelize import parallelized
 from chitu_diffusion.pipeline import denoise, guided_noise, transformer_noise_predictor
 from chitu_diffusion.task import FlexCacheParams
 

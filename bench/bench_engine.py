@@ -13,7 +13,8 @@ on H100); `chitu-none` = our engine, no cache (regional compile + the fastest ex
 `chitu-<strategy>` = our engine with that strategy at --cache-ratio. rel-L2 is over the final latents.
 `chitu-teacache-calibrated`: TeaCache's published polynomials were fitted on the released weights; on random weights
 the step-to-step modulation change need not lie where that fit holds, so the bench also fits this model's own polynomial
-with `chitu_diffusion.flex_cache.strategy.teacache.calibrate` (as `chitu calibrate-teacache` does) on a smaller video and reruns.
+with `chitu_diffusion.flex_cache.strategy.teacache.calibrate` (as `chitu calibrate-teacache` does) on a smaller
+video and reruns.
 """
 
 from __future__ import annotations
@@ -25,12 +26,11 @@ import time
 from pathlib import Path
 
 import torch
-
 from benchlib import commit, rel_l2
 
 from chitu_diffusion.config import EngineConfig
-from chitu_diffusion.flex_cache.strategy.teacache.calibrate import calibration_path, fit, record_runs, write_calibration
 from chitu_diffusion.engines.single import Engine
+from chitu_diffusion.flex_cache.strategy.teacache.calibrate import calibration_path, fit, record_runs, write_calibration
 from chitu_diffusion.metrics import StageTimer, versions
 from chitu_diffusion.models.random_init import build_random_pipeline
 from chitu_diffusion.pipeline import denoise, encode_text, guided_noise, initial_noise, transformer_noise_predictor

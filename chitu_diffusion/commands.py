@@ -241,7 +241,8 @@ def _run_calibrate_teacache(args: argparse.Namespace) -> int:
         engine = load_engine(args.model, config)
     calibration = calibrate(engine, requests)
     path = write_calibration(calibration, Path(args.output) if args.output else calibration_path(args.model))
-    print(f"wrote {path}: {calibration['variant']}, {calibration['samples']} samples, rmse {calibration['fit_rmse']:.3g}")
+    fit_summary = f"{calibration['samples']} samples, rmse {calibration['fit_rmse']:.3g}"
+    print(f"wrote {path}: {calibration['variant']}, {fit_summary}")
     return 0
 
 

@@ -46,7 +46,8 @@ def strategy_names() -> tuple[str, ...]:
 
 def requires_ring_attention(name: str) -> bool:
     """A strategy's torch-free trait, declared in its folder's `__init__` (`REQUIRES_RING_ATTENTION = True`)."""
-    return bool(getattr(importlib.import_module(f"{STRATEGY_PACKAGE}.{_known(name)}"), "REQUIRES_RING_ATTENTION", False))
+    traits = importlib.import_module(f"{STRATEGY_PACKAGE}.{_known(name)}")
+    return bool(getattr(traits, "REQUIRES_RING_ATTENTION", False))
 
 
 def strategy_problem(name: str, cp_size: int, up_limit: int, num_heads: int | None) -> str | None:

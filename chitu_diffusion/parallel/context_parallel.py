@@ -24,8 +24,8 @@ from chitu_diffusion.attention.kernels import get_kernel, get_lse_kernel, resolv
 from chitu_diffusion.attention.processor import WanSelfAttnProcessor
 from chitu_diffusion.models.adapter import ModelAdapter
 from chitu_diffusion.parallel.attention import ContextParallelAttention
-from chitu_diffusion.parallel.groups import ParallelGroups
 from chitu_diffusion.parallel.degrees import LayoutError
+from chitu_diffusion.parallel.groups import ParallelGroups
 from chitu_diffusion.parallel.ring import RingAttention
 
 logger = logging.getLogger(__name__)

@@ -22,13 +22,13 @@ import torch.multiprocessing as mp
 from diffusers import UniPCMultistepScheduler
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
+from chitu_diffusion.engines.parallelize import parallelized
 from chitu_diffusion.flex_cache.registry import get_strategy
 from chitu_diffusion.metrics import StageTimer
 from chitu_diffusion.models.adapter import adapter_for
 from chitu_diffusion.models.random_init import TINY_TRANSFORMER, WAN21_SCHEDULER, build_transformer
-from chitu_diffusion.parallel.groups import build_groups
 from chitu_diffusion.parallel.degrees import ParallelLayout
-from chitu_diffusion.engines.parallelize import parallelized
+from chitu_diffusion.parallel.groups import build_groups
 from chitu_diffusion.pipeline import denoise, guided_noise, transformer_noise_predictor
 from chitu_diffusion.task import FlexCacheParams
 

@@ -11,15 +11,15 @@ from scenarios import BY_NAME
 
 from chitu_diffusion.config import EngineConfig
 from chitu_diffusion.engines.checks import check_launch, check_request
+from chitu_diffusion.engines.parallelize import parallelize
 from chitu_diffusion.flex_cache.base import Decision
 from chitu_diffusion.flex_cache.registry import get_strategy
 from chitu_diffusion.flex_cache.strategy.ditango.ditango import POLICY_FILE
 from chitu_diffusion.flex_cache.strategy.ditango.planner import CODES
 from chitu_diffusion.flex_cache.strategy.ditango.policy_image import LEGEND, read_ppm
 from chitu_diffusion.models.adapter import adapter_for
-from chitu_diffusion.parallel.groups import ParallelGroups
 from chitu_diffusion.parallel.degrees import LayoutError, ParallelLayout
-from chitu_diffusion.engines.parallelize import parallelize
+from chitu_diffusion.parallel.groups import ParallelGroups
 from chitu_diffusion.task import DiffusionUserParams, FlexCacheParams
 
 LAYOUTS = sorted({name.rsplit("-", 1)[0] for name, s in BY_NAME.items() if s.strategy == "ditango"})

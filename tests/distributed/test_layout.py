@@ -3,9 +3,9 @@
 import pytest
 
 from chitu_diffusion.config import ConfigError
+from chitu_diffusion.parallel.degrees import LayoutError, ParallelLayout, ulysses_degree
 from chitu_diffusion.parallel.groups import _rank_lists
 from chitu_diffusion.parallel.launch import DistributedEnv
-from chitu_diffusion.parallel.degrees import LayoutError, ParallelLayout, ulysses_degree
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ TINY_REQUEST += ["--steps", "2"]
 
 def test_generate_subprocess_writes_video_and_metrics(tiny_model_dir, tmp_path):
     command = [sys.executable, "-m", "chitu_cli", "generate", "--model", str(tiny_model_dir)]
-    command += TINY_REQUEST + ["--flexcache", "none", "--cache-ratio", "0.5", "--warmup", "0", "--cooldown", "1"]
+    command += [*TINY_REQUEST, "--flexcache", "none", "--cache-ratio", "0.5", "--warmup", "0", "--cooldown", "1"]
     command += ["--seed", "3", "--name", "cat", "--output", str(tmp_path), "infer.diffusion.dtype=float32"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -42,12 +42,12 @@ def test_generate_subprocess_writes_video_and_metrics(tiny_model_dir, tmp_path):
         (["--prompt", " "], "--prompt (prompt): prompt must be a non-empty text"),
         (["infer.diffusion.cp=2"], "unknown engine config key 'infer.diffusion.cp'"),
         (["infer.diffusion.cp_size=2"], "infer.diffusion.cp_size=2 needs context parallelism"),
-        (["--flexcache", "ditango", "--warmup", "0"], "FlexCache strategy 'ditango' needs ring attention over at least 2 ranks"),
+        (["--flexcache", "ditango", "--warmup", "0"], "'ditango' needs ring attention over at least 2 ranks"),
         (["infer.diffusion.dtype=fp8"], "infer.diffusion.dtype: Input should be"),
     ],
 )
 def test_bad_input_exits_2_naming_the_flag(tiny_model_dir, tmp_path, capsys, flags, expected):
-    argv = ["generate", "--model", str(tiny_model_dir), "--output", str(tmp_path / "out")] + TINY_REQUEST + flags
+    argv = ["generate", "--model", str(tiny_model_dir), "--output", str(tmp_path / "out"), *TINY_REQUEST, *flags]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("chitu generate: error: ") and expected in err
@@ -55,13 +55,13 @@ def test_bad_input_exits_2_naming_the_flag(tiny_model_dir, tmp_path, capsys, fla
 
 
 def test_bad_name_exits_2(tiny_model_dir, tmp_path, capsys):
-    argv = ["generate", "--model", str(tiny_model_dir), "--output", str(tmp_path), "--name", "../up"] + TINY_REQUEST
+    argv = ["generate", "--model", str(tiny_model_dir), "--output", str(tmp_path), "--name", "../up", *TINY_REQUEST]
     assert cli.main(argv) == 2
     assert "chitu generate: error: --name: name must be a plain file name stem" in capsys.readouterr().err
 
 
 def test_missing_model_exits_2_naming_the_path(tmp_path, capsys):
-    argv = ["generate", "--model", str(tmp_path / "nowhere"), "--output", str(tmp_path / "out")] + TINY_REQUEST
+    argv = ["generate", "--model", str(tmp_path / "nowhere"), "--output", str(tmp_path / "out"), *TINY_REQUEST]
     assert cli.main(argv) == 2
     assert f"--model: model folder {tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err
 
@@ -103,7 +103,8 @@ def test_a_missing_dependency_names_the_extra(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "fake_group", fake)
     monkeypatch.setattr(cli, "GROUPS", (*cli.GROUPS, cli.CommandGroup("fake_group", extra="models")))
     assert cli.main(["fetch-model"]) == cli.MISSING_DEPENDENCY
-    expected = "chitu fetch-model: error: needs kubernetes_not_installed, which is not installed: pip install 'chitu[models]'"
+    expected = "chitu fetch-model: error: needs kubernetes_not_installed, which is not installed: "
+    expected += "pip install 'chitu[models]'"
     assert expected in capsys.readouterr().err
 
 

@@ -47,6 +47,33 @@ def test_recording_leaves_the_output_identical_and_samples_each_branch():
     assert all(s.input_change > 0 and s.output_change > 0 for s in recorder.samples)
 
 
+def test_calibration_measures_what_teacache_decides_on():
+    """One hook pair, one relative L1: attached together, TeaCache decides every (branch, step) on the very input
+    change the recorder stores for its fit."""
+    transformer = tiny_transformer()
+    strategy = make_strategy("teacache", 0.5, transformer=transformer)
+    seen = {}
+
+    def decide(state, context, change):
+        seen[context.name, context.step_index] = change
+        return type(strategy).decide(strategy, state, context, change)
+
+    strategy.decide = decide
+    recorder = TeaCacheRecorder(WAN21)
+    strategy.apply(transformer)
+    recorder.apply(transformer)
+    try:
+        denoise(transformer, STEPS)
+        reused = strategy.log.summary()["units_reused"]  # read before `remove` resets the log
+    finally:
+        recorder.remove(transformer)
+        strategy.remove(transformer)
+    assert reused > 0  # the strategy acted while the recorder measured
+    recorded = {(s.branch, s.step): s.input_change for s in recorder.samples}
+    assert len(recorded) == 2 * (STEPS - 1)
+    assert {key: change for key, change in seen.items() if change is not None} == recorded
+
+
 def test_fit_recovers_a_known_degree_4_polynomial():
     truth = [30.0, -20.0, 4.0, 0.5, 0.01]
     x = np.linspace(0.01, 0.5, 40)

@@ -1,11 +1,9 @@
 """Pyramid Attention Broadcast on a tiny Wan2.1 transformer driven by a fake CFG denoising loop."""
 
-import pytest
 import torch
 from flexcache_loop import STEPS, decisions, denoise, make_strategy, run
 
 from chitu_diffusion.flex_cache.strategy.pab.pab import PABConfig
-
 
 
 def test_ratio_zero_is_bit_identical_to_no_cache_and_holds_nothing(transformer, reference):

@@ -10,7 +10,6 @@ from chitu_diffusion.flex_cache.strategy.teacache.teacache import FALLBACK_COEFF
 from chitu_diffusion.models.adapter import WAN21
 
 
-
 def test_ratio_zero_is_bit_identical_to_no_cache(transformer, reference):
     latents, summary, _ = run(transformer, "teacache", 0.0, STEPS)
     assert torch.equal(latents, reference)

@@ -12,8 +12,8 @@ from chitu_diffusion.engines import generate, load_engine
 from chitu_diffusion.engines.single import Engine
 from chitu_diffusion.flex_cache.registry import requires_ring_attention, strategy_names
 from chitu_diffusion.flex_cache.strategy import none as no_cache_traits
-from chitu_diffusion.parallel.degrees import LayoutError, ParallelLayout
 from chitu_diffusion.models.random_init import build_random_pipeline
+from chitu_diffusion.parallel.degrees import LayoutError, ParallelLayout
 from chitu_diffusion.task import DiffusionUserParams
 from chitu_diffusion.video import read_mp4
 
@@ -166,7 +166,7 @@ def test_compile_and_attention_backend_settings(monkeypatch):
     assert compiled == [{"fullgraph": False}]
     assert engine.attention_backend == "math"
     assert all(type(block.attn1.processor) is WanSelfAttnProcessor for block in pipe.transformer.blocks)
-    with pytest.raises(ConfigError, match="infer.diffusion.attention_backend"):
+    with pytest.raises(ConfigError, match=r"infer\.diffusion\.attention_backend"):
         EngineConfig.from_overrides(["infer.diffusion.attention_backend=warp-drive"])
     with pytest.raises(ConfigError, match="fa3 needs a CUDA GPU"):
         Engine(build_random_pipeline(), EngineConfig.from_overrides(["infer.diffusion.attention_backend=fa3"]))
@@ -174,7 +174,8 @@ def test_compile_and_attention_backend_settings(monkeypatch):
 
 def test_math_attention_backend_matches_default():
     """The pluggable self-attention processor changes the kernel, not the model: same video within fp32 noise."""
-    math_engine = Engine(build_random_pipeline(), EngineConfig.from_overrides(["infer.diffusion.attention_backend=math"]))
+    math_config = EngineConfig.from_overrides(["infer.diffusion.attention_backend=math"])
+    math_engine = Engine(build_random_pipeline(), math_config)
     default_engine = Engine(build_random_pipeline())
     assert default_engine.attention_backend == "sdpa"
     reference = default_engine.sample(request(flexcache=None)).latents
