@@ -130,11 +130,14 @@ def check_fp8_kernels() -> dict:
     from chitu_diffusion.precision.fp8_scaling import dequantize
 
     hidden = 3 * torch.randn(32760, 8960, device="cuda", dtype=torch.bfloat16, generator=generator)
-    fused, reference = _triton_gelu_quantize()(hidden), gelu_quantize_reference(hidden)
-    out["gelu_quantize_fused_vs_reference"] = rel_l2(dequantize(*fused), dequantize(*reference))
-    out["gelu_quantize_scales_vs_reference"] = rel_l2(fused[1], reference[1])
-    torch.cuda.synchronize()
-    for name, fn in (("fused", _triton_gelu_quantize()), ("eager_reference", gelu_quantize_reference)):
+    reference = gelu_quantize_reference(hidden)
+    configs = {"eager_reference": gelu_quantize_reference}
+    for rows, chunk, warps in ((4, 1024, 4), (1, 1024, 4), (2, 2048, 8), (8, 512, 4), (1, 16384, 16), (16, 256, 4)):
+        configs[f"fused_rows{rows}_chunk{chunk}_warps{warps}"] = _triton_gelu_quantize(rows, chunk, warps)
+    for name, fn in configs.items():
+        fused = fn(hidden)
+        out[f"gelu_quantize_{name}_vs_reference"] = rel_l2(dequantize(*fused), dequantize(*reference))
+        torch.cuda.synchronize()
         start = time.perf_counter()
         for _ in range(10):
             fn(hidden)

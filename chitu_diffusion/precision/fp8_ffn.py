@@ -2,14 +2,15 @@
 GEMM.
 
 Left to inductor, the GELU and the quantisation of the (tokens, 8960) intermediate became one looped reduction
-kernel that read the row twice and ran at a fifth of memory speed: 34 ms of a 382 ms FP8 forward on an H200
-(bench/results/profile_h200.json). Here one Triton program holds a whole row in registers, so the intermediate is
-read once in bf16 and written once in e4m3 with its scale. The function is `quantize(gelu_tanh(h))` of
+kernel that ran at a fifth of memory speed: 34 ms of a 382 ms FP8 forward on an H200
+(bench/results/profile_h200.json). Here small Triton programs of a few rows each keep many rows in flight. The function is `quantize(gelu_tanh(h))` of
 fp8_scaling.py with the GELU kept in fp32 (the bf16 model rounds it to bf16 first: a 2^-8 difference, far below
 e4m3's 2^-4); off CUDA the same expression runs in PyTorch.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -23,34 +24,50 @@ def gelu_quantize_reference(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return quantize(F.gelu(h.float(), approximate="tanh"), ROW)
 
 
-def _triton_gelu_quantize():
-    """The fused kernel and its launcher (Triton imported only where a CUDA device runs it)."""
+@functools.cache
+def _triton_gelu_quantize(rows_per_program: int = 4, chunk: int = 1024, num_warps: int = 4):
+    """The fused kernel's launcher (Triton imported only where a CUDA device runs it; one launcher shared by every
+    block, so compiled blocks see one kernel object). A program owns `rows_per_program` rows and walks them in
+    column chunks twice: first for the rows' amax of GELU, then to scale, cast and store; the second read comes
+    from L2. Small programs keep many rows in flight, which is what a memory-bound pass needs."""
     import triton
     import triton.language as tl
 
     @triton.jit
-    def gelu_row_quantize(
-        h_ptr, out_ptr, scale_ptr, n_cols, h_stride, out_stride,
-        BLOCK: tl.constexpr, FP8_MAX: tl.constexpr, AMAX_MIN: tl.constexpr,
+    def gelu_rows_quantize(
+        h_ptr, out_ptr, scale_ptr, n_rows, n_cols, h_stride, out_stride,
+        ROWS: tl.constexpr, CHUNK: tl.constexpr, FP8_MAX: tl.constexpr, AMAX_MIN: tl.constexpr,
     ):
-        row = tl.program_id(0)
-        cols = tl.arange(0, BLOCK)
-        mask = cols < n_cols
-        x = tl.load(h_ptr + row * h_stride + cols, mask=mask, other=0.0).to(tl.float32)
-        inner = 0.7978845608028654 * (x + 0.044715 * x * x * x)  # sqrt(2/pi) (x + 0.044715 x^3)
-        gelu = 0.5 * x * (1.0 + (2.0 * tl.sigmoid(2.0 * inner) - 1.0))  # tanh(a) = 2 sigmoid(2a) - 1
-        scale = tl.maximum(tl.max(tl.abs(gelu), axis=0), AMAX_MIN) / FP8_MAX
-        quantized = tl.minimum(tl.maximum(gelu / scale, -FP8_MAX), FP8_MAX)
-        tl.store(out_ptr + row * out_stride + cols, quantized.to(tl.float8e4nv), mask=mask)
-        tl.store(scale_ptr + row, scale)
+        rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)[:, None]  # (ROWS, 1)
+        row_ok = rows < n_rows
+        amax = tl.zeros((ROWS,), dtype=tl.float32)
+        for start in range(0, n_cols, CHUNK):
+            cols = start + tl.arange(0, CHUNK)[None, :]  # (1, CHUNK)
+            mask = row_ok & (cols < n_cols)
+            x = tl.load(h_ptr + rows * h_stride + cols, mask=mask, other=0.0).to(tl.float32)
+            inner = 0.7978845608028654 * (x + 0.044715 * x * x * x)  # sqrt(2/pi) (x + 0.044715 x^3)
+            gelu = 0.5 * x * (1.0 + (2.0 * tl.sigmoid(2.0 * inner) - 1.0))  # tanh(a) = 2 sigmoid(2a) - 1
+            amax = tl.maximum(amax, tl.max(tl.abs(gelu), axis=1))
+        scale = tl.maximum(amax, AMAX_MIN) / FP8_MAX  # (ROWS,)
+        for start in range(0, n_cols, CHUNK):
+            cols = start + tl.arange(0, CHUNK)[None, :]
+            mask = row_ok & (cols < n_cols)
+            x = tl.load(h_ptr + rows * h_stride + cols, mask=mask, other=0.0).to(tl.float32)
+            inner = 0.7978845608028654 * (x + 0.044715 * x * x * x)
+            gelu = 0.5 * x * (1.0 + (2.0 * tl.sigmoid(2.0 * inner) - 1.0))
+            quantized = tl.minimum(tl.maximum(gelu / scale[:, None], -FP8_MAX), FP8_MAX)
+            tl.store(out_ptr + rows * out_stride + cols, quantized.to(tl.float8e4nv), mask=mask)
+        tl.store(scale_ptr + tl.program_id(0) * ROWS + tl.arange(0, ROWS), scale,
+                 mask=tl.program_id(0) * ROWS + tl.arange(0, ROWS) < n_rows)
 
     def launch(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        rows, cols = h.shape
-        out = torch.empty((rows, cols), dtype=E4M3, device=h.device)
-        scale = torch.empty((rows, 1), dtype=torch.float32, device=h.device)
-        block = 1 << (cols - 1).bit_length()  # the whole row in one program
-        gelu_row_quantize[(rows,)](
-            h, out, scale, cols, h.stride(0), out.stride(0), BLOCK=block, FP8_MAX=E4M3_MAX, AMAX_MIN=MIN_AMAX, num_warps=16
+        n_rows, n_cols = h.shape
+        out = torch.empty((n_rows, n_cols), dtype=E4M3, device=h.device)
+        scale = torch.empty((n_rows, 1), dtype=torch.float32, device=h.device)
+        grid = ((n_rows + rows_per_program - 1) // rows_per_program,)
+        gelu_rows_quantize[grid](
+            h, out, scale, n_rows, n_cols, h.stride(0), out.stride(0),
+            ROWS=rows_per_program, CHUNK=chunk, FP8_MAX=E4M3_MAX, AMAX_MIN=MIN_AMAX, num_warps=num_warps,
         )
         return out, scale
 
