@@ -9,11 +9,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from .lifecycle import Job
-from chitu_api.names import (ATTEMPT_LABEL, JOB_NAME_LABEL, KUEUE_QUEUE_LABEL, MASTER_PORT, MODEL_VOLUME, RANK_LABEL,
-                    ROLE_LABEL, WORKER_COMMAND, WORKER_CONTAINER, WORKER_IDENTITY, WORKER_ROLE, master_addr,
-                    pod_name, service_name)
+from chitu_api.names import (
+    ATTEMPT_LABEL,
+    JOB_NAME_LABEL,
+    KUEUE_QUEUE_LABEL,
+    MASTER_PORT,
+    MODEL_VOLUME,
+    RANK_LABEL,
+    ROLE_LABEL,
+    WORKER_COMMAND,
+    WORKER_CONTAINER,
+    WORKER_IDENTITY,
+    WORKER_ROLE,
+    master_addr,
+    pod_name,
+    service_name,
+)
 from chitu_api.podenv import PodEnv, container_env
+
+from .lifecycle import Job
 
 GPU_RESOURCE = "nvidia.com/gpu"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "chitu-operator"}

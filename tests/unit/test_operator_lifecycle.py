@@ -13,7 +13,7 @@ from chitu_operator import status as st
 from chitu_operator.lifecycle import WAIT, Job, decide, reject_invalid, seconds_until_expiry
 from chitu_operator.pods import PodView
 
-NOW = datetime.datetime(2026, 1, 1, 12, 0, tzinfo=datetime.timezone.utc)
+NOW = datetime.datetime(2026, 1, 1, 12, 0, tzinfo=datetime.UTC)
 UID = "job-uid"
 
 

@@ -128,7 +128,8 @@ def test_examples_are_valid_jobs(name):
         ("spec.generation.seed", -1, "spec.generation.seed", "greater than or equal to 0"),
         ("spec.flexCache.cacheRatio", 1.5, "spec.flexCache.cacheRatio", "less than or equal to 1"),
         ("spec.flexCache.strategy", "fast", "spec.flexCache.strategy", "'none', 'ditango', 'pab' or 'teacache'"),
-        ("spec.flexCache.warmup", 5, "spec.flexCache", "warmup + cooldown (5 + 1) must be less than generation.steps (6)"),
+        ("spec.flexCache.warmup", 5, "spec.flexCache",
+         "warmup + cooldown (5 + 1) must be less than generation.steps (6)"),
         ("spec.prompts.1", "  ", "spec.prompts[1]", "non-empty"),
         ("spec.prompts", [], "spec.prompts", "at least one"),
         ("spec.prompt", "both given", "spec.prompts", "exactly one"),
@@ -191,7 +192,7 @@ def test_job_file_errors_name_the_option(tmp_path):
         read_job_file(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("spec: [unclosed")
-    with pytest.raises(InvalidInput, match="--job-file: .* is not YAML"):
+    with pytest.raises(InvalidInput, match=r"--job-file: .* is not YAML"):
         read_job_file(bad)
     bad.write_text("- a list")
     with pytest.raises(InvalidInput, match="one GenerationJob mapping"):
