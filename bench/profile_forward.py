@@ -68,6 +68,10 @@ def build_variant(name: str):
             kernel = plan.attention_kernel
         if name == "fp8-attention-only":
             plan.restore()
+    if name == "chitu-gelu":
+        from chitu_diffusion.fused.gelu_epilogue import fuse_gelu_epilogues
+
+        fuse_gelu_epilogues(transformer.blocks)
     set_self_attention(transformer, "blocks", "attn1", kernel)
     transformer.compile_repeated_blocks(fullgraph=name != "chitu")  # chitu today compiles with fullgraph=False
     return transformer
