@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from typing_extensions import is_typeddict
 
 from chitu_api import names
-from chitu_api.crd import KEYS
-from chitu_api.generationjob import GenerationJobSpec, parse_spec
+from chitu_api.crd import KEYS, structural_schema
+from chitu_api.generationjob import Generation, GenerationJobSpec, parse_spec
 from chitu_api.jobstatus import PHASES, GenerationJobStatus
+from chitu_api.schema import cel, rules
 from chitu_diffusion.flex_cache.registry import strategy_names
 from chitu_operator import status as operator_status
 from chitu_worker.manifest import unknown_field
@@ -177,3 +178,14 @@ def test_a_manifest_the_crd_accepts_has_no_field_the_worker_rejects():
     document = _every_property(node("spec"))
     assert len(document) > 10 and unknown_field(GenerationJobSpec, document) is None
     assert unknown_field(GenerationJobSpec, {**document, "generation": {"setps": 3}}) == ("generation", "setps")
+
+
+def test_a_new_field_is_one_edit_in_the_model():
+    """What `make crds` does for a field someone adds: its schema follows from the field's declaration alone."""
+
+    class GenerationWithKnob(Generation):
+        shift: int = Field(3, ge=1, le=9, description="A new knob.", json_schema_extra=rules(cel("self != 4", "not 4")))
+
+    schema = structural_schema(GenerationWithKnob)["properties"]["shift"]
+    assert schema == {"type": "integer", "description": "A new knob.", "default": 3, "minimum": 1, "maximum": 9,
+                      VALIDATIONS: [{"rule": "self != 4", "message": "not 4"}]}
