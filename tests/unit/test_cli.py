@@ -1,6 +1,8 @@
 """The `chitu` command line (chitu_cli.main over chitu_diffusion.commands): one real subprocess run, the rest
 in-process through `main(argv)`."""
 
+import argparse
+import importlib
 import json
 import subprocess
 import sys
@@ -89,7 +91,13 @@ def test_make_random_model_choices_match_the_builders(tmp_path):
 
 
 ENGINE_COMMANDS = {"generate", "make-tiny-model", "make-random-model", "calibrate-teacache"}
-JOB_COMMANDS = {"submit", "list", "status", "logs", "cancel", "download"}
+
+
+def group_commands(module_name: str) -> set[str]:
+    """The commands one group registers on a parser of its own."""
+    commands = argparse.ArgumentParser().add_subparsers()
+    importlib.import_module(module_name).register(commands)
+    return set(commands.choices)
 
 
 def test_a_missing_dependency_names_the_extra(monkeypatch, capsys):
@@ -113,7 +121,9 @@ def test_help_lists_every_command_and_version(capsys):
         cli.main(["--help"])
     assert exit_info.value.code == 0
     listed = set(cli.build_parser()._subparsers._group_actions[0].choices)
-    assert listed == ENGINE_COMMANDS | JOB_COMMANDS  # no dev-cluster: it has its own script, chitu-dev-cluster
+    assert group_commands("chitu_diffusion.commands") == ENGINE_COMMANDS
+    assert listed == set().union(*(group_commands(group.module) for group in cli.GROUPS))
+    assert {"submit", "status"} <= listed and "dev-cluster" not in listed  # chitu-dev-cluster is its own script
     out = capsys.readouterr().out
     assert all(name in out for name in listed)
     with pytest.raises(SystemExit):
