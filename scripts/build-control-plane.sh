@@ -17,6 +17,12 @@ K8S_CMDS=(kube-apiserver kube-controller-manager kube-scheduler)
 
 log() { echo "[build-control-plane $(date +%H:%M:%S)] $*"; }
 
+# One build at a time: tests that find the binaries missing may start this script concurrently, and two builds
+# would delete each other's module directory.
+mkdir -p "$CACHE_ROOT"
+exec 9>"$CACHE_ROOT/.build.lock"
+flock 9
+
 missing=()
 for bin in "${K8S_CMDS[@]}" etcd; do
   [[ -x "$BIN_DIR/$bin" ]] || missing+=("$bin")
