@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 from kubernetes.client.exceptions import ApiException
 
+from chitu_api.generationjob import Parallelism
+from chitu_api.names import GROUP, PLURAL, VERSION
+
 pytestmark = pytest.mark.e2e
 
-GROUP, VERSION, PLURAL = "chitu.dev", "v1alpha1", "generationjobs"
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 VALID = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "GenerationJob", "metadata": {"name": "probe"},
          "spec": {"model": {"uri": "/models/wan"}, "prompt": "a cat", "worker": {"image": "w"},
@@ -31,6 +35,10 @@ def rejection(k8s, namespace: str, manifest: dict) -> str:
         create(k8s, namespace, manifest, dry_run=True)
     assert err.value.status == 422
     return json.loads(err.value.body)["message"]
+
+
+RING_ATTENTION_REFUSAL = ("spec.parallelism: Invalid value: flexCache.strategy ditango needs ring attention over at "
+                          "least 2 ranks: set parallelism.cpSize >= 2 and parallelism.upLimit < parallelism.cpSize")
 
 
 def with_spec(**changes) -> dict:
@@ -53,7 +61,14 @@ def with_spec(**changes) -> dict:
     ({"generation": {"steps": 4}, "flexCache": {"strategy": "teacache", "warmup": 2, "cooldown": 2}},
      "spec.flexCache: Invalid value: flexCache.warmup + flexCache.cooldown must be less than generation.steps"),
     ({"prompts": ["a dog"]}, "spec.prompts: Invalid value: exactly one of spec.prompt or spec.prompts must be set"),
-    ({"flexCache": {"strategy": "ditango"}}, "spec.parallelism.cpSize: Invalid value: the ditango strategy needs"),
+    ({"flexCache": {"strategy": "ditango"}}, RING_ATTENTION_REFUSAL),
+    # issue 10's case: cpSize 2 with the default upLimit 8 is Ulysses 2 x ring 1, which DiTango cannot use
+    ({"flexCache": {"strategy": "ditango"}, "parallelism": {"cpSize": 2}}, RING_ATTENTION_REFUSAL),
+    ({"output": {"uri": "s3://ab/x"}}, 'spec.output.uri: Invalid value: "s3://ab/x": output.uri must start with s3://'),
+    ({"output": {"uri": "s3://videos", "endpoint": "s3.local"}},
+     'spec.output.endpoint: Invalid value: "s3.local": output.endpoint must be an http(s) URL'),
+    ({"worker": {"image": "w", "env": [{"name": "WORLD_SIZE", "value": "9"}]}},
+     'spec.worker.env[0].name: Invalid value: "WORLD_SIZE": is set by the operator and cannot be overridden'),
     ({"runPolicy": {"cleanPodPolicy": "Sometimes"}}, 'spec.runPolicy.cleanPodPolicy: Unsupported value: "Sometimes"'),
     ({"runPolicy": {"backoffLimit": 101}}, "spec.runPolicy.backoffLimit: Invalid value: 101"),
 ])
@@ -64,7 +79,8 @@ def test_invalid_specs_are_rejected_naming_the_field(k8s, namespace, changes, ex
 def test_prompt_lists_must_hold_non_blank_texts(k8s, namespace):
     manifest = with_spec(prompts=["a cat", "  "])
     del manifest["spec"]["prompt"]
-    assert 'spec.prompts[1]: Invalid value: "  ": prompts must not be blank' in rejection(k8s, namespace, manifest)
+    assert ('spec.prompts[1]: Invalid value: "  ": must be a non-empty text, not only whitespace'
+            in rejection(k8s, namespace, manifest))
     manifest["spec"]["prompts"] = []
     assert "spec.prompts: Invalid value: 0: spec.prompts in body should have at least 1 items" in rejection(
         k8s, namespace, manifest)
@@ -74,6 +90,12 @@ def test_job_names_must_leave_room_for_pod_hostnames(k8s, namespace):
     manifest = with_spec()
     manifest["metadata"]["name"] = "x" * 53
     assert "metadata.name must be a DNS label of at most 52 characters" in rejection(k8s, namespace, manifest)
+
+
+@pytest.mark.parametrize("parallelism", [{"cpSize": 2, "upLimit": 1}, {"cfg": 2, "cpSize": 4, "upLimit": 2,
+                                                                         "gpusPerPod": 4}])
+def test_ditango_is_accepted_where_the_layout_gives_a_ring(k8s, namespace, parallelism):
+    create(k8s, namespace, with_spec(flexCache={"strategy": "ditango"}, parallelism=parallelism), dry_run=True)
 
 
 @pytest.mark.parametrize("example", sorted(p.name for p in EXAMPLES.glob("*.yaml")))
@@ -121,3 +143,10 @@ def test_status_is_a_subresource_with_a_checked_phase(k8s, namespace):
     ignored = {"status": {"phase": "Running"}}  # the main resource ignores status
     k8s.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "probe", ignored)
     assert "status" not in k8s.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "probe")
+
+
+def test_kubectl_explain_shows_the_models_descriptions(cluster):
+    done = subprocess.run(["kubectl", "explain", "generationjob.spec.parallelism.upLimit"], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, **cluster.env()})
+    assert done.returncode == 0, done.stderr
+    assert " ".join(Parallelism.model_fields["up_limit"].description.split()) in " ".join(done.stdout.split())
