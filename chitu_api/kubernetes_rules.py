@@ -37,10 +37,10 @@ LABEL_VALUE_RE = re.compile(f"^({_QUALIFIED_NAME})?$")
 ENV_VAR_NAME_RE = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 CONFIG_KEY_RE = re.compile(r"^[-._a-zA-Z0-9]+$")  # keys of Secrets and ConfigMaps
 PORT_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")  # IANA_SVC_NAME, plus the rules below
-# resource.Quantity: <signed number><suffix>, the suffix binary (Ki..Ei), decimal SI (n..E) or an exponent.
+# resource.Quantity as its parser reads it: <sign><digits>[.<digits>]<suffix>, the suffix binary (Ki..Ei), decimal
+# SI (n..E) or an exponent. The parser takes missing digits as 0 ("Gi" is 0, as the apiserver stores it).
 QUANTITY_RE = re.compile(
-    r"^(?P<number>[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))"
-    r"(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?[0-9]+)?$"
+    r"^(?P<number>[+-]?[0-9]*(?:\.[0-9]*)?)(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?[0-9]+)?$"
 )
 QUANTITY_SUFFIXES = {
     "Ki": Decimal(2) ** 10,
@@ -230,12 +230,14 @@ def parse_quantity(value: int | float | str) -> Decimal:
     if isinstance(value, float):  # a JSON number such as 0.5 (YAML `cpu: 0.5`)
         return Decimal(repr(value))
     match = QUANTITY_RE.match(str(value))
-    if not match:
+    if not match or value == "":
         raise ValueError(
             f"{value!r} is not a quantity: a number with an optional suffix (n, u, m, k, M, G, T, "
             f"P, E, Ki, Mi, Gi, Ti, Pi, Ei or an exponent such as e3), e.g. '500m', '2', '1Gi'"
         )
-    number, suffix = Decimal(match["number"]), match["suffix"] or ""
+    digits = match["number"].lstrip("+-")
+    number = Decimal(digits) if digits.strip(".") else Decimal(0)
+    number, suffix = -number if match["number"].startswith("-") else number, match["suffix"] or ""
     if suffix[:1] in ("e", "E") and len(suffix) > 1:  # an exponent; a lone "E" is exa
         return number.scaleb(int(suffix[1:]))
     return number * QUANTITY_SUFFIXES[suffix]

@@ -31,6 +31,7 @@ from chitu_api.names import GROUP, KUEUE_QUEUE_LABEL
 if TYPE_CHECKING:
     from chitu_api.generationjob import GenerationJobSpec
 
+GPU_RESOURCE = "nvidia.com/gpu"
 #: Volume sources a model (or extra) volume may use unless the platform says otherwise: storage made for data.
 DEFAULT_VOLUME_TYPES = ("persistentVolumeClaim", "emptyDir", "configMap", "csi", "ephemeral", "nfs", "image")
 #: Names whose value is a credential: such a variable must come from a Secret (valueFrom.secretKeyRef).
@@ -72,7 +73,7 @@ def pod_value_problems(spec: GenerationJobSpec, policy: PodPolicy | None = None)
     problems += _volume_problems("spec.model.volume", spec.model.volume, policy)
     problems += _output_problems(spec, policy)
     if spec.worker is not None:
-        problems += _worker_problems(spec.worker, policy)
+        problems += _worker_problems(spec, policy)
     problems += _scheduling_problems(spec.scheduling)
     return problems
 
@@ -144,7 +145,20 @@ def _output_problems(spec: GenerationJobSpec, policy: PodPolicy) -> Iterator[Pro
                 yield f"spec.output.credentialsSecretRef.{attribute}", problem
 
 
-def _worker_problems(worker: Any, policy: PodPolicy) -> Iterator[Problem]:
+def worker_resources(spec: GenerationJobSpec) -> dict[str, dict[str, Any]]:
+    """The worker container's requests and limits: the user's, with the GPU count parallelism.gpusPerPod needs
+    (extended resources need requests == limits, so a GPU request the user wrote is set to it too)."""
+    resources = {kind: dict(amounts) for kind, amounts in spec.worker.resources.items()}
+    gpus = spec.parallelism.gpus_per_pod
+    if gpus:
+        resources.setdefault("limits", {})[GPU_RESOURCE] = str(gpus)
+        if GPU_RESOURCE in resources.get("requests", {}):
+            resources["requests"][GPU_RESOURCE] = str(gpus)
+    return resources
+
+
+def _worker_problems(spec: GenerationJobSpec, policy: PodPolicy) -> Iterator[Problem]:
+    worker = spec.worker
     if problem := k8s.container_image(worker.image):
         yield "spec.worker.image", problem
     for index, var in enumerate(worker.env):
@@ -161,7 +175,7 @@ def _worker_problems(worker: Any, policy: PodPolicy) -> Iterator[Problem]:
                     f"never as a literal value in the job"
                 ),
             )
-    yield from _prefixed("spec.worker.resources", k8s.resource_requirements(worker.resources))
+    yield from _prefixed("spec.worker.resources", k8s.resource_requirements(worker_resources(spec)))
     if problem := k8s.dns1123_subdomain(worker.service_account_name):
         yield "spec.worker.serviceAccountName", f"ServiceAccount name {problem}"
     yield from _prefixed("spec.worker.podLabels", k8s.labels(worker.pod_labels))
