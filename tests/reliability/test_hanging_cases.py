@@ -81,7 +81,7 @@ CASES = [
     ),
     ("missing-service-account", spec_with("worker", serviceAccountName="no-such-account"), "no-such-account"),
     ("missing-command", spec_with("worker", command=["no-such-command"]), "no-such-command"),
-    ("gang-larger-than-any-node", spec_with("parallelism", gpusPerPod=64, cfg=1, cpSize=64), "nvidia.com/gpu"),
+    ("gang-larger-than-any-node", spec_with("parallelism", gpusPerPod=16, cfg=2, cpSize=8), "nvidia.com/gpu"),
 ]
 
 
