@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .paths import REPO_ROOT, free_ports
@@ -112,9 +112,9 @@ def _cert(subject: str, key, issuer: x509.Name, signer, *, ca: bool, sans: list)
 
 
 def webhook_secret_data() -> dict[str, bytes]:
-    """ca.crt, ca.key, tls.crt, tls.key as cert-controller's rotator stores them."""
+    """ca.crt, ca.key, tls.crt, tls.key as cert-controller's rotator stores them (RSA keys in PKCS#1: it parses no other)."""
     pem = serialization.Encoding.PEM
-    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     ca = _cert(
         CA_NAME,
         ca_key,
@@ -123,14 +123,14 @@ def webhook_secret_data() -> dict[str, bytes]:
         ca=True,
         sans=[x509.DNSName(CA_NAME)],
     )
-    key = ec.generate_private_key(ec.SECP256R1())
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     loopback = x509.IPAddress(ipaddress.ip_address("127.0.0.1"))  # the address the apiserver calls
     serving = _cert(
         SERVICE, key, ca.subject, ca_key, ca=False, sans=[x509.DNSName(f"{SERVICE}.{NAMESPACE}.svc"), loopback]
     )
 
     def key_pem(k) -> bytes:
-        return k.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        return k.private_bytes(pem, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption())
 
     return {
         "ca.crt": ca.public_bytes(pem),
@@ -200,6 +200,10 @@ def start_kueue(cluster: DevCluster, timeout: float = 120) -> None:
         [f"{path.stem.split('_', 1)[1]}.kueue.x-k8s.io" for path in (built / "crds").glob("*.yaml")], timeout
     )
     cert_dir = cluster.state.certs / "kueue"
+    cert_dir.mkdir(parents=True, exist_ok=True)
+    for name, content in secret.items():  # what the kubelet does for Kueue's Deployment: the Secret as files
+        (cert_dir / name).write_bytes(content)
+        (cert_dir / name).chmod(0o600)
     config_file = cluster.state.root / "kueue.yaml"
     config_file.write_text(
         yaml.safe_dump(configuration(webhook_port, health_port, cert_dir, [GENERATIONJOB_FRAMEWORK]))
