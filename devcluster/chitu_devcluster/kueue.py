@@ -112,7 +112,7 @@ def _cert(subject: str, key, issuer: x509.Name, signer, *, ca: bool, sans: list)
 
 
 def webhook_secret_data() -> dict[str, bytes]:
-    """ca.crt, ca.key, tls.crt, tls.key as cert-controller's rotator stores them (RSA keys in PKCS#1: it parses no other)."""
+    """ca.crt, ca.key, tls.crt, tls.key as cert-controller's rotator stores them (RSA, PKCS#1: it parses no other)."""
     pem = serialization.Encoding.PEM
     ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     ca = _cert(
