@@ -28,6 +28,7 @@ EVERYONE = (
     "selfsubjectaccessreviews.authorization.k8s.io",
     "selfsubjectrulesreviews.authorization.k8s.io",
     "selfsubjectreviews.authentication.k8s.io",
+    "clustertrustbundles.certificates.k8s.io",
 )
 
 
@@ -72,7 +73,7 @@ def test_the_operator_holds_exactly_its_declared_rules(cluster, namespace):
         ("list", "secrets"),
         ("create", "clusterroles"),
         ("patch", "nodes"),
-        ("create", "pods/exec"),
+        ("create", "pods", "--subresource=exec"),
     ):
         assert not can(cluster, user, namespace, *forbidden), forbidden
 
