@@ -17,7 +17,7 @@ fullgraph=True)`); `cachedit` (cache-dit 1.5.3, no cache, its cuDNN attention ba
 `chitu-cold` (`load_engine(...).generate(...)` with defaults, empty compile cache); `chitu` (the same in a fresh
 process with the cache that chitu-cold left: what a new pod sees; it makes two videos, the second is the steady
 state); `chitu-fp8` (engine.precision=fp8); `chitu-pab` (PAB at cache_ratio 0.5). Two-GPU modes (torchrun, 2
-ranks): `chitu-cfg2`, `chitu-ulysses2`, `chitu-ring2`, `cachedit-ulysses2`, `cachedit-ulysses2-async`,
+ranks): `chitu-cfg2`, `chitu-cfg2-split-decode` (VAE decode split across both ranks), `chitu-ulysses2`, `chitu-ring2`, `cachedit-ulysses2`, `cachedit-ulysses2-async`,
 `cachedit-ring2`. Peers get `--warmup-steps` untimed steps first (their compile happens there; reported as
 warmup_s); chitu's first video is timed as a user gets it.
 
@@ -46,12 +46,16 @@ from pathlib import Path
 import numpy as np
 
 ONE_GPU = ["stock", "tuned", "cachedit", "chitu-cold", "chitu", "chitu-fp8", "chitu-pab"]
-TWO_GPU = ["chitu-cfg2", "chitu-ulysses2", "chitu-ring2", "cachedit-ulysses2", "cachedit-ulysses2-async", "cachedit-ring2"]
+TWO_GPU = [
+    "chitu-cfg2", "chitu-cfg2-split-decode", "chitu-ulysses2", "chitu-ring2",
+    "cachedit-ulysses2", "cachedit-ulysses2-async", "cachedit-ring2",
+]
 PROMPT, NEGATIVE = "A cat walking on grass", "blurry, low quality"
 # engine overrides per chitu mode (on top of the defaults, which are what `chitu generate` runs)
 CHITU_OVERRIDES = {
     "chitu-cold": [], "chitu": [], "chitu-fp8": ["infer.diffusion.precision=fp8"], "chitu-pab": [],
-    "chitu-cfg2": [], "chitu-ulysses2": ["infer.diffusion.cp_size=2"],
+    "chitu-cfg2": [], "chitu-cfg2-split-decode": ["infer.diffusion.parallel_decode=true"],
+    "chitu-ulysses2": ["infer.diffusion.cp_size=2"],
     "chitu-ring2": ["infer.diffusion.cp_size=2", "infer.diffusion.up_limit=1"],
 }
 CACHE_DIT_LAYOUTS = {

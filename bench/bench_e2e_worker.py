@@ -171,7 +171,10 @@ def run_chitu(args: argparse.Namespace, mode: str, model_dir: Path, videos_dir: 
         engine.generate(params.model_copy(update={"num_inference_steps": args.warmup_steps}), videos_dir, f"{mode}-warmup")
         warmup_s = time.perf_counter() - warm_start
     videos = 2 if mode == "chitu" else 1  # the steady state next to the first video of a fresh process
-    runs = [engine.generate(params, videos_dir, f"{mode}-{index}").metrics for index in range(videos)]
+    results = [engine.generate(params, videos_dir, f"{mode}-{index}") for index in range(videos)]
+    if results[0] is None:  # a gang rank other than 0: it denoised (and decoded its strip); rank 0 reports
+        return {}, samples[-1].latents, None
+    runs = [result.metrics for result in results]
     first = runs[0]
     stages = {"load": load_s, **first["timings_s"]}
     stages["total"] += load_s
@@ -180,5 +183,6 @@ def run_chitu(args: argparse.Namespace, mode: str, model_dir: Path, videos_dir: 
         "stages_s": stages, "loop_s": runs[-1]["timings_s"]["denoise"], "warmup_s": warmup_s,
         "videos": [run["timings_s"] for run in runs], "peak_memory_bytes": first["peak_memory"]["bytes"],
         "engine_config": first["engine_config"], "runtime": first["runtime"], "cache": first.get("cache"),
+        "parallel": first.get("parallel"),
     }
     return result, samples[-1].latents, frames
