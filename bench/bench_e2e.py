@@ -17,8 +17,8 @@ fullgraph=True)`); `cachedit` (cache-dit 1.5.3, no cache, its cuDNN attention ba
 `chitu-cold` (`load_engine(...).generate(...)` with defaults, empty compile cache); `chitu` (the same in a fresh
 process with the cache that chitu-cold left: what a new pod sees; it makes two videos, the second is the steady
 state); `chitu-fp8` (engine.precision=fp8); `chitu-pab` (PAB at cache_ratio 0.5). Two-GPU modes (torchrun, 2
-ranks): `chitu-cfg2`, `chitu-cfg2-split-decode` (VAE decode split across both ranks), `chitu-ulysses2`, `chitu-ring2`, `cachedit-ulysses2`, `cachedit-ulysses2-async`,
-`cachedit-ring2`. Peers get `--warmup-steps` untimed steps first (their compile happens there; reported as
+ranks): `chitu-cfg2`, `chitu-cfg2-split-decode` (VAE decode split across both ranks), `chitu-ulysses2`,
+`chitu-ring2`, `cachedit-ulysses2`, `cachedit-ulysses2-async`, `cachedit-ring2`. Peers get `--warmup-steps` untimed steps first (their compile happens there; reported as
 warmup_s); chitu's first video is timed as a user gets it.
 
 Each mode saves its final latents and frames; the driver reports rel-L2 of the latents and PSNR of the frames
@@ -47,20 +47,31 @@ import numpy as np
 
 ONE_GPU = ["stock", "tuned", "cachedit", "chitu-cold", "chitu", "chitu-fp8", "chitu-pab"]
 TWO_GPU = [
-    "chitu-cfg2", "chitu-cfg2-split-decode", "chitu-ulysses2", "chitu-ring2",
-    "cachedit-ulysses2", "cachedit-ulysses2-async", "cachedit-ring2",
+    "chitu-cfg2",
+    "chitu-cfg2-split-decode",
+    "chitu-ulysses2",
+    "chitu-ring2",
+    "cachedit-ulysses2",
+    "cachedit-ulysses2-async",
+    "cachedit-ring2",
 ]
 PROMPT, NEGATIVE = "A cat walking on grass", "blurry, low quality"
 # engine overrides per chitu mode (on top of the defaults, which are what `chitu generate` runs)
 CHITU_OVERRIDES = {
-    "chitu-cold": [], "chitu": [], "chitu-fp8": ["infer.diffusion.precision=fp8"], "chitu-pab": [],
-    "chitu-cfg2": [], "chitu-cfg2-split-decode": ["infer.diffusion.parallel_decode=true"],
+    "chitu-cold": [],
+    "chitu": [],
+    "chitu-fp8": ["infer.diffusion.precision=fp8"],
+    "chitu-pab": [],
+    "chitu-cfg2": [],
+    "chitu-cfg2-split-decode": ["infer.diffusion.parallel_decode=true"],
     "chitu-ulysses2": ["infer.diffusion.cp_size=2"],
     "chitu-ring2": ["infer.diffusion.cp_size=2", "infer.diffusion.up_limit=1"],
 }
 CACHE_DIT_LAYOUTS = {
-    "cachedit": {}, "cachedit-ulysses2": {"ulysses_size": 2},
-    "cachedit-ulysses2-async": {"ulysses_size": 2, "ulysses_async": True}, "cachedit-ring2": {"ring_size": 2},
+    "cachedit": {},
+    "cachedit-ulysses2": {"ulysses_size": 2},
+    "cachedit-ulysses2-async": {"ulysses_size": 2, "ulysses_async": True},
+    "cachedit-ring2": {"ring_size": 2},
 }
 
 
@@ -96,9 +107,14 @@ def main() -> None:
     modes = args.modes.split(",") if args.modes else (ONE_GPU if args.gpus == 1 else TWO_GPU)
     args.work_dir.mkdir(parents=True, exist_ok=True)
     model_dir = make_model(args)
-    results: dict = {"benchmark": "wan2.1 t2v end to end, one video per mode, fresh process per mode",
-                     "weights": f"random (seed 0), {args.arch}; tiny text encoder", "gpus": args.gpus,
-                     "shapes": shapes(args), "modes": {}, "failed": {}}
+    results: dict = {
+        "benchmark": "wan2.1 t2v end to end, one video per mode, fresh process per mode",
+        "weights": f"random (seed 0), {args.arch}; tiny text encoder",
+        "gpus": args.gpus,
+        "shapes": shapes(args),
+        "modes": {},
+        "failed": {},
+    }
     for mode in modes:
         started = time.perf_counter()
         try:
@@ -129,11 +145,18 @@ def run_mode(args: argparse.Namespace, mode: str, model_dir: Path) -> dict:
     """One mode in a fresh process (torchrun for 2 GPUs); its JSON comes back through a file."""
     result_path = args.work_dir / f"{mode}.json"
     result_path.unlink(missing_ok=True)
-    forwarded = [f"--{name.replace('_', '-')}={getattr(args, name)}" for name in
-                 ("arch", "steps", "frames", "height", "width", "guidance_scale", "warmup_steps", "work_dir")]
+    forwarded = [
+        f"--{name.replace('_', '-')}={getattr(args, name)}"
+        for name in ("arch", "steps", "frames", "height", "width", "guidance_scale", "warmup_steps", "work_dir")
+    ]
     script = [str(Path(__file__).resolve()), "--out", str(result_path), "--worker", mode, *forwarded]
-    launcher = [sys.executable] if args.gpus == 1 else [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(shim_dir(args.work_dir)), os.environ.get("PYTHONPATH")]))}
+    launcher = (
+        [sys.executable] if args.gpus == 1 else [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(shim_dir(args.work_dir)), os.environ.get("PYTHONPATH")])),
+    }
     if mode == "chitu-cold":  # chitu modes keep their compile cache where the engine is told (chitu_cache_dir)
         shutil.rmtree(chitu_cache_dir(args.work_dir), ignore_errors=True)
     elif not mode.startswith("chitu"):  # each peer compiles from scratch, in its untimed warm-up
@@ -163,15 +186,20 @@ def shim_dir(work_dir: Path) -> Path:
 
 def shapes(args: argparse.Namespace) -> dict:
     latent_frames = (args.frames - 1) // 4 + 1
-    return {"frames": args.frames, "height": args.height, "width": args.width, "steps": args.steps,
-            "guidance_scale": args.guidance_scale, "forwards": 2 * args.steps,
-            "tokens": latent_frames * (args.height // 16) * (args.width // 16)}
+    return {
+        "frames": args.frames,
+        "height": args.height,
+        "width": args.width,
+        "steps": args.steps,
+        "guidance_scale": args.guidance_scale,
+        "forwards": 2 * args.steps,
+        "tokens": latent_frames * (args.height // 16) * (args.width // 16),
+    }
 
 
 def compare(results: dict, args: argparse.Namespace) -> None:
     """rel-L2 (final latents) and PSNR (decoded frames) of every mode against the reference mode and chitu."""
     import torch
-
     from benchlib import rel_l2
 
     modes = results["modes"]
@@ -207,9 +235,12 @@ def print_table(results: dict) -> None:
     for mode, entry in results["modes"].items():
         ref = next((k for k in entry if k.startswith("rel_l2_vs_")), None)
         psnr_key = ref.replace("rel_l2", "psnr_db") if ref else None
-        print(f"{mode:26} {entry['loop_s']:8.2f} {entry['stages_s'].get('total', float('nan')):14.2f} "
-              f"{entry['stages_s'].get('load', float('nan')):7.2f} {entry.get(ref, float('nan')) if ref else float('nan'):10.4f} "
-              f"{entry.get(psnr_key, float('nan')) if psnr_key else float('nan'):9.2f}")
+        nan = float("nan")
+        rel, db = (entry.get(ref, nan), entry.get(psnr_key, nan)) if ref else (nan, nan)
+        print(
+            f"{mode:26} {entry['loop_s']:8.2f} {entry['stages_s'].get('total', nan):14.2f} "
+            f"{entry['stages_s'].get('load', nan):7.2f} {rel:10.4f} {db:9.2f}"
+        )
     for mode, reason in results["failed"].items():
         print(f"{mode:26} FAILED {reason[:300]}")
 

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-
 from bench_e2e import CACHE_DIT_LAYOUTS, CHITU_OVERRIDES, NEGATIVE, PROMPT, chitu_cache_dir
 from benchlib import commit
 
@@ -41,8 +40,13 @@ def run_worker(args: argparse.Namespace) -> None:
         stem = args.work_dir / mode
         torch.save(latents.float().cpu(), f"{stem}.latents.pt")
         np.save(f"{stem}.frames.npy", frames)
-        result.update(mode=mode, commit=commit(), versions=all_versions(), latents_file=f"{stem}.latents.pt",
-                      frames_file=f"{stem}.frames.npy")
+        result.update(
+            mode=mode,
+            commit=commit(),
+            versions=all_versions(),
+            latents_file=f"{stem}.latents.pt",
+            frames_file=f"{stem}.frames.npy",
+        )
         args.out.write_text(json.dumps(result, indent=2, default=str))
     if dist.is_initialized():
         dist.barrier()
@@ -102,8 +106,17 @@ def run_diffusers(args: argparse.Namespace, mode: str, model_dir: Path, videos_d
         latents, frames = diffusers_video(pipe, args, args.steps, timer, videos_dir / f"{mode}.mp4")
     stages = dict(timer.stages)
     stages["total"] += stages["load"]  # a fresh process: load + one video
-    return {"stages_s": stages, "loop_s": stages["denoise"], "warmup_s": warmup_s, "peak_memory_bytes": peak(device),
-            "settings": settings}, latents, frames
+    return (
+        {
+            "stages_s": stages,
+            "loop_s": stages["denoise"],
+            "warmup_s": warmup_s,
+            "peak_memory_bytes": peak(device),
+            "settings": settings,
+        },
+        latents,
+        frames,
+    )
 
 
 def configure_peer(transformer: torch.nn.Module, mode: str) -> dict:
@@ -113,7 +126,10 @@ def configure_peer(transformer: torch.nn.Module, mode: str) -> dict:
     if mode == "tuned":
         transformer.set_attention_backend("_flash_3")
         transformer.compile_repeated_blocks(fullgraph=True)
-        return {"attention": "_flash_3 (fa3-fwd through the flash_attn_interface shim)", "compile": "repeated blocks, fullgraph"}
+        return {
+            "attention": "_flash_3 (fa3-fwd through the flash_attn_interface shim)",
+            "compile": "repeated blocks, fullgraph",
+        }
     import cache_dit
 
     layout = CACHE_DIT_LAYOUTS[mode]
@@ -131,9 +147,16 @@ def diffusers_video(pipe, args: argparse.Namespace, steps: int, timer: StageTime
     noise = initial_noise(pipe, args.frames, args.height, args.width, SEED, device)
     with timer.stage("denoise"):
         latents = pipe(
-            prompt_embeds=embeds["cond"], negative_prompt_embeds=embeds.get("uncond"), latents=noise,
-            height=args.height, width=args.width, num_frames=args.frames, num_inference_steps=steps,
-            guidance_scale=args.guidance_scale, output_type="latent", return_dict=False,
+            prompt_embeds=embeds["cond"],
+            negative_prompt_embeds=embeds.get("uncond"),
+            latents=noise,
+            height=args.height,
+            width=args.width,
+            num_frames=args.frames,
+            num_inference_steps=steps,
+            guidance_scale=args.guidance_scale,
+            output_type="latent",
+            return_dict=False,
         )[0]
     with timer.stage("decode"):
         frames = decode_latents(pipe, latents)
@@ -162,13 +185,23 @@ def run_chitu(args: argparse.Namespace, mode: str, model_dir: Path, videos_dir: 
     engine.sample = lambda *a, **k: samples.append(sample(*a, **k)) or samples[-1]  # keep the latents
     cache = FlexCacheParams(strategy="pab", cache_ratio=0.5) if mode == "chitu-pab" else FlexCacheParams()
     params = DiffusionUserParams(
-        prompt=PROMPT, negative_prompt=NEGATIVE, num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
-        height=args.height, width=args.width, num_frames=args.frames, seed=SEED, fps=FPS, flexcache_params=cache,
+        prompt=PROMPT,
+        negative_prompt=NEGATIVE,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        height=args.height,
+        width=args.width,
+        num_frames=args.frames,
+        seed=SEED,
+        fps=FPS,
+        flexcache_params=cache,
     )
     warmup_s = None
     if mode in ("chitu-fp8", "chitu-pab") and args.warmup_steps:  # as the peers: compile these graphs untimed
         warm_start = time.perf_counter()
-        engine.generate(params.model_copy(update={"num_inference_steps": args.warmup_steps}), videos_dir, f"{mode}-warmup")
+        engine.generate(
+            params.model_copy(update={"num_inference_steps": args.warmup_steps}), videos_dir, f"{mode}-warmup"
+        )
         warmup_s = time.perf_counter() - warm_start
     videos = 2 if mode == "chitu" else 1  # the steady state next to the first video of a fresh process
     results = [engine.generate(params, videos_dir, f"{mode}-{index}") for index in range(videos)]
@@ -180,9 +213,14 @@ def run_chitu(args: argparse.Namespace, mode: str, model_dir: Path, videos_dir: 
     stages["total"] += load_s
     frames = decode_latents(engine.pipe, samples[-1].latents)
     result = {
-        "stages_s": stages, "loop_s": runs[-1]["timings_s"]["denoise"], "warmup_s": warmup_s,
-        "videos": [run["timings_s"] for run in runs], "peak_memory_bytes": first["peak_memory"]["bytes"],
-        "engine_config": first["engine_config"], "runtime": first["runtime"], "cache": first.get("cache"),
+        "stages_s": stages,
+        "loop_s": runs[-1]["timings_s"]["denoise"],
+        "warmup_s": warmup_s,
+        "videos": [run["timings_s"] for run in runs],
+        "peak_memory_bytes": first["peak_memory"]["bytes"],
+        "engine_config": first["engine_config"],
+        "runtime": first["runtime"],
+        "cache": first.get("cache"),
         "parallel": first.get("parallel"),
     }
     return result, samples[-1].latents, frames

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 import torch._inductor.config
-
 from benchlib import commit, rel_l2
 
 from chitu_diffusion.attention.kernels import get_kernel
@@ -90,7 +89,8 @@ def time_forwards(transformer, args_, repeats: int) -> list[float]:
 
 
 def profile(transformer, args_) -> dict:
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
 
     with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(2):
@@ -162,9 +162,13 @@ def vae_decode_split(frames: int, height: int, width: int) -> dict:
     result = {}
     with torch.no_grad():
         decode(z[:, :, :2])  # cuDNN autotuning out of the timed runs
-        for name, fn in (("whole", lambda: decode(z)),
-                         *((f"strip{i}", (lambda s=s: decode_strip(decode, z, s, axis)))
-                           for i, s in enumerate(strips(z.shape[axis], 2, DEFAULT_HALO)))):
+        for name, fn in (
+            ("whole", lambda: decode(z)),
+            *(
+                (f"strip{i}", (lambda s=s: decode_strip(decode, z, s, axis)))
+                for i, s in enumerate(strips(z.shape[axis], 2, DEFAULT_HALO))
+            ),
+        ):
             torch.cuda.synchronize()
             start = time.perf_counter()
             result[name] = fn()
@@ -187,7 +191,11 @@ def mp4_encode(frames: int, height: int, width: int) -> dict:
     video = (np.random.default_rng(0).random((frames, height, width, 3)) * 255).astype(np.uint8)
     start = time.perf_counter()
     path = write_mp4(video, Path("/tmp/profile-encode.mp4"), 16)
-    return {"seconds": time.perf_counter() - start, "bytes": path.stat().st_size, "content": "uniform noise (worst case)"}
+    return {
+        "seconds": time.perf_counter() - start,
+        "bytes": path.stat().st_size,
+        "content": "uniform noise (worst case)",
+    }
 
 
 def main() -> None:
@@ -203,8 +211,11 @@ def main() -> None:
     results: dict = {"weights": "random bf16", "commit": commit(), "versions": versions(), "variants": {}}
     forward_args = inputs(args.frames, args.height, args.width)
     reference = None
-    steps = [("fp8_kernels", check_fp8_kernels), ("vae_decode", lambda: vae_decode_split(args.frames, args.height, args.width)),
-             ("mp4_encode", lambda: mp4_encode(args.frames, args.height, args.width))]
+    steps = [
+        ("fp8_kernels", check_fp8_kernels),
+        ("vae_decode", lambda: vae_decode_split(args.frames, args.height, args.width)),
+        ("mp4_encode", lambda: mp4_encode(args.frames, args.height, args.width)),
+    ]
     steps = [step for step in steps if step[0] in args.checks.split(",")]
     for name, fn in steps:
         try:

@@ -80,7 +80,10 @@ def parallel_decode(
     padded = torch.nn.functional.pad(mine, _pad_last_dims(axis, widest - mine.shape[axis]))
     gathered = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(gathered, padded, group=group)
-    pieces = [part.narrow(axis, 0, (s.keep_stop - s.keep_start) * SPATIAL_SCALE) for part, s in zip(gathered, plan)]
+    pieces = [
+        part.narrow(axis, 0, (s.keep_stop - s.keep_start) * SPATIAL_SCALE)
+        for part, s in zip(gathered, plan, strict=True)
+    ]
     return torch.cat(pieces, dim=axis)
 
 

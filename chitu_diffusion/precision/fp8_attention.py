@@ -5,8 +5,8 @@ score row by a constant. With m the keys' mean over tokens, the keys that get qu
 per-head scale is set by their spread rather than by a shared offset (Wan's keys after RMSNorm and RoPE carry
 one), and e4m3's 3 mantissa bits resolve more of what the softmax sees (SageAttention's "smooth K").
 
-`fp8_attention_kernel(device)` returns a `Kernel` (the signature of `attention.kernels`), layout (B, tokens, heads, head_dim),
-bf16 in and out. On a Hopper GPU with `fa3-fwd` it calls the FP8 kernel with the scales as descale factors;
+`fp8_attention_kernel(device)` returns a `Kernel` (the signature of `attention.kernels`), layout (B, tokens,
+heads, head_dim), bf16 in and out. On a Hopper GPU with `fa3-fwd` it calls the FP8 kernel with the scales as descale factors;
 elsewhere (CPU tests, other GPUs) it computes the same function from the dequantised inputs with exact attention,
 so the rounding FP8 introduces is testable without the GPU.
 """
@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as F  # noqa: N812 (torch's own idiom)
 
 from chitu_diffusion.precision.fp8_scaling import dequantize, quantize
 

@@ -23,7 +23,7 @@ def test_swapped_feed_forward_matches_and_keeps_the_original():
         swapped = fuse_gelu_epilogues(blocks)
         fused = [block.ffn(x) for block in blocks]
     assert [type(block.ffn.net[0]) for block in blocks] == [GeluEpilogueLinear, GeluEpilogueLinear]
-    assert all(torch.equal(a, b) for a, b in zip(fused, reference))
+    assert all(torch.equal(a, b) for a, b in zip(fused, reference, strict=True))
     for parent, index, original in swapped:
         parent[int(index)] = original
     assert all(type(block.ffn.net[0]).__name__ == "GELU" for block in blocks)
