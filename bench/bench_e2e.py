@@ -18,8 +18,9 @@ fullgraph=True)`); `cachedit` (cache-dit 1.5.3, no cache, its cuDNN attention ba
 process with the cache that chitu-cold left: what a new pod sees; it makes two videos, the second is the steady
 state); `chitu-fp8` (engine.precision=fp8); `chitu-pab` (PAB at cache_ratio 0.5). Two-GPU modes (torchrun, 2
 ranks): `chitu-cfg2`, `chitu-cfg2-split-decode` (VAE decode split across both ranks), `chitu-ulysses2`,
-`chitu-ring2`, `cachedit-ulysses2`, `cachedit-ulysses2-async`, `cachedit-ring2`. Peers get `--warmup-steps` untimed steps first (their compile happens there; reported as
-warmup_s); chitu's first video is timed as a user gets it.
+`chitu-ring2`, `cachedit-ulysses2`, `cachedit-ulysses2-async`, `cachedit-ring2`. Peers get `--warmup-steps`
+untimed steps first (their compile happens there; reported as warmup_s); chitu's first video is timed as a user
+gets it.
 
 Each mode saves its final latents and frames; the driver reports rel-L2 of the latents and PSNR of the frames
 against `--reference` (the tuned diffusers mode by default) and FP8 / cache modes against `chitu` too.
