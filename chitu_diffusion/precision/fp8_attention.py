@@ -8,8 +8,7 @@ one), and e4m3's 3 mantissa bits resolve more of what the softmax sees (SageAtte
 `fp8_attention_kernel(device)` returns a `Kernel` (the signature of `attention.kernels`), layout (B, tokens,
 heads, head_dim), bf16 in and out. On a Hopper GPU with `fa3-fwd` it calls the FP8 kernel with the scales as
 descale factors; elsewhere (CPU tests, other GPUs) it computes the same function from the dequantised inputs
-with exact attention,
-so the rounding FP8 introduces is testable without the GPU.
+with exact attention, so the rounding FP8 introduces is testable without the GPU.
 """
 
 from __future__ import annotations
