@@ -174,6 +174,8 @@ def run_chitu(args: argparse.Namespace, mode: str, model_dir: Path, videos_dir: 
     from chitu_diffusion.engines import load_engine
     from chitu_diffusion.task import DiffusionUserParams, FlexCacheParams
 
+    import chitu_diffusion.engines.single  # noqa: F401  imports out of the load time, as for the peers
+
     overrides = [*CHITU_OVERRIDES[mode], f"infer.diffusion.compile_cache_dir={chitu_cache_dir(args.work_dir)}"]
     if not torch.cuda.is_available():
         overrides.append("infer.diffusion.device=cpu")
