@@ -170,11 +170,10 @@ def diffusers_video(pipe, args: argparse.Namespace, steps: int, timer: StageTime
 
 def run_chitu(args: argparse.Namespace, mode: str, model_dir: Path, videos_dir: Path):
     """`load_engine(...).generate(...)` exactly as a user calls it; the bench only keeps the sample's latents."""
+    import chitu_diffusion.engines.single  # noqa: F401  imports out of the load time, as for the peers
     from chitu_diffusion.config import EngineConfig
     from chitu_diffusion.engines import load_engine
     from chitu_diffusion.task import DiffusionUserParams, FlexCacheParams
-
-    import chitu_diffusion.engines.single  # noqa: F401  imports out of the load time, as for the peers
 
     overrides = [*CHITU_OVERRIDES[mode], f"infer.diffusion.compile_cache_dir={chitu_cache_dir(args.work_dir)}"]
     if not torch.cuda.is_available():
