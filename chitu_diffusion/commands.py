@@ -6,8 +6,9 @@
     chitu calibrate-teacache --model DIR [--prompt P ...] [--steps N] [--frames F --height H --width W] [--output FILE]
 
 Bad input (a flag value, an override, an unsupported combination) prints one line per problem naming the flag
-or key, and exits 2 without a traceback. Only the standard library is imported at module level and a request is
-validated (pydantic, no torch) before the engine is imported, so `chitu --help` and a typo answer at once.
+or key, and exits 2 without a traceback. Only light modules are imported at module level (the standard library, the
+strategy names) and a request is validated (pydantic, no torch) before the engine is imported, so `chitu --help`
+and a typo answer at once.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from chitu_diffusion.flex_cache.registry import strategy_names  # folder names: no torch, no pydantic
 
 logger = logging.getLogger("chitu")
 
@@ -67,8 +70,6 @@ class UsageError(Exception):
 
 def register(commands: argparse._SubParsersAction) -> None:
     """Add the engine's commands to the `chitu` parser's subcommands (each sets `func`)."""
-    from chitu_diffusion.flex_cache.registry import strategy_names  # no torch; pydantic is needed to run anyway
-
     strategies = ", ".join(strategy_names())
 
     generate = commands.add_parser("generate", help="generate one video on this machine (a gang under torchrun)")

@@ -2,7 +2,8 @@
 
 import pytest
 
-from chitu_diffusion.config import ConfigError
+from chitu_diffusion.config import ConfigError, EngineConfig
+from chitu_diffusion.engines.checks import check_launch
 from chitu_diffusion.parallel.degrees import LayoutError, ParallelLayout, ulysses_degree
 from chitu_diffusion.parallel.groups import _rank_lists
 from chitu_diffusion.parallel.launch import DistributedEnv
@@ -80,3 +81,19 @@ def test_distributed_env():
     assert DistributedEnv.from_env({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1"}) == DistributedEnv(3, 4, 1)
     with pytest.raises(ValueError, match="outside WORLD_SIZE"):
         DistributedEnv.from_env({"WORLD_SIZE": "2", "RANK": "2"})
+
+
+def test_launch_check_uses_the_models_heads_and_the_worst_case_without_them(monkeypatch):
+    """One rule for "DiTango needs ring >= 2": with the model's 2 heads, cp 4 under up_limit 8 is Ulysses 2 x ring
+    2 and runs; without the heads (the worker before its download, the contract at admission) Ulysses could take
+    all 4 ranks, so the same settings are refused. A single process is ring 1."""
+    config = EngineConfig.from_overrides(["infer.diffusion.cp_size=4", "infer.diffusion.up_limit=8"])
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "0")
+    check_launch(config, "ditango", num_heads=2)
+    with pytest.raises(LayoutError, match="ulysses 4 x ring 1"):
+        check_launch(config, "ditango", num_heads=None)
+    check_launch(config, "pab", num_heads=None)  # a strategy without the trait
+    monkeypatch.delenv("WORLD_SIZE")
+    with pytest.raises(ConfigError, match="cp_size=4 needs context parallelism across processes"):
+        check_launch(config, "none")
