@@ -81,6 +81,11 @@ CASES = [
     ),
     ("missing-service-account", spec_with("worker", serviceAccountName="no-such-account"), "no-such-account"),
     ("missing-command", spec_with("worker", command=["no-such-command"]), "no-such-command"),
+    (
+        "missing-volume-claim",
+        spec_with("model", uri="/models/unused", volume={"persistentVolumeClaim": {"claimName": "no-such-claim"}}),
+        "no-such-claim",
+    ),
     ("gang-larger-than-any-node", spec_with("parallelism", gpusPerPod=16, cfg=2, cpSize=8), "nvidia.com/gpu"),
 ]
 
