@@ -10,6 +10,7 @@ prompt 0 is not generated again.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import textwrap
 from pathlib import Path
@@ -73,8 +74,11 @@ def apply_example(cluster, k8s, namespace, s3, tiny_model_dir, tmp_path, env: li
 
 
 def printer_row(cluster, namespace: str, name: str) -> dict[str, str]:
+    """Column -> cell of `kubectl get gj NAME`, cut at the header's column starts (a cell may be empty)."""
     header, row = kubectl(cluster, "get", "gj", name, "-n", namespace).splitlines()
-    return dict(zip(header.split(), row.split(), strict=True))
+    starts = [match.start() for match in re.finditer(r"\S+", header)]
+    ends = [*starts[1:], None]
+    return {column: row[start:end].strip() for column, start, end in zip(header.split(), starts, ends, strict=True)}
 
 
 def wait_finished(cluster, k8s, namespace: str, name: str, on_poll=lambda: None) -> dict:
