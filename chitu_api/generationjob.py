@@ -185,7 +185,8 @@ class Engine(ContractModel):
 class WorkerTemplate(ContractModel):
     """The worker pods' container."""
 
-    image: str = Field(min_length=1, max_length=1024, description="The worker image (runs chitu-worker).")
+    image: str | None = Field(None, min_length=1, max_length=1024, description="The worker image (runs "
+                              "chitu-worker); default: the platform's (chart value jobDefaults.worker.image).")
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field("IfNotPresent", description="When the "
                                                                           "kubelet pulls the image.")
     resources: ResourceRequirements = Field(default_factory=dict, description="Container requests and limits; the "
@@ -217,8 +218,9 @@ class CredentialsSecretRef(ContractModel):
 class Output(ContractModel):
     """Where videos, metrics and policy files go."""
 
-    uri: str = Field(max_length=1024, description="s3://bucket/prefix; objects land under <prefix>/<job name>-"
-                     "<uid[:8]>/prompt-<index:04d>/.", json_schema_extra=rules(cel(
+    uri: str | None = Field(None, max_length=1024, description="s3://bucket/prefix; objects land under <prefix>/"
+                            "<job name>-<uid[:8]>/prompt-<index:04d>/. Default: the platform's (chart value "
+                            "jobDefaults.output.uri).", json_schema_extra=rules(cel(
                          f"self.matches('{S3_URI_PATTERN}')", "output.uri must start with s3:// and name a bucket")))
     endpoint: str | None = Field(None, max_length=1024, description="S3 endpoint URL (default AWS).",
                                  json_schema_extra=rules(cel("self.startsWith('http://') || self.startsWith('https://')",
@@ -230,8 +232,8 @@ class Output(ContractModel):
 
     @field_validator("uri")
     @classmethod
-    def _s3(cls, uri: str) -> str:
-        if not re.match(S3_URI_PATTERN, uri):
+    def _s3(cls, uri: str | None) -> str | None:
+        if uri is not None and not re.match(S3_URI_PATTERN, uri):
             raise ValueError(f"must look like s3://bucket/prefix (a bucket of 3-63 lower-case letters, digits, "
                              f"'.' or '-'), got {uri!r}")
         return uri
@@ -285,8 +287,9 @@ def _ring_attention_rule() -> dict[str, str]:
 class GenerationJobSpec(ContractModel):
     """What to generate, with which model, engine settings and parallelism, and where to put it."""
 
-    #: Required by the CRD (a job on a cluster needs pods); optional to a worker running a manifest file.
-    CLUSTER_REQUIRED: ClassVar[tuple[str, ...]] = ("worker",)
+    #: Sections the CRD requires. None: the worker's image and the output come from the job or the platform
+    #: defaults (chitu_api.operatorconfig.with_platform_defaults); parse_spec checks them after the merge.
+    CLUSTER_REQUIRED: ClassVar[tuple[str, ...]] = ()
 
     model: ModelSource = Field(description="The diffusers model directory. Immutable.",
                                json_schema_extra=rules(immutable("spec.model")))
@@ -306,9 +309,10 @@ class GenerationJobSpec(ContractModel):
                                      json_schema_extra=rules(immutable("spec.parallelism")))
     engine: Engine = Field(Engine(), description="Engine settings (infer.diffusion.*). Immutable.",
                            json_schema_extra=rules(immutable("spec.engine")))
-    worker: WorkerTemplate | None = Field(None, description="The worker pods' container (required on a cluster). "
-                                          "Immutable.", json_schema_extra=rules(immutable("spec.worker")))
-    output: Output = Field(description="Where videos, metrics and policy files go. Immutable.",
+    worker: WorkerTemplate | None = Field(None, description="The worker pods' container; unset fields come from "
+                                          "the platform defaults. Immutable.", json_schema_extra=rules(immutable("spec.worker")))
+    output: Output | None = Field(None, description="Where videos, metrics and policy files go; unset fields come "
+                                  "from the platform defaults. Immutable.",
                            json_schema_extra=rules(immutable("spec.output")))
     run_policy: RunPolicy = Field(RunPolicy(), description="How the job runs. Mutable.")
     scheduling: Scheduling = Field(Scheduling(), description="Pod placement. Mutable only while the job is "
@@ -353,17 +357,26 @@ def field_path(loc: tuple) -> str:
     return path
 
 
+def _check_runnable(spec: GenerationJobSpec) -> None:
+    """What a cluster needs that the job or the platform defaults must give (checked after the merge)."""
+    if spec.worker is None or spec.worker.image is None:
+        raise InvalidSpec("spec.worker.image", "not set by the job, and the platform has no default (chart value "
+                          "jobDefaults.worker.image)")
+    if spec.output is None or spec.output.uri is None:
+        raise InvalidSpec("spec.output.uri", "not set by the job, and the platform has no default (chart value "
+                          "jobDefaults.output.uri)")
+
+
 def parse_spec(spec: Mapping[str, Any], *, require_worker: bool = True) -> GenerationJobSpec:
-    """The typed spec, or InvalidSpec naming the first offending field. `require_worker`: the sections in
-    CLUSTER_REQUIRED are needed to run on a cluster (the CRD requires them), not by a worker running a manifest
-    file locally."""
+    """The typed spec, or InvalidSpec naming the first offending field. `require_worker`: what a cluster needs
+    (the worker image, the output URI) must be there, from the job or with_platform_defaults; a worker running a
+    manifest file locally, or a client checking one, needs neither."""
     try:
         parsed = GenerationJobSpec.model_validate(spec)
     except ValidationError as err:
         first = err.errors()[0]
         raise InvalidSpec(field_path(first["loc"]), error_message(first)) from err
-    for name in GenerationJobSpec.CLUSTER_REQUIRED if require_worker else ():
-        if getattr(parsed, name) is None:
-            raise InvalidSpec(f"spec.{GenerationJobSpec.model_fields[name].alias}", "Field required")
+    if require_worker:
+        _check_runnable(parsed)
     _check_across_fields(parsed)
     return parsed

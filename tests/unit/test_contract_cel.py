@@ -90,8 +90,8 @@ def apiserver_rejection(schema: dict, value, old=None, path: str = "spec", trans
 
 
 def python_rejection(spec: dict) -> str | None:
-    try:
-        parse_spec(spec)
+    try:  # what the apiserver can check: the worker image and output may still come from the platform defaults
+        parse_spec(spec, require_worker=False)
     except InvalidSpec as err:
         return err.field
     return None

@@ -109,7 +109,9 @@ def test_schema_is_structural_and_explained():
             free_form.add(path)
         if path.count(".") > 1 and not path.endswith("[]"):
             assert schema.get("description"), path
-    assert free_form == {".spec.model.volume", ".spec.worker.env[].valueFrom"}
+    core_v1_objects = {".spec.worker.volumes[]", ".spec.worker.volumeMounts[]", ".spec.worker.envFrom[]",
+                       ".spec.worker.podSecurityContext", ".spec.worker.securityContext", ".spec.scheduling.affinity"}
+    assert free_form == {".spec.model.volume", ".spec.worker.env[].valueFrom", *core_v1_objects}
 
 
 def test_printer_columns_point_at_fields_of_their_type():
@@ -141,8 +143,9 @@ def test_spec_subtrees_are_immutable_except_run_policy_and_scheduling():
     assert not [rule for path, rule in all_rules() if path.startswith(".spec.runPolicy")]
 
 
-def test_cluster_requires_a_worker_template():
-    assert node("spec")["required"] == ["model", "worker", "output"]
+def test_the_worker_image_and_the_output_may_come_from_the_platform_defaults():
+    assert node("spec")["required"] == ["model"]
+    assert "required" not in node("spec.worker") and "required" not in node("spec.output")
 
 
 def _defaults(schema: dict, path: tuple[str, ...] = ()):

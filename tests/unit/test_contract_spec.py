@@ -74,9 +74,13 @@ def test_invalid_specs_name_the_field(changes, field):
     assert str(err.value).startswith(field) and str(err.value).startswith(f"{err.value.field}: ")
 
 
-def test_missing_required_fields_are_named():
-    with pytest.raises(InvalidSpec, match=r"^spec\.worker: Field required"):
+def test_what_a_cluster_needs_is_named_when_neither_job_nor_platform_gives_it():
+    with pytest.raises(InvalidSpec, match=r"^spec\.worker\.image: not set by the job, and the platform has no "
+                                          r"default \(chart value jobDefaults\.worker\.image\)"):
         parse_spec({key: value for key, value in MINIMAL.items() if key != "worker"})
+    with pytest.raises(InvalidSpec, match=r"^spec\.output\.uri: not set .* jobDefaults\.output\.uri"):
+        parse_spec({key: value for key, value in MINIMAL.items() if key != "output"})
+    assert parse_spec({"model": {"uri": "/m"}, "prompt": "a"}, require_worker=False).output is None
 
 
 def test_unknown_fields_are_ignored_for_forward_compatibility():
