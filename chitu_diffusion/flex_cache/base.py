@@ -16,7 +16,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections import defaultdict
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from chitu_diffusion.task import FlexCacheParams
 
 
-class Decision(str, Enum):
+class Decision(StrEnum):
     WARMUP = "warmup"  # forced full compute: first `warmup` steps
     COOLDOWN = "cooldown"  # forced full compute: last `cooldown` steps
     ANCHOR = "anchor"  # forced full compute chosen by the strategy (e.g. DiTango's anchor steps)

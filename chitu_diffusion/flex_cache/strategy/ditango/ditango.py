@@ -79,7 +79,11 @@ class DiTangoStepHook(StatefulHook):
 
 @fused_on_cuda
 def _share_change_sq(
-    fresh_out: torch.Tensor, fresh_lse: torch.Tensor, cached_out: torch.Tensor, cached_lse: torch.Tensor, total_lse: torch.Tensor
+    fresh_out: torch.Tensor,
+    fresh_lse: torch.Tensor,
+    cached_out: torch.Tensor,
+    cached_lse: torch.Tensor,
+    total_lse: torch.Tensor,
 ) -> torch.Tensor:
     weight_f = torch.exp(fresh_lse - total_lse).transpose(1, 2).unsqueeze(-1)  # (B, Lq, H, 1)
     weight_c = torch.exp(cached_lse - total_lse).transpose(1, 2).unsqueeze(-1)

@@ -169,7 +169,10 @@ class DiTangoPlanner:
         quantile = float(torch.nanquantile(self.rates, self.config.quantile))
         budget = quantile * self.config.budget_steps
         previous = self.threshold
-        self.threshold = budget if previous is None else THRESHOLD_MOMENTUM * previous + (1 - THRESHOLD_MOMENTUM) * budget
+        if previous is None:
+            self.threshold = budget
+        else:
+            self.threshold = THRESHOLD_MOMENTUM * previous + (1 - THRESHOLD_MOMENTUM) * budget
         logger.debug("DiTango step %s: ASE/step quantile %.3g -> threshold %.3g", self.step, quantile, self.threshold)
 
     def _codes(self) -> np.ndarray:
