@@ -68,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not missing or missing.startswith("chitu"):
             raise  # our own code is missing or broken: show the real error
         extra = args.group.extra
-        print(f"chitu {args.command}: error: needs {missing}, which is not installed: pip install 'chitu[{extra}]'",
-              file=sys.stderr)
+        print(
+            f"chitu {args.command}: error: needs {missing}, which is not installed: pip install 'chitu[{extra}]'",
+            file=sys.stderr,
+        )
         return MISSING_DEPENDENCY

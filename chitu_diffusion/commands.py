@@ -56,8 +56,11 @@ GENERATE_FLAGS = (
 )
 _FLAG_BY_FIELD = {f.field: f.flag for f in GENERATE_FLAGS}
 #: calibration runs are full-compute runs of these request settings, one per --prompt
-CALIBRATE_FLAGS = tuple(f for f in GENERATE_FLAGS if f.field in ("num_inference_steps", "guidance_scale", "height",
-                                                                 "width", "num_frames", "seed"))
+CALIBRATE_FLAGS = tuple(
+    f
+    for f in GENERATE_FLAGS
+    if f.field in ("num_inference_steps", "guidance_scale", "height", "width", "num_frames", "seed")
+)
 
 
 class UsageError(Exception):

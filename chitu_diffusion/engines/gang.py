@@ -119,4 +119,3 @@ class ParallelEngine(Engine):
         metrics = super()._metrics(params, sample, *args)
         metrics["parallel"] = self.groups.layout.describe()
         return metrics
-

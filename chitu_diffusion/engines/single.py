@@ -251,4 +251,3 @@ class Engine:
             "cache": sample.cache,
             "versions": versions(),
         }
-

@@ -29,8 +29,9 @@ def register_strategy(cls: type[FlexCacheStrategy]) -> type[FlexCacheStrategy]:
     """Class decorator: make `cls` selectable by its lower-case `name`, which must name its folder and file."""
     name = cls.name.lower()
     if cls.__module__ != f"{STRATEGY_PACKAGE}.{name}.{name}":
-        raise ValueError(f"FlexCache strategy {name!r} must live in {STRATEGY_PACKAGE}.{name}.{name}, not "
-                         f"{cls.__module__}")
+        raise ValueError(
+            f"FlexCache strategy {name!r} must live in {STRATEGY_PACKAGE}.{name}.{name}, not {cls.__module__}"
+        )
     if name in _REGISTRY and _REGISTRY[name] is not cls:
         raise ValueError(f"FlexCache strategy {name!r} registered twice ({_REGISTRY[name]} and {cls})")
     _REGISTRY[name] = cls

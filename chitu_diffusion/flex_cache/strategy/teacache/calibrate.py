@@ -145,7 +145,10 @@ def fit(samples: list[CalibrationSample], variant: str, degree: int = DEGREE) ->
         logger.warning(
             "the degree-%d fit is poorly conditioned on %d samples with input changes in [%.3g, %.3g]: "
             "calibrate with more prompts or steps",
-            degree, len(samples), x.min(), x.max(),
+            degree,
+            len(samples),
+            x.min(),
+            x.max(),
         )
     rmse = float(np.sqrt(np.mean((np.polyval(coefficients, x) - y) ** 2)))
     return {
