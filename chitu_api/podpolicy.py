@@ -132,6 +132,8 @@ def _secret_problems(field: str, name: str | None, policy: PodPolicy) -> Iterato
 
 def _output_problems(spec: GenerationJobSpec, policy: PodPolicy) -> Iterator[Problem]:
     output = spec.output
+    if output is None:  # given by the platform's defaults (checked there), or a local run
+        return
     if output.endpoint and (urlsplit(output.endpoint).username or urlsplit(output.endpoint).password):
         yield "spec.output.endpoint", "must not hold credentials (user:password@): use credentialsSecretRef"
     ref = output.credentials_secret_ref

@@ -6,7 +6,8 @@ from its job (chitu_worker.kube, chitu_worker.plan), skips prompts already compl
 prompt writes a small stand-in video and metrics.json, uploads them with the worker's own S3Store and
 outputs.upload (so S3 faults meet the worker's retries), and reports through the worker's ProgressReporter.
 Other ranks wait as long as rank 0 works. Knobs (env): SECONDS_PER_PROMPT (default 0.2); RUNS, a file that
-gets one line ``<uid> <prompt index>`` per prompt generated, so a test can count prompts generated twice.
+gets one line ``<uid> <prompt index>`` per prompt generated and stored, so a test can count prompts generated
+twice (a prompt cut off midway by a fault is redone, and not counted).
 """
 
 from __future__ import annotations
@@ -64,16 +65,14 @@ def run() -> None:
     done = [i for i in range(len(plan.prompts)) if i not in pending]
     reporter.begin(outputs.status_entry(i, plan.prompts[i].prompt, plan.prompt_prefix(i)) for i in done)
     for index in pending:
-        if runs := os.environ.get("RUNS"):
-            with open(runs, "a") as record:
-                record.write(f"{plan.job.uid} {index}\n")
         with tempfile.TemporaryDirectory() as workdir:
             prefix = plan.prompt_prefix(index)
             policies = outputs.upload(store, prefix, generate(index, Path(workdir), seconds))
-            reporter.prompt_done(outputs.status_entry(index, plan.prompts[index].prompt, prefix, policies))
-    finish = getattr(reporter, "finish", None)
-    if finish is not None:
-        finish()
+        if runs := os.environ.get("RUNS"):
+            with open(runs, "a") as record:
+                record.write(f"{plan.job.uid} {index}\n")
+        reporter.prompt_done(outputs.status_entry(index, plan.prompts[index].prompt, prefix, policies))
+    reporter.finish()
 
 
 def main() -> int:

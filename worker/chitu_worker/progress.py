@@ -4,6 +4,11 @@ Reporting must never cost a video: a failed publish is logged and generation goe
 (at most one per `min_interval`, none for `retry_after` seconds after a failure); the start of the run and the
 end of every prompt are always published, so the status is exact at prompt boundaries.
 
+A worker that finishes must not exit 0 before its outputs are in the job's status (issue 14 (d): the API was
+unreachable at the end, and the job showed 1/4 prompts though all 4 videos were stored): `finish()` sends the
+final status until the job has it, and raises ReportLost after `finish_seconds`; the attempt then fails and the
+next one, finding every prompt complete in storage, reports them.
+
 `status.outputs` is a list, and a JSON merge patch replaces lists whole: the reporter keeps the full list,
 starting from the one in the job as fetched, keyed by prompt index, and sends all of it whenever it changed.
 """
@@ -19,6 +24,12 @@ from chitu_worker.outputs import now_rfc3339
 logger = logging.getLogger(__name__)
 
 Publish = Callable[[dict], None]  # receives the `status` object to merge
+FINISH_SECONDS = 120.0
+FINISH_MAX_DELAY_SECONDS = 15.0
+
+
+class ReportLost(RuntimeError):
+    """The final status could not be written: the outputs are stored but the job does not list them."""
 
 
 class ProgressReporter:
@@ -66,6 +77,24 @@ class ProgressReporter:
         self._done += 1
         self._step = 0
         self._send()
+
+    def finish(self, finish_seconds: float = FINISH_SECONDS, sleep: Callable[[float], None] = time.sleep) -> None:
+        """The final status with every output, sent until the job has it (1, 2, 4 ... 15 s apart)."""
+        self._outputs_changed = True
+        deadline, delay = self._clock() + finish_seconds, 1.0
+        while True:
+            try:
+                self._publish(self.status())
+                self._outputs_changed = False
+                return
+            except Exception as err:
+                if self._clock() >= deadline:
+                    raise ReportLost(f"the final status ({self._done}/{self._prompts_total} prompts) could not be "
+                                     f"written for {finish_seconds:.0f} s: {type(err).__name__}: {err}") from err
+                logger.warning("final status not reported (%s: %s); retrying in %.0f s", type(err).__name__, err,
+                               delay)
+                sleep(delay)
+                delay = min(delay * 2, FINISH_MAX_DELAY_SECONDS)
 
     def status(self) -> dict:
         all_done = self._done >= self._prompts_total

@@ -32,6 +32,7 @@ from chitu_worker.logs import configure_logging
 from chitu_worker.modelcache import resolve_model
 from chitu_worker.plan import WorkerPlan
 from chitu_worker.progress import ProgressReporter, log_publisher
+from chitu_worker.filestore import RoutedStore
 from chitu_worker.storage import ObjectStore, S3Store
 
 logger = logging.getLogger("chitu_worker.rank")  # not __main__ under `python -m`
@@ -87,13 +88,17 @@ def make_reporter(plan: WorkerPlan, pending: list[int]) -> ProgressReporter:
 
 def run_rank(plan: WorkerPlan, env: DistributedEnv) -> None:
     leader = env.rank == 0
-    store = S3Store.connect(plan.s3)
+    store = RoutedStore(lambda: S3Store.connect(plan.s3))  # a local run's folder, or S3 (connected when first used)
     check_launch(plan.engine, plan.prompts[0].cache.strategy)  # before any download or load
     with gang(env, plan):
+        if leader:  # parts of an upload an earlier attempt was cut off in: no object, only cost
+            store.abort_incomplete_uploads(plan.output_prefix)
         pending = from_leader(env, lambda: pending_prompts(plan, store))
         reporter = make_reporter(plan, pending) if leader else None
         if not pending:
             logger.info("all %d prompts are already complete in %s", len(plan.prompts), plan.output_prefix)
+            if reporter is not None:
+                reporter.finish()
             return
         logger.info("prompts to generate: %s of %d", pending, len(plan.prompts))
         engine = load_engine(resolve_model(plan.model_uri, store, plan.model_cache), plan.engine)
@@ -106,6 +111,8 @@ def run_rank(plan: WorkerPlan, env: DistributedEnv) -> None:
                     policies = outputs.upload(store, prefix, result)
                     reporter.prompt_done(outputs.status_entry(index, params.prompt, prefix, policies))
             logger.info("prompt %d done", index)
+        if reporter is not None:
+            reporter.finish()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,11 @@
 Objects are named by `s3://bucket/key` URIs throughout, so one store serves the model prefix and the output
 prefix even when they live in different buckets.
 
+Faults: every call is retried while its error is transient (no connection, timeouts, 5xx, throttling), with
+exponential backoff, for up to `S3Settings.retry_seconds`; then StorageUnavailable ends the attempt with a clear
+reason (chitu_worker.storageretry). A multipart upload cut off midway leaves parts that `abort_incomplete_uploads`
+removes at the start of the next attempt.
+
 Integrity: every upload carries a SHA-256 flexible checksum (`ChecksumAlgorithm='SHA256'`), which the server
 verifies before it stores the object; multipart uploads get a checksum per part and a composite one. SeaweedFS
 4.48 accepts this (and rejects a wrong digest with BadDigest), so no Content-MD5 fallback is needed.
@@ -19,6 +24,8 @@ import botocore.config
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict
+
+from chitu_worker.storageretry import retrying
 
 logger = logging.getLogger(__name__)
 
@@ -71,32 +78,37 @@ class S3Settings(BaseModel):
 
     endpoint: str | None = None  # None = AWS
     region: str | None = None
+    retry_seconds: float = 180  # how long transient failures are retried: outlasts an endpoint restart or failover
+    connect_timeout: float = 10
+    read_timeout: float = 60  # per request; a frozen endpoint costs this much per retry
 
 
 class S3Store:
     """`ObjectStore` on a boto3 S3 client."""
 
-    def __init__(self, client, transfer: TransferConfig = DEFAULT_TRANSFER):
+    def __init__(self, client, transfer: TransferConfig = DEFAULT_TRANSFER, retry_seconds: float = 0):
         self.client = client
         self.transfer = transfer
+        self.retry_seconds = retry_seconds
 
     @classmethod
     def connect(cls, settings: S3Settings, transfer: TransferConfig = DEFAULT_TRANSFER) -> S3Store:
         config = botocore.config.Config(
-            retries={"mode": "standard", "max_attempts": 5},
-            connect_timeout=10,
-            read_timeout=120,
+            retries={"mode": "standard", "max_attempts": 3},  # quick retries of a request; outages: retry_seconds
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
             # Self-hosted endpoints (SeaweedFS, MinIO) are addressed by path: bucket names are not DNS names there.
             s3={"addressing_style": "path" if settings.endpoint else "auto"},
         )
         # A session of its own: credentials are read from the environment now, not cached by boto3's default one.
         session = boto3.session.Session(region_name=settings.region)
-        return cls(session.client("s3", endpoint_url=settings.endpoint, config=config), transfer)
+        client = session.client("s3", endpoint_url=settings.endpoint, config=config)
+        return cls(client, transfer, settings.retry_seconds)
 
     def exists(self, uri: str) -> bool:
         bucket, key = split_uri(uri)
         try:
-            self.client.head_object(Bucket=bucket, Key=key)
+            self._retrying(lambda: self.client.head_object(Bucket=bucket, Key=key), f"check {uri}")
         except ClientError as err:
             if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return False
@@ -106,7 +118,8 @@ class S3Store:
     def upload_file(self, path: Path, uri: str) -> None:
         bucket, key = split_uri(uri)
         extra = {"ContentType": content_type(path), "ChecksumAlgorithm": "SHA256"}
-        self.client.upload_file(str(path), bucket, key, ExtraArgs=extra, Config=self.transfer)
+        self._retrying(lambda: self.client.upload_file(str(path), bucket, key, ExtraArgs=extra, Config=self.transfer),
+                       f"upload {uri}")
         logger.info("uploaded %s (%d bytes) to %s", path.name, path.stat().st_size, uri)
 
     def download_prefix(self, uri: str, dest: Path) -> int:
@@ -119,12 +132,34 @@ class S3Store:
                     continue
                 target = dest / _safe_relative(relative, uri)
                 target.parent.mkdir(parents=True, exist_ok=True)
-                self.client.download_file(
-                    bucket, obj["Key"], str(target), ExtraArgs={"ChecksumMode": "ENABLED"}, Config=self.transfer
-                )
+                self._retrying(lambda key=obj["Key"], target=target: self.client.download_file(
+                    bucket, key, str(target), ExtraArgs={"ChecksumMode": "ENABLED"}, Config=self.transfer
+                ), f"download s3://{bucket}/{obj['Key']}")
                 count += 1
         logger.info("downloaded %d objects from %s to %s", count, uri, dest)
         return count
+
+
+    def abort_incomplete_uploads(self, uri: str) -> int:
+        """Abort the multipart uploads left unfinished under the prefix `uri` (by an attempt cut off midway:
+        their parts take space and are billed, yet are no object); returns how many."""
+        bucket, prefix = split_uri(uri.rstrip("/") + "/")
+        try:
+            listing = self._retrying(lambda: self.client.list_multipart_uploads(Bucket=bucket, Prefix=prefix),
+                                     f"list unfinished uploads under {uri}")
+        except ClientError as err:  # a key allowed to write objects but not to list uploads: nothing to clean
+            logger.warning("unfinished uploads under %s not checked: %s", uri, err)
+            return 0
+        uploads = listing.get("Uploads", [])
+        for upload in uploads:
+            self._retrying(lambda u=upload: self.client.abort_multipart_upload(
+                Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"]), f"abort the unfinished upload of {upload['Key']}")
+        if uploads:
+            logger.info("aborted %d unfinished multipart uploads under %s", len(uploads), uri)
+        return len(uploads)
+
+    def _retrying(self, call, what: str):
+        return retrying(call, what, self.retry_seconds)
 
 
 def _safe_relative(relative: str, uri: str) -> PurePosixPath:
