@@ -18,7 +18,10 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import AfterValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from chitu_api.corev1 import EnvVar, ResourceRequirements, Toleration
+from chitu_api.failurepolicy import PodFailurePolicy
 from chitu_api.names import WORKER_IDENTITY
+from chitu_api.podpolicy import PodPolicy, pod_value_problems
+from chitu_api.podtemplate import KubeObject, PodTemplateFields
 from chitu_api.schema import FREE_FORM, ContractModel, cel, error_message, immutable, rules
 from chitu_diffusion.flex_cache.registry import requires_ring_attention, strategy_names, strategy_problem
 from chitu_diffusion.parallel.degrees import MAX_CFG_DEGREE, RING_ATTENTION_CEL
@@ -182,8 +185,8 @@ class Engine(ContractModel):
     compile: bool = Field(False, description="Regional torch.compile of the repeated DiT blocks.")
 
 
-class WorkerTemplate(ContractModel):
-    """The worker pods' container."""
+class WorkerTemplate(PodTemplateFields):
+    """The worker pods' container, and the pod fields a GPU cluster needs (platform defaults fill the unset ones)."""
 
     image: str | None = Field(None, min_length=1, max_length=1024, description="The worker image (runs "
                               "chitu-worker); default: the platform's (chart value jobDefaults.worker.image).")
@@ -259,9 +262,15 @@ class RunPolicy(ContractModel):
     ttl_seconds_after_finished: int | None = Field(None, ge=0, description="Delete the finished job (and its pods) "
                                                    "this long after completion.",
                                                    json_schema_extra=rules(format="int64"))
+    restart_backoff_seconds: int = Field(10, ge=0, le=3600, description="Wait before a restarted gang's pods are "
+                                         "created, doubling with each restart (at most 300 s): a cause that outlasts "
+                                         "an attempt does not spend backoffLimit in seconds.")
     clean_pod_policy: Literal["None", "Running", "All"] = Field("Running", description="Pods deleted when the job "
                                                                 "finishes: None, Running (unfinished ones) or All.")
     suspend: bool = Field(False, description="true deletes the pods (phase Suspended); false recreates them.")
+    pod_failure_policy: PodFailurePolicy | None = Field(None, description="Rules on a failed rank's exit code or "
+                                                        "pod conditions: FailJob, Ignore (restart, not counted) or "
+                                                        "Count (chitu_api.failurepolicy); exit code 2 always fails.")
 
 
 class Scheduling(ContractModel):
@@ -271,8 +280,10 @@ class Scheduling(ContractModel):
         default_factory=dict, max_length=64, description="Node labels the worker pods require.")
     tolerations: tuple[Toleration, ...] = Field((), max_length=32, description="Taints the worker pods tolerate.")
     priority_class_name: str = Field("", max_length=253, description="The worker pods' PriorityClass.")
-    queue_name: str = Field("", max_length=63, description="Sets the kueue.x-k8s.io/queue-name label on the worker "
-                            "pods.")
+    queue_name: str = Field("", max_length=63, description="A Kueue LocalQueue: the gang waits, with no pod, until "
+                            "Kueue admits it whole (same as the job label kueue.x-k8s.io/queue-name; docs/kueue.md).")
+    affinity: KubeObject | None = Field(None, description="core/v1 Affinity of the worker pods.")
+    scheduler_name: str = Field("", max_length=253, description="The scheduler of the worker pods (e.g. volcano).")
 
 
 def _ring_attention_rule() -> dict[str, str]:
@@ -349,14 +360,6 @@ def _check_across_fields(spec: GenerationJobSpec) -> None:
         raise InvalidSpec(f"spec.parallelism.{field}", problem)
 
 
-def field_path(loc: tuple) -> str:
-    """A pydantic error location as the user writes the field: ('prompts', 1) -> spec.prompts[1]."""
-    path = "spec"
-    for part in loc:
-        path += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return path
-
-
 def _check_runnable(spec: GenerationJobSpec) -> None:
     """What a cluster needs that the job or the platform defaults must give (checked after the merge)."""
     if spec.worker is None or spec.worker.image is None:
@@ -367,10 +370,21 @@ def _check_runnable(spec: GenerationJobSpec) -> None:
                           "jobDefaults.output.uri)")
 
 
-def parse_spec(spec: Mapping[str, Any], *, require_worker: bool = True) -> GenerationJobSpec:
+def field_path(loc: tuple) -> str:
+    """A pydantic error location as the user writes the field: ('prompts', 1) -> spec.prompts[1]."""
+    path = "spec"
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return path
+
+
+def parse_spec(spec: Mapping[str, Any], *, require_worker: bool = True,
+               policy: PodPolicy | None = None) -> GenerationJobSpec:
     """The typed spec, or InvalidSpec naming the first offending field. `require_worker`: what a cluster needs
     (the worker image, the output URI) must be there, from the job or with_platform_defaults; a worker running a
-    manifest file locally, or a client checking one, needs neither."""
+    manifest file locally, or a client checking one, needs neither. Every value the worker pods will carry is
+    checked against Kubernetes' rules and the platform's `policy` (chitu_api.podpolicy), so a pod the apiserver
+    would refuse never leaves the job hanging."""
     try:
         parsed = GenerationJobSpec.model_validate(spec)
     except ValidationError as err:
@@ -379,4 +393,6 @@ def parse_spec(spec: Mapping[str, Any], *, require_worker: bool = True) -> Gener
     if require_worker:
         _check_runnable(parsed)
     _check_across_fields(parsed)
+    if problems := pod_value_problems(parsed, policy):
+        raise InvalidSpec(*problems[0])
     return parsed

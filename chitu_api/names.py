@@ -25,8 +25,9 @@ FINALIZER = f"{OPERATOR_PREFIX}/finalizer"
 
 WORKER_CONTAINER = "worker"
 WORKER_COMMAND = ("chitu-worker",)
-WORKER_IDENTITY = "chitu-worker"  # ServiceAccount, RoleBinding and ClusterRole share this name
-MASTER_PORT = 29500
+WORKER_IDENTITY = "chitu-worker"  # the default of spec.worker.serviceAccountName: "the job's own identity"
+MASTER_PORT = 29500  # the worker's default outside a cluster; on a cluster each job has its own (rendezvous_port)
+RENDEZVOUS_PORTS = range(20000, 30000)
 MODEL_VOLUME = "model"
 
 
@@ -34,8 +35,20 @@ def pod_name(job: str, rank: int) -> str:
     return f"{job}-worker-{rank}"
 
 
+def worker_identity(job: str) -> str:
+    """The job's own worker ServiceAccount, and its Role and RoleBinding (they reach only this job)."""
+    return f"{job}-worker"
+
+
 def service_name(job: str) -> str:
     return f"{job}-workers"
+
+
+def rendezvous_port(job_uid: str) -> int:
+    """Rank 0's rendezvous port, from the job's uid: a gang restarted while its old port lingers in TIME_WAIT, or
+    two jobs whose ranks share a host (hostNetwork, the dev cluster), do not collide on one fixed port."""
+    digits = int("".join(ch for ch in job_uid if ch in "0123456789abcdef") or "0", 16)
+    return RENDEZVOUS_PORTS.start + digits % len(RENDEZVOUS_PORTS)
 
 
 def master_addr(job: str, namespace: str) -> str:

@@ -3,10 +3,17 @@
 Every call is idempotent (409 AlreadyExists and 404 NotFound are success) because a decision may be
 carried out twice: by a retried handler or by a restarted operator. Deletions carry the pod's uid as
 a precondition, so a decision about an old pod can never delete its same-named successor.
+
+A create the apiserver refuses for good (403 Forbidden: a PodSecurity violation, a missing PriorityClass;
+422 Invalid) raises CreateRefused with the apiserver's own message, for the job's condition: retrying
+the same create would only repeat the refusal. A quota refusal (403 "exceeded quota") is not final: it is
+raised as the ApiException it is, and the caller retries with backoff.
 """
 
 from __future__ import annotations
 
+import datetime
+import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -17,12 +24,23 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from chitu_api.names import GROUP, PLURAL, VERSION, WORKER_IDENTITY, service_name
+from chitu_api.operatorconfig import WorkerDefaults
 
+from . import queueing as q
 from .lifecycle import Decision, Job
-from .manifests import build_pod, build_service, build_worker_role_binding, build_worker_service_account
+from .manifests import (
+    DEFAULT_PLATFORM,
+    build_network_policy,
+    build_pod,
+    build_service,
+    build_worker_identity,
+)
 from .pods import PodView
+from .status import FINISHED_PHASES, SUCCEEDED
 
 log = logging.getLogger(__name__)
+
+MAX_MESSAGE_CHARS = 1024
 
 
 @dataclass(frozen=True)
@@ -30,35 +48,105 @@ class KubeClients:
     core: client.CoreV1Api
     rbac: client.RbacAuthorizationV1Api
     custom: client.CustomObjectsApi
+    networking: client.NetworkingV1Api
 
     @classmethod
     def from_api_client(cls, api: client.ApiClient) -> KubeClients:
-        return cls(client.CoreV1Api(api), client.RbacAuthorizationV1Api(api), client.CustomObjectsApi(api))
+        return cls(client.CoreV1Api(api), client.RbacAuthorizationV1Api(api), client.CustomObjectsApi(api),
+                   client.NetworkingV1Api(api))
 
 
-def ensure_gang(kube: KubeClients, body: Mapping[str, Any], job: Job, ranks: Iterable[int]) -> None:
-    """The worker identity, the Service and the given ranks' pods of the current attempt."""
-    if job.spec.worker.service_account_name == WORKER_IDENTITY:
-        _create(kube.core.create_namespaced_service_account, job.namespace, build_worker_service_account(job.namespace))
-        _create(kube.rbac.create_namespaced_role_binding, job.namespace, build_worker_role_binding(job.namespace))
-    service = build_service(job)
-    kopf.adopt(service, owner=body)
-    _create(kube.core.create_namespaced_service, job.namespace, service)
-    for rank in ranks:
-        pod = build_pod(job, rank, job.attempt)
-        kopf.adopt(pod, owner=body)
-        _create(kube.core.create_namespaced_pod, job.namespace, pod)
+class CreateRefused(Exception):
+    """The apiserver refused, for good, an object the job needs; the message is the apiserver's."""
 
 
-def carry_out(kube: KubeClients, body: Mapping[str, Any], job: Job | None, decision: Decision) -> None:
-    """The decision's deletions and creations (its status patch is the caller's)."""
+def ensure_gang(kube: KubeClients, body: Mapping[str, Any], job: Job, ranks: Iterable[int],
+                platform: WorkerDefaults = DEFAULT_PLATFORM, placement: q.QueueView | None = None) -> None:
+    """The job's worker identity and NetworkPolicy (first attempt: they live as long as the job), the Service
+    and the given ranks' pods of the current attempt, each owned by the job."""
+    owned: list[tuple[Callable[..., Any], dict[str, Any]]] = []
+    if job.attempt == 0:
+        if job.spec.worker.service_account_name == WORKER_IDENTITY:
+            creators = {"ServiceAccount": kube.core.create_namespaced_service_account,
+                        "Role": kube.rbac.create_namespaced_role,
+                        "RoleBinding": kube.rbac.create_namespaced_role_binding}
+            owned += [(creators[manifest["kind"]], manifest) for manifest in build_worker_identity(job)]
+        owned.append((kube.networking.create_namespaced_network_policy, build_network_policy(job)))
+    owned.append((kube.core.create_namespaced_service, build_service(job)))
+    owned += [(kube.core.create_namespaced_pod, build_pod(job, rank, job.attempt, platform, placement))
+              for rank in ranks]
+    for create, manifest in owned:
+        kopf.adopt(manifest, owner=body)
+        _create(create, job.namespace, manifest)
+
+
+def carry_out(kube: KubeClients, body: Mapping[str, Any], job: Job | None, decision: Decision,
+              platform: WorkerDefaults = DEFAULT_PLATFORM, queue: QueuedWorkload | None = None) -> None:
+    """The decision's deletions and creations, and its Workload updates (its status patch is the caller's)."""
     namespace = body["metadata"]["namespace"]
     for pod in decision.delete_pods:
         delete_pod(kube, namespace, pod)
     if decision.delete_service:
         _ignore(404, kube.core.delete_namespaced_service, service_name(body["metadata"]["name"]), namespace)
     if decision.create_ranks and job is not None:
-        ensure_gang(kube, body, job, decision.create_ranks)
+        ensure_gang(kube, body, job, decision.create_ranks, platform, queue.view if queue else None)
+    if decision.create_workload and job is not None:
+        workload = q.build_workload(job.name, namespace, job.queue_name, job.spec.parallelism.pods,
+                                    build_pod(job, 0, job.attempt, platform)["spec"], _priority(kube, job))
+        kopf.adopt(workload, owner=body)
+        _create(lambda ns, manifest: kube.custom.create_namespaced_custom_object(
+            q.KUEUE_GROUP, q.KUEUE_VERSION, ns, q.WORKLOADS, manifest), namespace, workload)
+    if queue is None or queue.workload is None:
+        return
+    now = datetime.datetime.now(datetime.UTC)
+    if decision.requeue_workload:
+        _patch_workload(kube, queue.workload, q.requeue_patch(queue.workload, now))
+    finished = decision.transition and decision.transition.phase in FINISHED_PHASES
+    if finished and not queue.view.finished:
+        _patch_workload(kube, queue.workload, q.finish_patch(queue.workload, decision.transition.phase == SUCCEEDED,
+                                                             decision.transition.message, now))
+
+
+@dataclass(frozen=True)
+class QueuedWorkload:
+    """A queued job's Workload as read this tick (None: not created yet) and the lifecycle's view of it."""
+
+    workload: Mapping[str, Any] | None
+    view: q.QueueView
+
+
+def read_queue(kube: KubeClients, job: Job) -> QueuedWorkload:
+    """The job's Workload and the ResourceFlavors its admission names (one GET each, only for queued jobs)."""
+    try:
+        workload = kube.custom.get_namespaced_custom_object(q.KUEUE_GROUP, q.KUEUE_VERSION, job.namespace, q.WORKLOADS,
+                                                            q.workload_name(job.name))
+    except ApiException as err:
+        if err.status != 404:
+            raise
+        return QueuedWorkload(None, q.QueueView.absent())
+    names = {name for assignment in ((workload.get("status") or {}).get("admission") or {}).get("podSetAssignments")
+             or [] for name in (assignment.get("flavors") or {}).values()}
+    flavors = {name: kube.custom.get_cluster_custom_object(q.KUEUE_GROUP, q.KUEUE_VERSION, q.RESOURCE_FLAVORS, name)
+               for name in sorted(names)}
+    return QueuedWorkload(workload, q.QueueView.from_workload(workload, flavors))
+
+
+def _priority(kube: KubeClients, job: Job) -> q.WorkloadPriority | None:
+    """The gang's priority: the job's WorkloadPriorityClass label, else its pods' PriorityClass."""
+    if name := job.labels.get(q.PRIORITY_CLASS_LABEL):
+        value = kube.custom.get_cluster_custom_object(q.KUEUE_GROUP, q.KUEUE_VERSION, q.WORKLOAD_PRIORITY_CLASSES,
+                                                      name)["value"]
+        return q.WorkloadPriority(name, q.WORKLOAD_PRIORITY_SOURCE, int(value))
+    if name := job.spec.scheduling.priority_class_name:
+        value = client.SchedulingV1Api(kube.core.api_client).read_priority_class(name).value
+        return q.WorkloadPriority(name, q.POD_PRIORITY_SOURCE, int(value))
+    return None
+
+
+def _patch_workload(kube: KubeClients, workload: Mapping[str, Any], patch: Mapping[str, Any]) -> None:
+    meta = workload["metadata"]
+    kube.custom.patch_namespaced_custom_object_status(q.KUEUE_GROUP, q.KUEUE_VERSION, meta["namespace"], q.WORKLOADS,
+                                                      meta["name"], patch)
 
 
 def delete_pod(kube: KubeClients, namespace: str, pod: PodView) -> None:
@@ -79,8 +167,22 @@ def _create(create: Callable[..., Any], namespace: str, manifest: dict[str, Any]
         create(namespace, manifest)
         log.info("created %s %s/%s", manifest["kind"], namespace, manifest["metadata"]["name"])
     except ApiException as err:
-        if err.status != 409:
-            raise
+        if err.status == 409:
+            return
+        message = _api_message(err)
+        if err.status == 422 or (err.status == 403 and "exceeded quota" not in message):
+            raise CreateRefused(f"creating {manifest['kind']} {manifest['metadata']['name']} was refused "
+                                f"({err.status}): {message}") from None
+        raise
+
+
+def _api_message(err: ApiException) -> str:
+    """The apiserver's own explanation (the Status object's message), capped for a condition."""
+    try:
+        message = json.loads(err.body)["message"]
+    except (TypeError, ValueError, KeyError):
+        message = str(err.reason)
+    return message if len(message) <= MAX_MESSAGE_CHARS else message[:MAX_MESSAGE_CHARS] + "..."
 
 
 def _ignore(statuses: int | tuple[int, ...], call: Callable[..., Any], *args: Any, **kwargs: Any) -> None:

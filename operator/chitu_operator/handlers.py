@@ -1,17 +1,26 @@
 """kopf handlers, one per reaction; each reads top to bottom and delegates the thinking.
 
 - ``worker_pods`` (index): every worker pod's PodView by (namespace, job name), fed by the pod watch.
-- ``create_gang`` (on.create): validate, create the worker identity, Service and attempt 0's pods
-  (unless suspended), write the initial status. Its status patch also starts the reconcile timer.
-- ``reconcile`` (timer, while the job is active): decide(job, pods, now), carry it out, record it.
-  The timer is also how a restarted operator resumes its jobs: kopf respawns it for every active
-  job, and the decision is derived from the cluster (deterministic pod names, the index, the status),
-  so nothing is duplicated.
+- ``reconcile`` (timer, from creation until the job finishes): decide(job, pods, now), carry it out,
+  record it. A new job (no status yet) gets its worker identity, Service and pods and its initial status
+  the same way. The timer is also how a restarted operator resumes its jobs: kopf respawns it for every
+  unfinished job, and the decision is derived from the cluster (deterministic pod names, the index, the
+  status), so nothing is duplicated and no job is left without a status.
 - ``expire_finished`` (timer, finished jobs with ttlSecondsAfterFinished): first fires when the TTL
   runs out, then deletes the job; the garbage collector removes its pods and Service.
 
 kopf's finalizer sits on a job only while one of the timers serves it (kopf needs it to stop them
 cleanly); deletion then cascades through ownerReferences and the real garbage collector.
+
+There is deliberately no on.create/on.update handler: kopf keeps state for those on the object (a copy of the
+whole spec in a `last-handled-configuration` annotation, handler progress in others), which a spec of more
+than 256 KiB pushes past the apiserver's annotation limit (every patch then fails with 422), and which an
+operator killed between kopf's writes can leave claiming a creation that never happened. Timers keep no
+state on the object; everything is decided level-based from the job and its pods.
+
+A create the apiserver refuses (403 Forbidden, 422 Invalid: a PodSecurity violation, a missing
+PriorityClass) cannot succeed by retrying: the job fails with the apiserver's message (reason CreateRefused).
+Other API errors are retried with exponential backoff, logged as one line per retry (no traceback).
 """
 
 from __future__ import annotations
@@ -22,6 +31,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import kopf
+import urllib3
+from kubernetes.client.exceptions import ApiException
 
 from chitu_api.generationjob import InvalidSpec
 from chitu_api.names import FINALIZER, GROUP, JOB_NAME_LABEL, OPERATOR_PREFIX, PLURAL, ROLE_LABEL, VERSION, WORKER_ROLE
@@ -33,7 +44,8 @@ from .pods import PodView
 
 RECONCILE_INTERVAL_SECONDS = 1.0  # how soon a pod's change is acted on; ticks without news cost no API call
 TTL_RECHECK_SECONDS = 30.0  # only matters when ttlSecondsAfterFinished is raised after the job finished
-RETRY_SECONDS = 5.0  # after an API error (kopf's default is 60 s)
+RETRY_SECONDS = 5.0  # after an API error (kopf's default is 60 s), doubling on each failure in a row ...
+MAX_RETRY_SECONDS = 300.0  # ... up to this
 
 
 @kopf.on.startup()
@@ -63,44 +75,55 @@ def worker_pods(namespace: str, labels: Mapping[str, str], body: kopf.Body, **_:
     return {(namespace, labels[JOB_NAME_LABEL]): view} if view else {}
 
 
-@kopf.on.create(GROUP, VERSION, PLURAL, backoff=RETRY_SECONDS)
-def create_gang(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
-    now = _now()
-    try:
-        job = Job.from_body(body)
-    except InvalidSpec as err:
-        _record(body, patch, lifecycle.reject_invalid(body.metadata.uid, (), str(err), now), now, logger)
-        raise kopf.PermanentError(str(err)) from err
-    suspended = job.spec.run_policy.suspend
-    if not suspended:
-        gang.ensure_gang(memo.kube, body, job, range(job.spec.parallelism.pods))
-    patch.status.update(st.initial_status(
-        prompts=len(job.spec.prompt_list), steps=job.spec.generation.steps,
-        world_size=job.spec.parallelism.world_size, suspended=suspended, now=now, generation=job.generation))
-    message = (f"{job.spec.parallelism.pods} worker pods for {len(job.spec.prompt_list)} prompts, "
-               f"world size {job.spec.parallelism.world_size}" + (" (suspended)" if suspended else ""))
-    kopf.info(body, reason=st.JOB_CREATED, message=message)
-    logger.info("created: %s", message)
+def _is_unfinished(status: Mapping[str, Any], **_: Any) -> bool:
+    return status.get("phase") not in st.FINISHED_PHASES
 
 
-def _is_active(status: Mapping[str, Any], **_: Any) -> bool:
-    return status.get("phase") in st.ACTIVE_PHASES
-
-
-@kopf.timer(GROUP, VERSION, PLURAL, interval=RECONCILE_INTERVAL_SECONDS, backoff=RETRY_SECONDS, when=_is_active)
+@kopf.timer(GROUP, VERSION, PLURAL, interval=RECONCILE_INTERVAL_SECONDS, backoff=RETRY_SECONDS, when=_is_unfinished)
 def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, worker_pods: kopf.Index,
-              logger: logging.Logger, **_: Any) -> None:
+              logger: logging.Logger, retry: int, **_: Any) -> None:
     now = _now()
     meta = body.metadata
     pods = tuple(worker_pods.get((meta.namespace, meta.name), ()))
-    try:
-        job: Job | None = Job.from_body(body)
-        decision = lifecycle.decide(job, pods, now)
-    except InvalidSpec as err:
-        job, decision = None, lifecycle.reject_invalid(meta.uid, pods, str(err), now)
-    gang.carry_out(memo.kube, body, job, decision)
-    _record(body, patch, decision, now, logger)
-    patch.status.update(st.derived_patch(body.status, meta.get("generation")))
+    with memo.metrics.reconcile_seconds.time():
+        queue = None
+        try:
+            job: Job | None = Job.from_body(body, memo.config)
+            queue = gang.read_queue(memo.kube, job) if job.queue_name else None
+            decision = lifecycle.decide(job, pods, now, queue.view if queue else None)
+        except InvalidSpec as err:
+            job, decision = None, lifecycle.reject_invalid(meta.uid, pods, str(err), now)
+        try:
+            gang.carry_out(memo.kube, body, job, decision, memo.config.worker, queue)
+        except gang.CreateRefused as refused:
+            decision = lifecycle.reject_invalid(meta.uid, pods, str(refused), now, reason=st.CREATE_REFUSED)
+            gang.carry_out(memo.kube, body, None, decision, memo.config.worker)
+        except (ApiException, urllib3.exceptions.HTTPError) as err:
+            delay = min(RETRY_SECONDS * 2**retry, MAX_RETRY_SECONDS)
+            raise kopf.TemporaryError(f"{_api_error(err)}; retrying in {delay:.0f} s", delay=delay) from None
+        _record(body, patch, decision, now, logger)
+        patch.status.update(st.derived_patch(body.status, meta.get("generation")))
+    _count(memo, (meta.namespace, meta.name), job, decision, now)
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def observe_job(event: Mapping[str, Any], namespace: str, name: str, status: Mapping[str, Any], memo: kopf.Memo,
+                **_: Any) -> None:
+    """Every job event feeds the phase gauge and the prompts counter (metrics.py)."""
+    memo.metrics.observe_job((namespace, name), status, deleted=event.get("type") == "DELETED")
+
+
+def _count(memo: kopf.Memo, key: tuple[str, str], job: Job | None, decision: Decision, now: datetime.datetime) -> None:
+    """Gang restarts decided, and GPU-seconds of a running gang since its previous tick."""
+    if decision.transition and decision.transition.phase == st.RESTARTING:
+        memo.metrics.gang_restarts.labels(reason=decision.transition.reason).inc()
+    previous = memo.gpu_clock.pop(key, None)
+    if job is None or job.phase != st.RUNNING:
+        return
+    if previous is not None:
+        gpus = job.spec.parallelism.gpus_per_pod * job.spec.parallelism.pods
+        memo.metrics.gpu_seconds.inc(gpus * (now - previous).total_seconds())
+    memo.gpu_clock[key] = now
 
 
 def _expires(status: Mapping[str, Any], spec: Mapping[str, Any], **_: Any) -> bool:
@@ -131,6 +154,13 @@ def _record(body: kopf.Body, patch: kopf.Patch, decision: Decision, now: datetim
         logger.log(logging.WARNING if transition.warning else logging.INFO, "%s (%s): %s",
                    transition.phase, transition.reason, transition.message)
     patch.status.update(decision.status)
+
+
+def _api_error(err: Exception) -> str:
+    """One line for the log: an API error's status and reason, or the connection problem."""
+    if isinstance(err, ApiException):
+        return f"Kubernetes API error {err.status} {err.reason}"
+    return f"Kubernetes API unreachable: {type(err).__name__}"
 
 
 def _ttl(spec: Mapping[str, Any]) -> int | None:

@@ -1,8 +1,9 @@
 """Pure builders of the objects a GenerationJob runs on: plain dicts, no cluster needed.
 
-One headless Service and one pod per node rank (docs/generationjob.md names them); the worker's
-ServiceAccount and RoleBinding per namespace. Owner references are added by the caller with
-kopf.adopt (gang.py), except on the shared worker identity, which belongs to no job.
+One headless Service and one pod per node rank (docs/generationjob.md names them), the job's own worker
+identity (a ServiceAccount whose Role reaches only this job) and a NetworkPolicy that admits traffic to
+the worker pods only from the same job's ranks. Owner references are added by the caller with kopf.adopt
+(gang.py), so the garbage collector removes all of it with the job.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ from typing import Any
 from chitu_api.names import (
     ATTEMPT_LABEL,
     JOB_NAME_LABEL,
-    KUEUE_QUEUE_LABEL,
-    MASTER_PORT,
     MODEL_VOLUME,
     RANK_LABEL,
     ROLE_LABEL,
@@ -23,15 +22,23 @@ from chitu_api.names import (
     WORKER_ROLE,
     master_addr,
     pod_name,
+    rendezvous_port,
     service_name,
+    worker_identity,
 )
+from chitu_api.operatorconfig import WorkerDefaults
 from chitu_api.podenv import PodEnv, container_env
+from chitu_api.podpolicy import worker_resources
 
 from .lifecycle import Job
+from .podtemplate import apply_template, layer
+from .queueing import QueueView
+from .rbac import job_worker_rules
 
-GPU_RESOURCE = "nvidia.com/gpu"
+DEFAULT_PLATFORM = WorkerDefaults()
+
+RBAC_API = "rbac.authorization.k8s.io/v1"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "chitu-operator"}
-RENDEZVOUS_PORT = {"name": "rendezvous", "containerPort": MASTER_PORT}
 
 
 def build_service(job: Job) -> dict[str, Any]:
@@ -42,42 +49,45 @@ def build_service(job: Job) -> dict[str, Any]:
                      "labels": {JOB_NAME_LABEL: job.name, **MANAGED_BY}},
         "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,
                  "selector": {JOB_NAME_LABEL: job.name, ROLE_LABEL: WORKER_ROLE},
-                 "ports": [{"name": "rendezvous", "port": MASTER_PORT, "targetPort": MASTER_PORT}]},
+                 "ports": [{"name": "rendezvous", "port": rendezvous_port(job.uid),
+                            "targetPort": rendezvous_port(job.uid)}]},
     }
 
 
-def build_pod(job: Job, rank: int, attempt: int) -> dict[str, Any]:
-    """The pod of node rank ``rank`` in restart attempt ``attempt`` (same name in every attempt)."""
-    spec, worker, scheduling = job.spec, job.spec.worker, job.spec.scheduling
+def build_pod(job: Job, rank: int, attempt: int, platform: WorkerDefaults = DEFAULT_PLATFORM,
+              placement: QueueView | None = None) -> dict[str, Any]:
+    """The pod of node rank ``rank`` in restart attempt ``attempt`` (same name in every attempt): the platform's
+    defaults under the job's own pod fields (podtemplate.py), then the node labels and tolerations of the flavor
+    Kueue admitted the gang to (``placement``). The queue label stays on the job: its Workload is the gang's."""
+    spec, worker = job.spec, job.spec.worker
+    template = layer(platform, worker, job.spec.scheduling)
     name = pod_name(job.name, rank)
-    labels = {**worker.pod_labels, **MANAGED_BY, JOB_NAME_LABEL: job.name, RANK_LABEL: str(rank),
+    labels = {**template.labels, **MANAGED_BY, JOB_NAME_LABEL: job.name, RANK_LABEL: str(rank),
               ROLE_LABEL: WORKER_ROLE, ATTEMPT_LABEL: str(attempt)}
-    if scheduling.queue_name:
-        labels[KUEUE_QUEUE_LABEL] = scheduling.queue_name
     container = {
         "name": WORKER_CONTAINER, "image": worker.image, "imagePullPolicy": worker.image_pull_policy,
         "command": list(worker.command or WORKER_COMMAND), "env": build_worker_env(job, rank, attempt),
-        "resources": build_resources(job), "ports": [RENDEZVOUS_PORT],
+        "resources": build_resources(job), "ports": [{"name": "rendezvous", "containerPort": rendezvous_port(job.uid)}],
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never", "hostname": name, "subdomain": service_name(job.name),
-        "serviceAccountName": worker.service_account_name, "enableServiceLinks": False,
+        "serviceAccountName": worker_service_account(job), "enableServiceLinks": False,
         "containers": [container],
     }
     if spec.model.volume:
         pod_spec["volumes"] = [{**spec.model.volume, "name": MODEL_VOLUME}]
         container["volumeMounts"] = [{"name": MODEL_VOLUME, "mountPath": spec.model.mount_path, "readOnly": True}]
-    if scheduling.node_selector:
-        pod_spec["nodeSelector"] = dict(scheduling.node_selector)
-    if scheduling.tolerations:
-        pod_spec["tolerations"] = [dict(t) for t in scheduling.tolerations]
-    if scheduling.priority_class_name:
-        pod_spec["priorityClassName"] = scheduling.priority_class_name
     metadata = {"name": name, "namespace": job.namespace, "labels": labels}
-    if worker.pod_annotations:
-        metadata["annotations"] = dict(worker.pod_annotations)
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}
+    if template.annotations:
+        metadata["annotations"] = dict(template.annotations)
+    pod = apply_template({"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}, template,
+                         spec.parallelism.gpus_per_pod)
+    if placement is not None:
+        pod["spec"]["nodeSelector"] = {**pod["spec"].get("nodeSelector", {}), **placement.node_selector}
+        pod["spec"]["tolerations"] = [*pod["spec"].get("tolerations", []), *map(dict, placement.tolerations)]
+        pod["spec"] = {key: value for key, value in pod["spec"].items() if value != {} and value != []}
+    return pod
 
 
 def build_worker_env(job: Job, rank: int, attempt: int) -> list[dict[str, Any]]:
@@ -85,35 +95,47 @@ def build_worker_env(job: Job, rank: int, attempt: int) -> list[dict[str, Any]]:
     parallelism, output = job.spec.parallelism, job.spec.output
     values = PodEnv(
         job_name=job.name, job_namespace=job.namespace, job_uid=job.uid, restart_attempt=attempt,
-        master_addr=master_addr(job.name, job.namespace), master_port=MASTER_PORT, nnodes=parallelism.pods,
+        master_addr=master_addr(job.name, job.namespace), master_port=rendezvous_port(job.uid), nnodes=parallelism.pods,
         node_rank=rank, nproc_per_node=parallelism.procs_per_pod, world_size=parallelism.world_size,
-        s3_endpoint=output.endpoint, region=output.region,
+        s3_endpoint=output.endpoint, region=output.region, output_uri=output.uri,
     )
     return container_env(values, output.credentials_secret_ref) + [dict(var) for var in job.spec.worker.env]
 
 
 def build_resources(job: Job) -> dict[str, Any]:
-    """The user's requests/limits with the GPU count the parallelism needs (none for CPU-only pods)."""
-    resources = {kind: dict(amounts) for kind, amounts in job.spec.worker.resources.items()}
-    gpus = job.spec.parallelism.gpus_per_pod
-    if gpus:
-        resources.setdefault("limits", {})[GPU_RESOURCE] = str(gpus)
-        if GPU_RESOURCE in resources.get("requests", {}):
-            resources["requests"][GPU_RESOURCE] = str(gpus)  # extended resources need requests == limits
-    return resources
+    """The user's requests/limits with the GPU count the parallelism needs (the contract's, which checked them)."""
+    return worker_resources(job.spec)
 
 
-def build_worker_service_account(namespace: str) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "ServiceAccount",
-            "metadata": {"name": WORKER_IDENTITY, "namespace": namespace, "labels": dict(MANAGED_BY)}}
+def worker_service_account(job: Job) -> str:
+    """The pods' ServiceAccount: the job's own identity, unless spec.worker names another (the user's to bind)."""
+    account = job.spec.worker.service_account_name
+    return worker_identity(job.name) if account == WORKER_IDENTITY else account
 
 
-def build_worker_role_binding(namespace: str) -> dict[str, Any]:
-    """Grants the namespace's worker ServiceAccount the chitu-worker ClusterRole (rbac.py) here only."""
+def build_worker_identity(job: Job) -> list[dict[str, Any]]:
+    """ServiceAccount, Role and RoleBinding <job>-worker: the workers may read this job and patch its status,
+    nothing else (a worker's token used to reach every job of its namespace)."""
+    name = worker_identity(job.name)
+    metadata = {"name": name, "namespace": job.namespace, "labels": {JOB_NAME_LABEL: job.name, **MANAGED_BY}}
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": dict(metadata)},
+        {"apiVersion": RBAC_API, "kind": "Role", "metadata": dict(metadata),
+         "rules": [rule.manifest() for rule in job_worker_rules(job.name)]},
+        {"apiVersion": RBAC_API, "kind": "RoleBinding", "metadata": dict(metadata),
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+         "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": job.namespace}]},
+    ]
+
+
+def build_network_policy(job: Job) -> dict[str, Any]:
+    """Only the job's own ranks reach its worker pods (rendezvous, and the collectives' own ports, which gloo
+    and NCCL pick at run time); the pods' egress (S3, the API) is not restricted here."""
+    ranks = {"matchLabels": {JOB_NAME_LABEL: job.name, ROLE_LABEL: WORKER_ROLE}}
     return {
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-        "metadata": {"name": WORKER_IDENTITY, "namespace": namespace, "labels": dict(MANAGED_BY)},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": WORKER_IDENTITY},
-        "subjects": [{"kind": "ServiceAccount", "name": WORKER_IDENTITY, "namespace": namespace}],
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": service_name(job.name), "namespace": job.namespace,
+                     "labels": {JOB_NAME_LABEL: job.name, **MANAGED_BY}},
+        "spec": {"podSelector": ranks, "policyTypes": ["Ingress"], "ingress": [{"from": [{"podSelector": ranks}]}]},
     }
 

@@ -17,10 +17,14 @@ from typing import Any
 PENDING, RUNNING, RESTARTING = "Pending", "Running", "Restarting"
 SUCCEEDED, FAILED, SUSPENDED = "Succeeded", "Failed", "Suspended"
 CREATED = "Created"  # condition only
+QUEUED = "Queued"  # condition only: waiting for (or evicted by) Kueue, no pod exists
+PODS_PENDING = "PodsPending"  # condition only: a pod waits for something to fix (reason: the pod's)
 ACTIVE_PHASES = frozenset({PENDING, RUNNING, RESTARTING, SUSPENDED})
 FINISHED_PHASES = frozenset({SUCCEEDED, FAILED})
 # At most one of these is True: entering one turns the others False.
-EXCLUSIVE_CONDITIONS = (RUNNING, RESTARTING, SUSPENDED)
+EXCLUSIVE_CONDITIONS = (RUNNING, RESTARTING, SUSPENDED, QUEUED)
+# Entering one of these (True) settles PodsPending: the pods started, or the job ended.
+SETTLES_PENDING = (RUNNING, SUCCEEDED, FAILED, QUEUED, SUSPENDED)
 
 # Reasons (conditions and events). A pod that never starts reports its own waiting reason instead.
 JOB_CREATED = "JobCreated"
@@ -31,9 +35,12 @@ BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
 DEADLINE_EXCEEDED = "DeadlineExceeded"
 PRE_RUNNING_DEADLINE_EXCEEDED = "PreRunningDeadlineExceeded"
 INVALID_SPEC = "InvalidSpec"
+CREATE_REFUSED = "CreateRefused"  # the apiserver refused a pod or another object the job needs (403, 422)
 JOB_SUCCEEDED = "JobSucceeded"
 JOB_SUSPENDED = "JobSuspended"
 JOB_RESUMED = "JobResumed"
+POD_FAILURE_POLICY = "PodFailurePolicy"
+WAITING_FOR_ADMISSION, ADMITTED, EVICTED = "WaitingForAdmission", "Admitted", "Evicted"  # Queued reasons
 
 
 def timestamp(moment: datetime.datetime) -> str:
@@ -80,6 +87,9 @@ def transition_patch(status: Mapping[str, Any], transition: Transition, now: dat
             if other != transition.condition and _is_true(conditions, other):
                 conditions = set_condition(conditions, other, False, transition.reason, transition.message,
                                            now, generation)
+    if transition.condition_status and transition.condition in SETTLES_PENDING and _is_true(conditions, PODS_PENDING):
+        conditions = set_condition(conditions, PODS_PENDING, False, transition.reason, transition.message, now,
+                                   generation)
     conditions = set_condition(conditions, transition.condition, transition.condition_status, transition.reason,
                                transition.message, now, generation)
     patch = {"phase": transition.phase, "message": transition.message, "conditions": conditions}

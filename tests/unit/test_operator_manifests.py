@@ -6,11 +6,13 @@ import copy
 
 import kopf
 
+from chitu_api.names import rendezvous_port
 from chitu_operator import manifests
 from chitu_operator.lifecycle import Job
 from chitu_operator.pods import PodView
 from chitu_operator.rbac import build_operator_cluster_role, build_worker_cluster_role
 
+UID = "0123456789abcdef"
 BODY = {
     "apiVersion": "chitu.dev/v1alpha1", "kind": "GenerationJob",
     "metadata": {"name": "cats", "namespace": "ns", "uid": "0123456789abcdef", "generation": 1},
@@ -42,12 +44,13 @@ def test_pod_identity_labels_and_dns():
     assert pod["metadata"]["name"] == "cats-worker-1" and pod["metadata"]["namespace"] == "ns"
     assert pod["metadata"]["labels"] == {
         "chitu.dev/job-name": "cats", "chitu.dev/rank": "1", "chitu.dev/role": "worker",
-        "chitu.dev/restart-attempt": "2", "kueue.x-k8s.io/queue-name": "videos",
-        "app.kubernetes.io/managed-by": "chitu-operator"}
+        "chitu.dev/restart-attempt": "2", "app.kubernetes.io/managed-by": "chitu-operator"}  # the queue is the job's
     assert pod["metadata"]["annotations"] == {"note": "hi"}
     spec = pod["spec"]
     assert (spec["hostname"], spec["subdomain"], spec["restartPolicy"]) == ("cats-worker-1", "cats-workers", "Never")
-    assert spec["serviceAccountName"] == "chitu-worker"
+    assert spec["serviceAccountName"] == "cats-worker"  # the job's own identity
+    assert manifests.build_pod(job(worker={**BODY["spec"]["worker"], "serviceAccountName": "mine"}), 0, 0)[
+        "spec"]["serviceAccountName"] == "mine"
 
 
 def test_pod_env_follows_the_contract():
@@ -56,7 +59,7 @@ def test_pod_env_follows_the_contract():
                                 "MASTER_ADDR", "MASTER_PORT", "NNODES", "NODE_RANK", "NPROC_PER_NODE", "WORLD_SIZE",
                                 "CHITU_S3_ENDPOINT", "AWS_DEFAULT_REGION", "EXTRA")} == {
         "CHITU_JOB_NAME": "cats", "CHITU_JOB_NAMESPACE": "ns", "CHITU_JOB_UID": "0123456789abcdef",
-        "CHITU_RESTART_ATTEMPT": "2", "MASTER_ADDR": "cats-worker-0.cats-workers.ns.svc", "MASTER_PORT": "29500",
+        "CHITU_RESTART_ATTEMPT": "2", "MASTER_ADDR": "cats-worker-0.cats-workers.ns.svc", "MASTER_PORT": str(rendezvous_port(UID)),
         "NNODES": "2", "NODE_RANK": "1", "NPROC_PER_NODE": "2", "WORLD_SIZE": "4",
         "CHITU_S3_ENDPOINT": "http://s3.local:8333", "AWS_DEFAULT_REGION": "eu-west-1", "EXTRA": "1"}
     assert env["AWS_ACCESS_KEY_ID"] == {"secretKeyRef": {"name": "s3-creds", "key": "AWS_ACCESS_KEY_ID"}}
@@ -92,10 +95,19 @@ def test_command_override_for_tests():
 
 def test_model_volume_is_mounted_read_only():
     pod = manifests.build_pod(job(), rank=0, attempt=0)
-    assert pod["spec"]["volumes"] == [{"name": "model", "persistentVolumeClaim": {"claimName": "models"}}]
-    assert pod["spec"]["containers"][0]["volumeMounts"] == [{"name": "model", "mountPath": "/models", "readOnly": True}]
+    assert pod["spec"]["volumes"][0] == {"name": "model", "persistentVolumeClaim": {"claimName": "models"}}
+    mounts = pod["spec"]["containers"][0]["volumeMounts"]
+    assert mounts[0] == {"name": "model", "mountPath": "/models", "readOnly": True}
     bare = manifests.build_pod(job(model={"uri": "s3://models/wan"}), rank=0, attempt=0)
-    assert "volumes" not in bare["spec"] and "volumeMounts" not in bare["spec"]["containers"][0]
+    assert "model" not in {v["name"] for v in bare["spec"]["volumes"]}  # only the platform's scratch and /dev/shm
+
+
+def test_rendezvous_port_is_the_jobs_own():
+    ports = {rendezvous_port(uid) for uid in ("0123456789abcdef", "fedcba9876543210", "00000000-0000-0000-0000-1")}
+    assert len(ports) == 3 and all(20000 <= port < 30000 for port in ports)
+    pod = manifests.build_pod(job(), rank=0, attempt=0)
+    assert pod["spec"]["containers"][0]["ports"] == [{"name": "rendezvous", "containerPort": rendezvous_port(UID)}]
+    assert manifests.build_service(job())["spec"]["ports"][0]["port"] == rendezvous_port(UID)
 
 
 def test_scheduling_fields_are_copied_and_omitted_when_empty():
@@ -123,14 +135,23 @@ def test_adopted_objects_are_owned_by_the_job():
             "controller": True, "blockOwnerDeletion": True}]
 
 
-def test_worker_identity_binds_the_cluster_role_in_the_namespace():
-    account = manifests.build_worker_service_account("ns")
-    binding = manifests.build_worker_role_binding("ns")
-    assert (account["metadata"]["name"], account["metadata"]["namespace"]) == ("chitu-worker", "ns")
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                                  "name": "chitu-worker"}
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "chitu-worker", "namespace": "ns"}]
-    assert "ownerReferences" not in account["metadata"]  # shared by every job of the namespace
+def test_each_job_has_its_own_worker_identity_reaching_only_that_job():
+    account, role, binding = manifests.build_worker_identity(job())
+    assert [o["metadata"]["name"] for o in (account, role, binding)] == ["cats-worker"] * 3
+    assert role["rules"] == [
+        {"apiGroups": ["chitu.dev"], "resources": ["generationjobs"], "verbs": ["get"], "resourceNames": ["cats"]},
+        {"apiGroups": ["chitu.dev"], "resources": ["generationjobs/status"], "verbs": ["get", "patch"],
+         "resourceNames": ["cats"]}]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "cats-worker"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "cats-worker", "namespace": "ns"}]
+
+
+def test_only_the_jobs_own_ranks_reach_its_pods():
+    policy = manifests.build_network_policy(job())
+    ranks = {"matchLabels": {"chitu.dev/job-name": "cats", "chitu.dev/role": "worker"}}
+    assert policy["metadata"]["name"] == "cats-workers"
+    assert policy["spec"] == {"podSelector": ranks, "policyTypes": ["Ingress"], "ingress": [{"from": [
+        {"podSelector": ranks}]}]}
 
 
 def test_cluster_roles_grant_what_the_operator_and_worker_do():
@@ -139,7 +160,8 @@ def test_cluster_roles_grant_what_the_operator_and_worker_do():
     operator, worker = build_operator_cluster_role(), build_worker_cluster_role()
     assert {"create", "delete", "list", "watch"} <= verbs(operator, "pods")
     assert {"patch", "delete"} <= verbs(operator, "generationjobs")  # kopf annotations, TTL
-    assert verbs(operator, "clusterroles") == {"bind"}
+    assert verbs(operator, "clusterroles") == set()  # it binds no ClusterRole: each job's Role is its own
+    assert verbs(operator, "roles") == verbs(operator, "networkpolicies") == {"create"}
     assert verbs(worker, "generationjobs") == {"get", "list", "watch"}
     assert verbs(worker, "generationjobs/status") == {"get", "patch"}
 
