@@ -321,7 +321,8 @@ class GenerationJobSpec(ContractModel):
     engine: Engine = Field(Engine(), description="Engine settings (infer.diffusion.*). Immutable.",
                            json_schema_extra=rules(immutable("spec.engine")))
     worker: WorkerTemplate | None = Field(None, description="The worker pods' container; unset fields come from "
-                                          "the platform defaults. Immutable.", json_schema_extra=rules(immutable("spec.worker")))
+                                          "the platform defaults. Immutable.",
+                                          json_schema_extra=rules(immutable("spec.worker")))
     output: Output | None = Field(None, description="Where videos, metrics and policy files go; unset fields come "
                                   "from the platform defaults. Immutable.",
                            json_schema_extra=rules(immutable("spec.output")))

@@ -87,6 +87,9 @@ class PodEnv(BaseModel):
                                                                              description="output.endpoint.")
     region: Annotated[str | None, FromOperator(reserved=False)] = Field(None, alias="AWS_DEFAULT_REGION",
                                                                         description="output.region.")
+    output_uri: Annotated[str | None, FromOperator(reserved=False)] = Field(
+        None, alias="CHITU_OUTPUT_URI", description="output.uri with the platform defaults applied (the job's "
+        "spec may name none).")
     model_cache: Path = Field(DEFAULT_MODEL_CACHE, alias="CHITU_MODEL_CACHE", description="Where an s3:// model is "
                               "copied on the node (default ~/.cache/chitu/models).")
 

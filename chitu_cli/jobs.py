@@ -6,6 +6,7 @@
     chitu logs NAME [--rank N] [-f]            a worker pod's log
     chitu cancel NAME                          delete the job (its pods go with it)
     chitu download NAME DIR                    the outputs from S3, each file's SHA-256 verified
+    chitu run FILE [--output DIR]              the manifest on this machine (no cluster; no S3 with --output)
 
 The cluster is the current kubeconfig context (or the pod's service account inside a cluster); `-n` and
 `--context` choose otherwise, as in kubectl, and so does `-o json|yaml`. A manifest is validated here, with the
@@ -155,6 +156,28 @@ def download(args: argparse.Namespace) -> int:
     return exitcodes.SUCCEEDED
 
 
+def run_local(args: argparse.Namespace) -> int:
+    """The manifest on this machine through the worker's own launcher (one process per rank, gloo on CPU)."""
+    manifest = load_manifest(args.file)
+    from chitu_worker.main import main as worker_main  # torch: only now
+
+    output = args.output or (None if _has_output(manifest) else f"out/{_job_name(manifest)}")
+    argv = ["--job-file", args.file] + (["--output", output] if output else [])
+    code = worker_main(argv)
+    if code == exitcodes.SUCCEEDED and output:
+        print(f"outputs in {output}", file=sys.stderr)
+    return code
+
+
+def _has_output(manifest: dict) -> bool:
+    return bool(((manifest.get("spec") or {}).get("output") or {}).get("uri"))
+
+
+def _job_name(manifest: dict) -> str:
+    meta = manifest.get("metadata") or {}
+    return meta.get("name") or meta["generateName"].rstrip("-")
+
+
 def _add_cluster_options(parser: argparse.ArgumentParser, *, output: bool = True) -> None:
     parser.add_argument("-n", "--namespace", help="namespace (default: the kubeconfig context's, else default)")
     parser.add_argument("--context", help="kubeconfig context (default: the current one)")
@@ -207,6 +230,15 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("dir", help="destination folder (one subfolder per prompt)")
     parser.add_argument("--endpoint", help="S3 endpoint (default: $CHITU_S3_ENDPOINT, else the job's)")
     _add_cluster_options(parser, output=False)
+
+    parser = add("run", run_local, "run a manifest on this machine: no cluster, no S3 with --output")
+    parser.add_argument("file", help="GenerationJob manifest (YAML or JSON)")
+    parser.add_argument(
+        "--output",
+        metavar="DIR",
+        help="write outputs to DIR/prompt-NNNN/ (default: the manifest's S3 output.uri, with "
+        "credentials from the environment; out/<name> when it names none)",
+    )
 
 
 def _positive_seconds(text: str) -> float:

@@ -16,10 +16,15 @@ import os
 from collections.abc import Sequence
 
 import kopf
+import yaml
 from kubernetes import client, config
+
+from chitu_api.operatorconfig import OperatorConfig, load_operator_config, parse_operator_config
 
 from . import handlers  # noqa: F401  (registers the handlers with kopf)
 from .gang import KubeClients
+
+CONFIG_ENV = "CHITU_OPERATOR_CONFIG"  # the chart hands the configuration over as YAML text (configmap-operator.yaml)
 
 # "plain" is kopf's full text format (time, logger, level) with the object's namespace/name as prefix;
 # "json" puts the object reference under the key "object".
@@ -57,6 +62,13 @@ def connect(kubeconfig: str | None) -> client.ApiClient:
         return config.new_client_from_config()
 
 
+def operator_config(path: str | None) -> OperatorConfig:
+    """--config FILE, else $CHITU_OPERATOR_CONFIG (YAML text), else the built-in defaults."""
+    if path or not os.environ.get(CONFIG_ENV):
+        return load_operator_config(path)
+    return parse_operator_config(yaml.safe_load(os.environ[CONFIG_ENV]))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     kopf.configure(verbose=args.verbose, log_format=LOG_FORMATS[args.log_format], log_prefix=args.log_format == "plain",
@@ -64,7 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("kopf.objects").addFilter(_DropTimerSuccess())
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig  # what kopf.login_with_kubeconfig reads
-    memo = kopf.Memo(kube=KubeClients.from_api_client(connect(args.kubeconfig)), kubeconfig=args.kubeconfig)
+    memo = kopf.Memo(kube=KubeClients.from_api_client(connect(args.kubeconfig)), kubeconfig=args.kubeconfig,
+                     config=operator_config(None))
     kopf.run(standalone=True, clusterwide=not args.namespace, namespaces=[args.namespace] if args.namespace else (),
              liveness_endpoint=args.liveness, memo=memo)
     return 0

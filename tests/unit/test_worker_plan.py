@@ -137,7 +137,7 @@ def test_examples_are_valid_jobs(name):
         ("spec.parallelism.cpSize", 0, "spec.parallelism.cpSize", "greater than or equal to 1"),
         ("spec.parallelism.cfg", 3, "spec.parallelism.cfg", "1 or 2 (got 3)"),
         ("spec.output.uri", "/tmp/out", "spec.output.uri", "s3://bucket/prefix"),
-        ("spec.output", ..., "spec.output", "Field required"),
+        ("spec.output", ..., "spec.output.uri", "not set, and no CHITU_OUTPUT_URI"),
         ("spec.model", {"volume": {}}, "spec.model.uri", "Field required"),
         ("kind", "Pod", "kind", "GenerationJob"),
         ("metadata", {}, "metadata.name", "needs a name"),
@@ -202,3 +202,13 @@ def test_job_file_errors_name_the_option(tmp_path):
 def test_plan_survives_the_trip_to_rank_processes():
     plan = plan_of(JOB)
     assert type(plan).model_validate_json(plan.model_dump_json()) == plan
+
+
+def test_the_output_comes_from_the_operator_env_or_a_local_folder(tmp_path):
+    """The operator sends output.uri with the platform defaults applied; `chitu run --output DIR` writes locally."""
+    job = with_value("spec.output", ...)
+    plan = plan_of(job, {"CHITU_OUTPUT_URI": "s3://platform/runs"})
+    assert plan.output_prefix == f"s3://platform/runs/cats-{JOB['metadata']['uid'][:8]}"
+    local = build_plan(job, PodEnv.from_environ({}), report_status=False, output_dir=tmp_path / "out")
+    assert local.output_prefix == str((tmp_path / "out").resolve())
+    assert local.prompt_prefix(0) == f"{(tmp_path / 'out').resolve()}/prompt-0000"

@@ -33,6 +33,10 @@ class FileStore:
         os.replace(partial, target)
         logger.info("stored %s (%d bytes) at %s", path.name, target.stat().st_size, target)
 
+    def abort_incomplete_uploads(self, prefix: str) -> int:
+        """Nothing to abort: a file is copied beside its name and renamed, never left in parts."""
+        return 0
+
     def download_prefix(self, uri: str, dest: Path) -> int:
         source = Path(uri)
         files = [path for path in source.rglob("*") if path.is_file()] if source.is_dir() else []
@@ -66,3 +70,6 @@ class RoutedStore:
 
     def download_prefix(self, uri: str, dest: Path) -> int:
         return self._store(uri).download_prefix(uri, dest)
+
+    def abort_incomplete_uploads(self, prefix: str) -> int:
+        return self._store(prefix).abort_incomplete_uploads(prefix)

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from chitu_api.podenv import DEFAULT_MODEL_CACHE
 from chitu_worker.failures import InvalidInput
 from chitu_worker.storage import ObjectStore, is_s3_uri
 
@@ -53,6 +54,21 @@ def resolve_model(uri: str, store: ObjectStore, cache_root: Path) -> Path:
             raise InvalidInput(MODEL_FIELD, f"no objects under {uri}")
         marker.write_text(json.dumps({"uri": uri, "files": count}) + "\n")
         logger.info("model %s copied to %s (%d files, %.1f s)", uri, target, count, time.perf_counter() - start)
+    return target
+
+
+def seed_cache(uri: str, folder: Path, cache_root: Path = DEFAULT_MODEL_CACHE) -> Path:
+    """Put a local copy of the model `uri` names into the cache, as if it had been copied from there (the dev
+    cluster pre-loads its tiny model this way, so `chitu run` finds it without S3)."""
+    target = cache_dir(uri, cache_root)
+    marker = target.with_name(f"{target.name}.complete")
+    cache_root.mkdir(parents=True, exist_ok=True)
+    with _locked(target.with_name(f"{target.name}.lock")):
+        shutil.rmtree(target, ignore_errors=True)
+        marker.unlink(missing_ok=True)
+        shutil.copytree(folder, target)
+        count = sum(1 for path in target.rglob("*") if path.is_file())
+        marker.write_text(json.dumps({"uri": uri, "files": count}) + "\n")
     return target
 
 

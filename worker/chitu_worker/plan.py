@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from chitu_api.generationjob import GenerationJobSpec, Parallelism, error_message
+from chitu_api.generationjob import GenerationJobSpec, Output, Parallelism, error_message
 from chitu_api.objectkeys import job_prefix, prompt_prefix
 from chitu_diffusion.config import ConfigError, EngineConfig
 from chitu_diffusion.task import DiffusionUserParams
@@ -61,7 +61,7 @@ class WorkerPlan(BaseModel):
     prompts: list[DiffusionUserParams]
     engine: EngineConfig
     model_uri: str
-    output_prefix: str  # s3://bucket/prefix/<job name>-<uid[:8]>
+    output_prefix: str  # s3://bucket/prefix/<job name>-<uid[:8]>, or a local run's folder (chitu run --output)
     s3: S3Settings
     topology: Topology
     model_cache: Path
@@ -192,20 +192,26 @@ def job_ref(job: dict, env: PodEnv) -> JobRef:
     return JobRef(name=name, namespace=meta.get("namespace") or env.job_namespace, uid=uid)
 
 
-def build_plan(job: dict, env: PodEnv, *, report_status: bool) -> WorkerPlan:
+def build_plan(job: dict, env: PodEnv, *, report_status: bool, output_dir: Path | None = None) -> WorkerPlan:
+    """`output_dir`: a local run's folder for the outputs (prompt-NNNN/ below it) instead of the spec's S3 output."""
     kind = job.get("kind")
     if kind is not None and kind != "GenerationJob":
         raise InvalidInput("kind", f"expected GenerationJob, got {kind!r}")
     spec = parse_spec(job.get("spec"))
     ref = job_ref(job, env)
+    output = spec.output or Output()
+    # On a cluster the operator sends output.uri with the platform defaults applied (the spec may name none).
+    output_uri = env.output_uri or output.uri
+    if output_dir is None and output_uri is None:
+        raise InvalidInput("spec.output.uri", "not set, and no CHITU_OUTPUT_URI (a local run: chitu run --output DIR)")
     return WorkerPlan(
         job=ref,
         prompts=build_params(spec),
         engine=build_engine_config(spec),
         model_uri=spec.model.uri,
-        output_prefix=job_prefix(spec.output.uri, ref.name, ref.uid),
+        output_prefix=str(output_dir.resolve()) if output_dir else job_prefix(output_uri, ref.name, ref.uid),
         # The pod env wins: the operator renders it from the spec, and a local run may point elsewhere.
-        s3=S3Settings(endpoint=env.s3_endpoint or spec.output.endpoint, region=env.region or spec.output.region),
+        s3=S3Settings(endpoint=env.s3_endpoint or output.endpoint, region=env.region or output.region),
         topology=build_topology(env, spec.parallelism),
         model_cache=env.model_cache,
         report_status=report_status,
