@@ -9,5 +9,6 @@ from __future__ import annotations
 EXIT_SUCCEEDED = 0
 EXIT_FAILED = 1  # anything else: a crash, a lost peer, S3 down; the gang may be restarted
 EXIT_INVALID_INPUT = 2  # a bad spec, model path or pod env: permanent
+EXIT_GPUS_NOT_VISIBLE = 4  # GPUs requested but CUDA sees fewer in the pod (the node's driver/runtime): permanent
 
-PERMANENT_EXIT_CODES = frozenset({EXIT_INVALID_INPUT})
+PERMANENT_EXIT_CODES = frozenset({EXIT_INVALID_INPUT, EXIT_GPUS_NOT_VISIBLE})

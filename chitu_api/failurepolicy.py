@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from chitu_api.schema import ContractModel, cel, rules
+from chitu_api.schema import ContractModel
 
 FAIL_JOB, IGNORE, COUNT = "FailJob", "Ignore", "Count"
 
@@ -33,16 +33,8 @@ class OnPodCondition(ContractModel):
 
 
 class PodFailurePolicyRule(ContractModel):
-    """One rule: exactly one of onExitCodes or onPodConditions."""
-
-    model_config = ContractModel.model_config | {
-        "json_schema_extra": rules(
-            cel(
-                "has(self.onExitCodes) != has(self.onPodConditions)",
-                "set exactly one of onExitCodes or onPodConditions",
-            )
-        )
-    }
+    """One rule: exactly one of onExitCodes or onPodConditions (checked by the operator: runPolicy, which may change
+    while the job runs, carries no CEL rule)."""
 
     action: Literal["FailJob", "Ignore", "Count"] = Field(description="What the match does to the job.")
     on_exit_codes: OnExitCodes | None = Field(None, description="Match on the worker's exit code.")

@@ -24,7 +24,9 @@ PHASES: tuple[str, ...] = Phase.__args__
 class Condition(ContractModel):
     """One condition: the latest observation of one aspect of the job (Kubernetes' condition convention)."""
 
-    type: str = Field(description="Created, Running, Restarting, Succeeded, Failed or Suspended.")
+    type: str = Field(description="Created, Running, Restarting, Succeeded, Failed, Suspended, Queued (waiting "
+                      "for Kueue's admission) or PodsPending (a pod waits for something to fix: a missing Secret "
+                      "or PVC, an image pull error, unschedulable).")
     status: Literal["True", "False", "Unknown"] = Field(description="Whether the condition holds.")
     reason: str | None = Field(None, description="CamelCase cause, e.g. PodsRunning, RankFailed, InvalidSpec, "
                                "BackoffLimitExceeded, or a pod's waiting reason such as ImagePullBackOff.")
@@ -70,6 +72,10 @@ class GenerationJobStatus(ContractModel):
     start_time: datetime | None = Field(None, description="When the gang first ran (deadlines count from here).")
     completion_time: datetime | None = Field(None, description="When the job succeeded or failed.")
     restarts: int | None = Field(None, description="Gang restarts so far (the Restarts column).")
+    ignored_restarts: int | None = Field(None, description="Restarts a podFailurePolicy Ignore rule or a queue's "
+                                         "preemption caused: they do not count against backoffLimit.")
+    first_failure: str | None = Field(None, description="Why the first attempt failed: the root cause, quoted in "
+                                      "the final message when later attempts fail for other reasons.")
     world_size: int | None = Field(None, description="Processes in the gang: parallelism.cfg x parallelism.cpSize.")
     observed_generation: int | None = Field(None, description="The metadata.generation the operator last acted on.",
                                             json_schema_extra=rules(format="int64"))

@@ -58,3 +58,8 @@ def master_addr(job: str, namespace: str) -> str:
 
 #: A job's name is a DNS label leaving room for `-worker-<rank>` (ranks up to 999) in a pod's 63-character hostname.
 MAX_JOB_NAME_LENGTH = 63 - len(pod_name("", 999))
+
+
+#: Set by a node whose nvidia.com/gpu capacity is simulated (the dev cluster's node agent): GPU pods then run on
+#: the CPU (chitu_worker.gpus fails a GPU pod whose CUDA sees too few devices unless this is set).
+SIMULATED_GPUS_ENV = "CHITU_SIMULATED_GPUS"

@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
@@ -162,19 +163,23 @@ class DevCluster:
 
     # --- the operator ------------------------------------------------------------------------
 
-    def start_operator(self, namespace: str | None = None) -> None:
-        """Run ``chitu-operator`` as a local process with the chitu-operator service account's token."""
+    def start_operator(self, namespace: str | None = None, *, name: str = OPERATOR,
+                       extra_args: Sequence[str] = ()) -> None:
+        """Run ``chitu-operator`` as a local process with the chitu-operator service account's token (``name``:
+        its service name, so that two replicas can run; ``extra_args``: more flags, e.g. --leader-elect)."""
         if not operator_installed():
             raise RuntimeError("chitu-operator is not installed (no chitu_operator.main in this venv)")
         kubeconfig = str(self.state.operator_kubeconfig)
         argv = [str(VENV_BIN / "chitu-operator"), "--kubeconfig", kubeconfig]
         if namespace:
             argv += ["--namespace", namespace]
-        self.procs.start(OPERATOR, argv, env={**os.environ, "KUBECONFIG": kubeconfig})
+        argv += list(extra_args)
+        env = {**os.environ, "KUBECONFIG": kubeconfig, "POD_NAMESPACE": identities.OPERATOR_NAMESPACE}
+        self.procs.start(name, argv, env=env)
         deadline = time.monotonic() + OPERATOR_STARTUP_CHECK_SECONDS
         while time.monotonic() < deadline:
-            if not self.procs.is_running(OPERATOR):
-                raise RuntimeError(f"chitu-operator exited at startup:\n{self.procs.log_tail(OPERATOR)}")
+            if not self.procs.is_running(name):
+                raise RuntimeError(f"chitu-operator exited at startup:\n{self.procs.log_tail(name)}")
             time.sleep(0.1)
 
     def stop_operator(self, grace: float = 10) -> None:

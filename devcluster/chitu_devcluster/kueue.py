@@ -34,6 +34,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from kubernetes import client
 
 from .paths import REPO_ROOT, free_ports
 from .waiting import wait_for
@@ -195,10 +196,16 @@ def start_kueue(cluster: DevCluster, timeout: float = 120) -> None:
     built = ensure_kueue()
     webhook_port, health_port = free_ports(2)
     secret = webhook_secret_data()
-    cluster.apply(manifests(webhook_port, secret["ca.crt"], secret))
-    cluster.wait_crds_established(
-        [f"{path.stem.split('_', 1)[1]}.kueue.x-k8s.io" for path in (built / "crds").glob("*.yaml")], timeout
-    )
+    cluster._apply(manifests(webhook_port, secret["ca.crt"], secret))
+    extensions = client.ApiextensionsV1Api(cluster.api_client())
+    for path in (built / "crds").glob("*.yaml"):
+        name = f"{path.stem.split('_', 1)[1]}.{path.stem.split('_', 1)[0]}"  # kueue.x-k8s.io_workloads.yaml
+
+        def established(name: str = name) -> bool:
+            conditions = extensions.read_custom_resource_definition(name).status.conditions or []
+            return any(c.type == "Established" and c.status == "True" for c in conditions)
+
+        wait_for(established, f"CRD {name} to be established", timeout)
     cert_dir = cluster.state.certs / "kueue"
     cert_dir.mkdir(parents=True, exist_ok=True)
     for name, content in secret.items():  # what the kubelet does for Kueue's Deployment: the Secret as files

@@ -40,6 +40,9 @@ from urllib.parse import urlparse
 from kubernetes.client import CoreV1Api
 from kubernetes.client.exceptions import ApiException
 
+from chitu_api.names import SIMULATED_GPUS_ENV
+from chitu_api.podpolicy import GPU_RESOURCE
+
 from .containerenv import LOOPBACK, EnvError, container_argv, container_env
 from .kubeconfig import write_kubeconfig
 from .paths import VENV_BIN
@@ -236,6 +239,9 @@ class PodRunner:
             TERMINATION_LOG_ENV: str(self.termination_log),
             "GLOO_SOCKET_IFNAME": "lo",
         }
+        gpus = (self.container.get("resources") or {}).get("limits", {}).get(GPU_RESOURCE)
+        if gpus:  # this machine's nvidia.com/gpu capacity is simulated: say so, so GPU pods run on the CPU
+            node_env[SIMULATED_GPUS_ENV] = str(gpus)
         own = container_env(self.pod, self.container, self._secret, self._config_map, node_env)
         env = {**_host_env(), **node_env, **own}
         env["PATH"] = os.pathsep.join([str(VENV_BIN), env.get("PATH", os.defpath)])

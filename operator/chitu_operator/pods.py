@@ -37,6 +37,7 @@ class PodView:
     exit_code: int | None = None
     termination_message: str | None = None
     finished: datetime.datetime | None = None
+    conditions: tuple[tuple[str, str], ...] = ()  # (type, status) of the pod's conditions, for podFailurePolicy
 
     @classmethod
     def from_pod(cls, pod: Mapping[str, Any]) -> PodView | None:
@@ -60,6 +61,7 @@ class PodView:
             waiting_message=waiting.get("message") or unscheduled.get("message"),
             exit_code=terminated.get("exitCode"), termination_message=(terminated.get("message") or "").strip() or None,
             finished=parse_time(terminated.get("finishedAt")),
+            conditions=tuple((c["type"], c.get("status", "")) for c in status.get("conditions") or [] if c.get("type")),
         )
 
     @property

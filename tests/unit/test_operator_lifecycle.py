@@ -86,7 +86,7 @@ def test_failed_rank_restarts_the_whole_gang():
     decision = decide(job(st.RUNNING), [pod(0), failed], NOW)
     assert decision.transition.phase == st.RESTARTING and decision.transition.reason == st.RANK_FAILED
     assert "rank 1 (pod cats-worker-1) failed with exit code 3: CUDA out of memory" in decision.transition.message
-    assert decision.status == {"restarts": 1}
+    assert decision.status == {"restarts": 1, "firstFailure": decision.transition.message.split(";")[0]}
     assert names(decision.delete_pods) == ["cats-worker-0", "cats-worker-1"]
     assert decision.create_ranks == ()  # only once the old pods are gone
 

@@ -14,9 +14,10 @@ import logging
 import os
 from collections.abc import Mapping
 
+from chitu_api.names import SIMULATED_GPUS_ENV
+
 logger = logging.getLogger(__name__)
 
-SIMULATED_GPUS_ENV = "CHITU_SIMULATED_GPUS"
 
 
 class GpusNotVisible(RuntimeError):
