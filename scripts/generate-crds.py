@@ -3,7 +3,7 @@
 
 - chitu_api (the GenerationJob models)  -> crds/generationjob.yaml
 - crds/*.yaml                           -> charts/chitu/crds/ (byte-for-byte copies; stale copies are removed)
-- chitu_operator/rbac.py                -> charts/chitu/files/{operator,worker}-rules.yaml (the ClusterRoles
+- chitu_operator/rbac.py                -> charts/chitu/files/{operator,worker,user-view,user-edit}-rules.yaml (the ClusterRoles
                                            include them)
 
     .venv/bin/python scripts/generate-crds.py           # write
@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from chitu_api.crd import render_crd
-from chitu_operator.rbac import OPERATOR_RULES, WORKER_RULES, rules_yaml
+from chitu_operator.rbac import OPERATOR_RULES, USER_EDIT_RULES, USER_VIEW_RULES, WORKER_RULES, rules_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 CRD_NAME = "generationjob.yaml"
@@ -38,6 +38,8 @@ def expected_files(repo: Path = REPO) -> dict[Path, str]:
         **{chart / "crds" / name: text for name, text in crds.items()},
         chart / "files" / "operator-rules.yaml": RULES_HEADER + rules_yaml(OPERATOR_RULES),
         chart / "files" / "worker-rules.yaml": RULES_HEADER + rules_yaml(WORKER_RULES),
+        chart / "files" / "user-view-rules.yaml": RULES_HEADER + rules_yaml(USER_VIEW_RULES),
+        chart / "files" / "user-edit-rules.yaml": RULES_HEADER + rules_yaml(USER_EDIT_RULES),
     }
 
 
