@@ -21,8 +21,13 @@ from kubernetes import client, config
 
 from chitu_api.operatorconfig import OperatorConfig, load_operator_config, parse_operator_config
 
-from . import handlers  # noqa: F401  (registers the handlers with kopf)
+from . import (
+    handlers,  # noqa: F401  (registers the handlers with kopf)
+    leader,
+)
 from .gang import KubeClients
+from .leader import LeaseConfig
+from .metrics import OperatorMetrics
 
 CONFIG_ENV = "CHITU_OPERATOR_CONFIG"  # the chart hands the configuration over as YAML text (configmap-operator.yaml)
 
@@ -38,7 +43,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     scope = parser.add_mutually_exclusive_group()
     scope.add_argument("--namespace", "-n", metavar="NS", help="serve GenerationJobs of this namespace only")
     scope.add_argument("--all-namespaces", "-A", action="store_true", help="serve every namespace (the default)")
-    parser.add_argument("--liveness", metavar="URL", help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz")
+    parser.add_argument("--liveness", metavar="URL", help="kopf's liveness probe, e.g. http://0.0.0.0:8081/healthz")
+    parser.add_argument("--config", metavar="PATH", help="operator configuration file (chitu_api.operatorconfig); "
+                        f"default: the YAML text in ${CONFIG_ENV}, else the built-in defaults")
+    parser.add_argument("--metrics-port", type=int, default=0, metavar="PORT",
+                        help="serve /metrics, /healthz and /readyz on this port (0: off)")
+    parser.add_argument("--leader-elect", action="store_true",
+                        help="run as one of several replicas: serve jobs only while holding the leader Lease")
+    parser.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE", "default"),
+                        help="namespace of the leader Lease (default: $POD_NAMESPACE, else default)")
+    parser.add_argument("--lease-name", default="chitu-operator", help="name of the leader Lease")
     parser.add_argument("--log-format", choices=sorted(LOG_FORMATS), default="plain")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     return parser.parse_args(argv)
@@ -76,8 +90,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("kopf.objects").addFilter(_DropTimerSuccess())
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig  # what kopf.login_with_kubeconfig reads
-    memo = kopf.Memo(kube=KubeClients.from_api_client(connect(args.kubeconfig)), kubeconfig=args.kubeconfig,
-                     config=operator_config(None))
+    api = connect(args.kubeconfig)
+    metrics = OperatorMetrics()
+    if args.metrics_port:
+        metrics.serve(args.metrics_port)
+    if args.leader_elect:
+        lease = LeaseConfig(namespace=args.lease_namespace, name=args.lease_name)
+        coordination = client.CoordinationV1Api(api)
+        leader.acquire(coordination, lease, on_wait=logging.getLogger(__name__).debug)
+        # Lost leadership: stop at once (client-go's way); the Deployment restarts us as a follower.
+        leader.keep_renewing(coordination, lease, on_lost=lambda: os._exit(1))
+    metrics.leader.set(1)
+    memo = kopf.Memo(kube=KubeClients.from_api_client(api), kubeconfig=args.kubeconfig, metrics=metrics,
+                     config=operator_config(args.config), gpu_clock={})
     kopf.run(standalone=True, clusterwide=not args.namespace, namespaces=[args.namespace] if args.namespace else (),
              liveness_endpoint=args.liveness, memo=memo)
     return 0

@@ -14,10 +14,12 @@ import logging
 import tempfile
 from pathlib import Path
 
+import torch
 from torch.distributed import run as torchrun
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
 from chitu_worker.failures import EXIT_FAILED, truncate
+from chitu_worker.gpus import check_visible_gpus
 from chitu_worker.plan import Topology, WorkerPlan
 from chitu_worker.rank import SINGLE, run_rank
 
@@ -37,6 +39,7 @@ class RankFailure(Exception):
 
 def launch(plan: WorkerPlan) -> None:
     """Run every rank of this pod to completion; raises RankFailure (or the in-process rank's exception)."""
+    check_visible_gpus(plan.gpus_per_pod, torch.cuda.device_count())
     topology = plan.topology
     if topology.world_size == 1:
         run_rank(plan, SINGLE)

@@ -67,6 +67,7 @@ class WorkerPlan(BaseModel):
     model_cache: Path
     report_status: bool  # patch the job's status (True when the job came from the API), else log progress
     existing_outputs: list[dict] = []  # status.outputs as fetched: merge patches replace lists, so we extend it
+    gpus_per_pod: int = 0  # spec.parallelism.gpusPerPod: the launcher checks CUDA sees that many (chitu_worker.gpus)
 
     def prompt_prefix(self, index: int) -> str:
         return prompt_prefix(self.output_prefix, index)
@@ -216,6 +217,7 @@ def build_plan(job: dict, env: PodEnv, *, report_status: bool, output_dir: Path 
         model_cache=env.model_cache,
         report_status=report_status,
         existing_outputs=list((job.get("status") or {}).get("outputs") or []),
+        gpus_per_pod=spec.parallelism.gpus_per_pod,
     )
 
 
