@@ -65,6 +65,12 @@ def test_spec_maps_to_one_request_per_prompt():
     assert (diffusion.cp_size, diffusion.up_limit, diffusion.dtype, diffusion.compile) == (1, 4, "float32", False)
 
 
+def test_engine_precision_and_compile_default_reach_the_engine():
+    diffusion = plan_of(with_value("spec.engine", {"precision": "fp8", "precisionCheck": True})).engine.diffusion
+    assert (diffusion.precision, diffusion.precision_check, diffusion.compile) == ("fp8", True, None)
+    assert plan_of(JOB).engine.diffusion.precision == "bf16"
+
+
 def test_job_identity_keys_and_storage_settings():
     plan = plan_of(JOB)
     assert (plan.job.name, plan.job.namespace, plan.job.uid) == ("cats", "team", JOB["metadata"]["uid"])
@@ -111,8 +117,8 @@ def test_examples_are_valid_jobs(name):
     path = EXAMPLES / name
     if not path.exists():
         pytest.skip(f"{path} not in this checkout")
-    plan = plan_of(read_job_file(path), report_status=False)
-    assert plan.prompts and plan.output_prefix.startswith("s3://")
+    plan = plan_of(read_job_file(path), {"CHITU_OUTPUT_URI": "s3://platform/runs"}, report_status=False)
+    assert plan.prompts and plan.output_prefix.startswith("s3://platform/runs/")
 
 
 @pytest.mark.parametrize(
