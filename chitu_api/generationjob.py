@@ -182,7 +182,13 @@ class Engine(ContractModel):
 
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto = bfloat16 on CUDA, "
                                                                      "float32 on CPU.")
-    compile: bool = Field(False, description="Regional torch.compile of the repeated DiT blocks.")
+    compile: bool | None = Field(None, description="Regional torch.compile of the repeated DiT blocks; unset = on "
+                                 "for CUDA, off for CPU. Compiled kernels are kept next to the model when its folder "
+                                 "is writable, so later pods skip the compile.")
+    precision: Literal["bf16", "fp8"] = Field("bf16", description="bf16 = exact; fp8 = FP8 attention and FP8 linear "
+                                              "layers in the DiT blocks: faster, approximate, opt-in.")
+    precision_check: bool = Field(False, description="With precision fp8, also make each video in bf16 with the "
+                                  "same seed and report rel-L2 and PSNR against it in metrics.json (twice the time).")
 
 
 class WorkerTemplate(PodTemplateFields):

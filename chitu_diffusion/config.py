@@ -31,11 +31,36 @@ class DiffusionConfig(BaseModel):
         "auto", description="model dtype; auto = bfloat16 on CUDA, float32 on CPU"
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available, else cpu")
-    compile: bool = Field(False, description="regional torch.compile of the repeated DiT blocks")
+    compile: bool | None = Field(
+        None,
+        description="regional torch.compile of the repeated DiT blocks; unset = on for CUDA, off for CPU (no "
+        "compiler toolchain needed there)",
+    )
     attention_backend: Literal["auto", "sdpa", "fa3", "cudnn", "flash", "math"] = Field(
         "auto",
         description="self-attention kernel (chitu_diffusion.attention.kernels): auto = FlashAttention-3 on a Hopper "
         "GPU in bf16/fp16 when fa3-fwd is installed, else torch SDPA (what stock diffusers runs)",
+    )
+
+    compile_cache_dir: str = Field(
+        "auto",
+        description="where torch.compile's artifacts are kept across processes (chitu_diffusion.compile_cache): "
+        "auto = <model folder>/.chitu-compile-cache when writable, else ~/.cache/chitu/compile-cache",
+    )
+    precision: Literal["bf16", "fp8"] = Field(
+        "bf16",
+        description="bf16 = exact (the model's dtype); fp8 = FP8 attention and FP8 linear layers in the DiT blocks "
+        "(chitu_diffusion.precision): faster, approximate; opt-in",
+    )
+    precision_check: bool = Field(
+        False,
+        description="with precision=fp8, also make each video in bf16 with the same seed and report rel-L2 and PSNR "
+        "against it in metrics.json (doubles the time)",
+    )
+    parallel_decode: bool = Field(
+        False,
+        description="in a gang, split the VAE decode across the ranks (strips with a halo, "
+        "chitu_diffusion.parallel.vae_decode): faster, approximate at the strip seams",
     )
 
     def resolved_device(self, cuda_available: bool) -> str:
@@ -44,6 +69,10 @@ class DiffusionConfig(BaseModel):
         if self.device == "cuda" and not cuda_available:
             raise ConfigError("infer.diffusion.device=cuda but no CUDA device is available")
         return self.device
+
+    def resolved_compile(self, device: str) -> bool:
+        """Compile when asked; unset = on CUDA (inductor needs a GPU toolchain to pay off), off on CPU."""
+        return device == "cuda" if self.compile is None else self.compile
 
     def resolved_dtype(self, device: str) -> str:
         """A torch dtype name. bf16 halves memory and uses tensor cores on GPU; CPUs are fastest and exact in fp32."""

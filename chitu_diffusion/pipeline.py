@@ -121,12 +121,17 @@ def denoise(
     return latents
 
 
-def decode_latents(pipe: WanPipeline, latents: torch.Tensor) -> np.ndarray:
-    """Frames (F, H, W, 3) uint8 RGB from normalised latents (1, z_dim, F', H', W'), as WanPipeline decodes."""
+def decode_latents(
+    pipe: WanPipeline, latents: torch.Tensor, vae_decode: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> np.ndarray:
+    """Frames (F, H, W, 3) uint8 RGB from normalised latents (1, z_dim, F', H', W'), as WanPipeline decodes.
+    `vae_decode` (VAE-space latents -> (1, 3, F, H, W) pixels) replaces the whole-frame decode, e.g. with a gang's
+    split decode (parallel/vae_decode.py)."""
     vae = pipe.vae
     z = latents.to(vae.device, vae.dtype)
     mean = torch.tensor(vae.config.latents_mean, device=z.device, dtype=z.dtype).view(1, -1, 1, 1, 1)
     std = torch.tensor(vae.config.latents_std, device=z.device, dtype=z.dtype).view(1, -1, 1, 1, 1)
-    video = vae.decode(z * std + mean, return_dict=False)[0]  # (1, 3, F, H, W) in [-1, 1]
+    vae_decode = vae_decode or (lambda x: vae.decode(x, return_dict=False)[0])
+    video = vae_decode(z * std + mean)  # (1, 3, F, H, W) in [-1, 1]
     frames = pipe.video_processor.postprocess_video(video, output_type="pt")[0]  # (F, 3, H, W) in [0, 1]
     return (frames * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()  # (F, H, W, 3)

@@ -17,9 +17,11 @@ import secrets
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from diffusers import WanPipeline
@@ -34,7 +36,8 @@ from chitu_diffusion.models.loading import load_wan_pipeline
 from chitu_diffusion.parallel.degrees import ParallelLayout
 from chitu_diffusion.parallel.groups import ParallelGroups, build_groups
 from chitu_diffusion.parallel.launch import DistributedEnv, init_distributed
-from chitu_diffusion.pipeline import Guide, PredictNoise, StepCallback
+from chitu_diffusion.parallel.vae_decode import parallel_decode
+from chitu_diffusion.pipeline import Guide, PredictNoise, StepCallback, decode_latents
 from chitu_diffusion.task import DiffusionUserParams
 
 logger = logging.getLogger(__name__)
@@ -70,13 +73,7 @@ class ParallelEngine(Engine):
         """The gang's degrees, validated by `launch` against the world size and the model."""
         return self.groups.layout
 
-    def _configure_transformer(self) -> None:
-        """The single-device configuration minus compile, which `parallelize` applies last."""
-        config, self.config = self.config, self.config.with_overrides({"infer.diffusion.compile": False})
-        try:
-            super()._configure_transformer()
-        finally:
-            self.config = config
+    compiles_at_load = False  # `parallelize` compiles last, after the gang's processors and hooks
 
     def _seed(self, params: DiffusionUserParams) -> int:
         """The request's seed, or rank 0's random draw sent to every rank (all ranks must start from one noise)."""
@@ -93,7 +90,7 @@ class ParallelEngine(Engine):
         """The gang's layout (CFG split, context parallelism, cache, compile) for one request; every rank ends
         the loop with the same latents."""
         settings = self.config.diffusion
-        options = dict(cache=params.cache, backend=settings.attention_backend, compile=settings.compile)
+        options = dict(cache=params.cache, backend=settings.attention_backend, compile=self.compile)
         with parallelized(self.transformer, self.adapter, self.groups, **options) as par:
             yield par.guide(predict_noise, params.guidance_scale), par.strategy
 
@@ -112,10 +109,23 @@ class ParallelEngine(Engine):
         self._check_request(params)
         if self.groups.rank == 0:
             return super().generate(params, output_dir, name, on_step)
-        self.sample(params)
+        sample = self.sample(params)  # the collectives rank 0's generate runs, in the same order
+        self._decode(sample.latents)
+        if self.checks_precision:
+            self._precision_check(params, sample, None)
         return None
+
+    def _decode(self, latents: torch.Tensor) -> np.ndarray | None:
+        """Rank 0 decodes the whole video, or, with infer.diffusion.parallel_decode, every rank decodes one strip
+        and all get the frames (the decode stage's time on rank 0 is then the gang's)."""
+        if not self.config.diffusion.parallel_decode:
+            return super()._decode(latents) if self.groups.rank == 0 else None
+        vae = self.pipe.vae
+        whole = lambda z: vae.decode(z, return_dict=False)[0]  # noqa: E731
+        return decode_latents(self.pipe, latents, partial(parallel_decode, whole, group=self.groups.world))
 
     def _metrics(self, params, sample: Sample, *args) -> dict:
         metrics = super()._metrics(params, sample, *args)
         metrics["parallel"] = self.groups.layout.describe()
+        metrics["parallel_decode"] = self.config.diffusion.parallel_decode
         return metrics

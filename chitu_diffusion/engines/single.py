@@ -18,15 +18,18 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from diffusers import WanPipeline
 
 from chitu_diffusion.attention.kernels import get_kernel, resolve_backend
 from chitu_diffusion.attention.processor import set_self_attention
+from chitu_diffusion.compile_cache import compile_cache_dir, use_compile_cache
 from chitu_diffusion.config import ConfigError, EngineConfig
 from chitu_diffusion.engines.checks import check_output_name, check_request, check_single_process
 from chitu_diffusion.flex_cache.base import FlexCacheStrategy
 from chitu_diffusion.flex_cache.registry import get_strategy
+from chitu_diffusion.fused.gelu_epilogue import fuse_gelu_epilogues
 from chitu_diffusion.metrics import StageTimer, peak_memory, reset_peak_memory, versions, write_metrics
 from chitu_diffusion.models.adapter import adapter_for
 from chitu_diffusion.models.loading import load_wan_pipeline
@@ -42,6 +45,8 @@ from chitu_diffusion.pipeline import (
     initial_noise,
     transformer_noise_predictor,
 )
+from chitu_diffusion.precision.apply import apply_precision
+from chitu_diffusion.precision.compare import precision_report
 from chitu_diffusion.task import DiffusionUserParams
 
 logger = logging.getLogger(__name__)
@@ -130,21 +135,41 @@ class Engine:
         """One process holds the whole video: cfg 1 x ulysses 1 x ring 1 (`ParallelEngine`: its gang's)."""
         return ParallelLayout()
 
+    #: whether the blocks are compiled at load; a gang's `parallelize` compiles last, after its own processors
+    compiles_at_load = True
+
     def _configure_transformer(self) -> None:
-        """Attention kernel, then compile (compile last: it traces whatever the forward is by then)."""
+        """Precision and exact fusions, attention kernel, then compile (last: it traces whatever the forward is)."""
         settings = self.config.diffusion
         try:
             backend = resolve_backend(settings.attention_backend, self.device, self.transformer.dtype)
         except ValueError as err:
             raise ConfigError(str(err)) from None
-        if backend != "sdpa":  # sdpa is diffusers' own processor: leave the model untouched
-            set_self_attention(
-                self.transformer, self.adapter.blocks_attr, self.adapter.self_attention_attr, get_kernel(backend)
-            )
+        if settings.precision == "fp8" and self.device.type == "cuda" and self.transformer.dtype != torch.bfloat16:
+            raise ConfigError("infer.diffusion.precision=fp8 needs a bfloat16 model on CUDA: infer.diffusion.dtype=auto")
+        blocks = self.adapter.blocks(self.transformer)
+        self.precision = apply_precision(blocks, settings.precision, self.device)
+        if settings.precision == "bf16" and self.device.type == "cuda":
+            fuse_gelu_epilogues(blocks)  # exact: the FFN's GELU in its GEMM's epilogue
+        self.bf16_kernel = get_kernel(backend)  # also the bf16 reference of a precision check
+        if self.precision.attention_kernel is not None or backend != "sdpa":  # sdpa: keep diffusers' processor
+            self._set_self_attention(self.precision.attention_kernel or self.bf16_kernel)
         self.attention_backend = backend
-        if settings.compile:
-            # fullgraph=False: FlexCache hooks inside the blocks make data-dependent choices dynamo must break on.
-            self.transformer.compile_repeated_blocks(fullgraph=False)
+        self.compile = settings.resolved_compile(self.device.type)
+        if self.compile:
+            use_compile_cache(compile_cache_dir(settings.compile_cache_dir, self.model_dir))
+            if self.compiles_at_load:
+                # fullgraph=False: FlexCache hooks inside the blocks make data-dependent choices dynamo must break on.
+                self.transformer.compile_repeated_blocks(fullgraph=False)
+
+    def _set_self_attention(self, kernel) -> None:
+        set_self_attention(self.transformer, self.adapter.blocks_attr, self.adapter.self_attention_attr, kernel)
+
+    @property
+    def checks_precision(self) -> bool:
+        """Whether every video is also made in bf16 and compared (infer.diffusion.precision_check)."""
+        settings = self.config.diffusion
+        return settings.precision_check and settings.precision != "bf16"
 
     def _check_request(self, params: DiffusionUserParams) -> None:
         """Reject, before any work, a request this engine's layout cannot run (checks.check_request)."""
@@ -208,15 +233,38 @@ class Engine:
         with timer.stage("total"):
             sample = self.sample(params, timer=timer, on_step=on_step, visualisation_dir=output_dir)
             with timer.stage("decode"):
-                frames = decode_latents(self.pipe, sample.latents)  # (F, H, W, 3) uint8
+                frames = self._decode(sample.latents)  # (F, H, W, 3) uint8
             with timer.stage("encode_mp4"):
                 from chitu_diffusion.video import write_mp4  # ffmpeg is needed to write, not to sample
 
                 video_path = write_mp4(frames, output_dir / f"{name}.mp4", params.fps)
         metrics = self._metrics(params, sample, timer, video_path, frames.shape)
+        if self.checks_precision:
+            metrics["precision_check"] = self._precision_check(params, sample, frames)
         metrics_path = write_metrics(output_dir, metrics)
         logger.info("wrote %s and %s in %.2f s", video_path, metrics_path, timer.stages["total"])
         return GenerationResult(video_path, metrics_path, sample.extra_paths, metrics)
+
+    def _decode(self, latents: torch.Tensor) -> np.ndarray | None:
+        """Frames (F, H, W, 3) uint8 of the denoised latents (`ParallelEngine`: its gang's way)."""
+        return decode_latents(self.pipe, latents)
+
+    def _precision_check(self, params: DiffusionUserParams, sample: Sample, frames: np.ndarray | None) -> dict | None:
+        """The same request and seed with the bf16 layers and kernel put back, compared with `sample`. A gang's
+        other ranks pass no frames: they take part in the reference run's collectives and get None."""
+        start = time.perf_counter()
+        with self.precision.bf16_linears():
+            self._set_self_attention(self.bf16_kernel)
+            try:
+                reference = self.sample(params.model_copy(update={"seed": sample.seed}))
+            finally:
+                self._set_self_attention(self.precision.attention_kernel)
+        reference_frames = self._decode(reference.latents)
+        if frames is None:
+            return None
+        return precision_report(
+            sample.latents, reference.latents, frames, reference_frames, time.perf_counter() - start
+        )
 
     def _metrics(self, params, sample: Sample, timer: StageTimer, video_path: Path, frames_shape) -> dict:
         num_frames, height, width, _ = frames_shape
@@ -230,6 +278,8 @@ class Engine:
                 "device": str(self.device),
                 "dtype": str(self.transformer.dtype).removeprefix("torch."),
                 "attention_backend": self.attention_backend,
+                "precision": self.precision.precision,
+                "compiled": self.compile,
             },
             "model": {
                 "dir": str(self.model_dir) if self.model_dir else None,

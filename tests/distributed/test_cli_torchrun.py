@@ -42,3 +42,15 @@ def test_generate_ditango_on_a_ring_of_2(tiny_model_dir, tmp_path):
     assert metrics["cache"]["strategy"] == "ditango" and metrics["cache"]["summary"]["units_reused"] > 0
     assert sorted(metrics["cache"]["visualisations"]) == sorted([POLICY_FILE, POLICY_FILE.replace(".ppm", ".png")])
     assert (tmp_path / POLICY_FILE).read_bytes().startswith(b"P6\n6 4\n255\n")  # 6 steps x (4 layers x 1 group)
+
+
+def test_cfg_gang_splits_the_decode_and_checks_fp8_against_bf16(tiny_model_dir, tmp_path):
+    """Every rank takes part in the split decode and in the bf16 reference run (rank 0 alone writes)."""
+    torchrun_generate(
+        tiny_model_dir, tmp_path, "infer.diffusion.parallel_decode=true", "infer.diffusion.precision=fp8",
+        "infer.diffusion.precision_check=true",
+    )  # fmt: skip
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["parallel"]["cfg"] == 2 and metrics["parallel_decode"] is True
+    assert metrics["runtime"]["precision"] == "fp8" and metrics["precision_check"]["psnr_db_frames"] > 10
+    assert (tmp_path / "video.mp4").stat().st_size > 0

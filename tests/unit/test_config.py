@@ -13,13 +13,19 @@ KEYS = [
     "infer.diffusion.device",
     "infer.diffusion.compile",
     "infer.diffusion.attention_backend",
+    "infer.diffusion.compile_cache_dir",
+    "infer.diffusion.precision",
+    "infer.diffusion.precision_check",
+    "infer.diffusion.parallel_decode",
 ]
 
 
 def test_defaults_and_keys():
     config = EngineConfig()
     assert (config.diffusion.cp_size, config.diffusion.up_limit, config.diffusion.dtype) == (1, 8, "auto")
-    assert (config.diffusion.device, config.diffusion.compile) == ("auto", False)
+    assert (config.diffusion.device, config.diffusion.compile) == ("auto", None)
+    assert (config.diffusion.precision, config.diffusion.precision_check, config.diffusion.parallel_decode) == (
+        "bf16", False, False)
     assert config.diffusion.attention_backend == "auto"
     assert EngineConfig.valid_keys() == KEYS
 
@@ -121,3 +127,17 @@ def test_request_rejections_name_the_field(fields, field_name):
     with pytest.raises(ValidationError) as err:
         DiffusionUserParams.model_validate({"prompt": "A cat", **fields})
     assert field_name in str(err.value)
+
+
+def test_compile_defaults_to_on_for_cuda_only_and_obeys_an_explicit_setting():
+    unset = EngineConfig().diffusion
+    assert (unset.resolved_compile("cuda"), unset.resolved_compile("cpu")) == (True, False)
+    off = EngineConfig.from_overrides(["infer.diffusion.compile=false"]).diffusion
+    on = EngineConfig.from_overrides(["infer.diffusion.compile=true"]).diffusion
+    assert (off.resolved_compile("cuda"), on.resolved_compile("cpu")) == (False, True)
+
+
+def test_precision_names_its_choices():
+    assert EngineConfig.from_overrides(["infer.diffusion.precision=fp8"]).diffusion.precision == "fp8"
+    with pytest.raises(ConfigError, match="infer.diffusion.precision.*'bf16' or 'fp8'"):
+        EngineConfig.from_overrides(["infer.diffusion.precision=int8"])

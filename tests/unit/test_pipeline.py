@@ -1,12 +1,14 @@
 """The single-device engine on the tiny model: files, metrics, determinism, CFG branches, FlexCache lifecycle."""
 
 import json
+import os
 
 import pytest
 import torch
 from diffusers.hooks import HookRegistry
 
 from chitu_diffusion.attention.processor import WanSelfAttnProcessor
+from chitu_diffusion.compile_cache import INDUCTOR_CACHE_ENV
 from chitu_diffusion.config import ConfigError, EngineConfig
 from chitu_diffusion.engines import generate, load_engine
 from chitu_diffusion.engines.single import Engine
@@ -53,7 +55,9 @@ def test_generate_writes_video_and_metrics(tiny_pipeline, tmp_path):
     assert metrics["peak_memory"]["kind"] == "process_peak_rss" and metrics["peak_memory"]["bytes"] > 0
     assert metrics["params"] == request(fps=8).model_dump(mode="json")
     assert metrics["engine_config"] == tiny_pipeline.config.model_dump(mode="json")
-    assert metrics["runtime"] == {"device": "cpu", "dtype": "float32", "attention_backend": "sdpa"}
+    assert metrics["runtime"] == {
+        "device": "cpu", "dtype": "float32", "attention_backend": "sdpa", "precision": "bf16", "compiled": False
+    }
     assert metrics["model"]["variant"] == "wan2.1-custom" and metrics["model"]["load_s"] > 0
     assert (metrics["seed"], metrics["seed_source"]) == (7, "request")
     assert {"torch", "diffusers", "transformers"} <= set(metrics["versions"])
@@ -157,13 +161,20 @@ def test_name_must_be_a_plain_file_stem(tiny_pipeline, tmp_path, name):
         tiny_pipeline.generate(request(), tmp_path, name=name)
 
 
-def test_compile_and_attention_backend_settings(monkeypatch):
+def test_compile_and_attention_backend_settings(monkeypatch, tmp_path):
     compiled = []
     pipe = build_random_pipeline()
     monkeypatch.setattr(type(pipe.transformer), "compile_repeated_blocks", lambda self, **kw: compiled.append(kw))
-    settings = ["infer.diffusion.compile=true", "infer.diffusion.attention_backend=math"]
+    monkeypatch.setenv(INDUCTOR_CACHE_ENV, "unset")  # restored after the test
+    settings = [
+        "infer.diffusion.compile=true",
+        "infer.diffusion.attention_backend=math",
+        f"infer.diffusion.compile_cache_dir={tmp_path / 'compiled'}",
+    ]
     engine = Engine(pipe, EngineConfig.from_overrides(settings))
     assert compiled == [{"fullgraph": False}]
+    assert os.environ[INDUCTOR_CACHE_ENV] == str(tmp_path / "compiled") and (tmp_path / "compiled").is_dir()
+    assert not Engine(build_random_pipeline(), EngineConfig()).compile  # unset: off on CPU
     assert engine.attention_backend == "math"
     assert all(type(block.attn1.processor) is WanSelfAttnProcessor for block in pipe.transformer.blocks)
     with pytest.raises(ConfigError, match=r"infer\.diffusion\.attention_backend"):
@@ -194,3 +205,15 @@ def test_seed_api_and_load_engine_share_one_path(tiny_model_dir):
     config = EngineConfig.from_overrides(["infer.diffusion.device=cpu"])
     for engine in (Engine.load(tiny_model_dir, config), load_engine(tiny_model_dir, config)):
         assert type(engine) is Engine and engine.layout == ParallelLayout() and engine.model_dir == tiny_model_dir
+
+
+def test_fp8_precision_check_reports_the_distance_to_bf16(tmp_path):
+    """FP8 on CPU runs the reference math of the Hopper kernels (precision/); the check reruns the request in bf16."""
+    engine = Engine(build_random_pipeline(), EngineConfig.from_overrides(
+        ["infer.diffusion.precision=fp8", "infer.diffusion.precision_check=true"]))
+    result = engine.generate(request(), tmp_path)
+    check = result.metrics["precision_check"]
+    assert result.metrics["runtime"]["precision"] == "fp8"
+    assert 0 < check["rel_l2_latents"] < 0.5 and check["psnr_db_frames"] > 10
+    plain = Engine(build_random_pipeline(), EngineConfig()).generate(request(), tmp_path / "bf16")
+    assert "precision_check" not in plain.metrics

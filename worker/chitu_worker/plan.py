@@ -98,6 +98,8 @@ ENGINE_FIELDS = {
     "infer.diffusion.up_limit": ("spec.parallelism.upLimit", lambda spec: spec.parallelism.up_limit),
     "infer.diffusion.dtype": ("spec.engine.dtype", lambda spec: spec.engine.dtype),
     "infer.diffusion.compile": ("spec.engine.compile", lambda spec: spec.engine.compile),
+    "infer.diffusion.precision": ("spec.engine.precision", lambda spec: spec.engine.precision),
+    "infer.diffusion.precision_check": ("spec.engine.precisionCheck", lambda spec: spec.engine.precision_check),
 }
 
 
