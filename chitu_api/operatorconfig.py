@@ -22,6 +22,7 @@ import yaml
 from pydantic import BeforeValidator, Field, ValidationError
 
 from chitu_api.corev1 import ResourceRequirements
+from chitu_api.podpolicy import PodPolicy
 from chitu_api.podtemplate import KubeObject, PodTemplateFields
 from chitu_api.schema import ContractModel, error_message
 
@@ -126,6 +127,8 @@ class OperatorConfig(ContractModel):
     worker: WorkerDefaults = Field(default_factory=WorkerDefaults, description="Worker pod defaults.")
     model: ModelDefaults = Field(default_factory=ModelDefaults, description="spec.model defaults.")
     output: OutputDefaults = Field(default_factory=OutputDefaults, description="spec.output defaults.")
+    policy: PodPolicy = Field(default_factory=PodPolicy, description="What a job's pods may carry (volume types, "
+                              "hostPath, the Secrets a job may name): chitu_api.podpolicy.")
 
     def spec_defaults(self) -> dict[str, dict[str, Any]]:
         """The spec fields this configuration fills in, by section, as a spec writes them (camelCase)."""

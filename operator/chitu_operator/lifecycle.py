@@ -60,10 +60,10 @@ class Job:
     @classmethod
     def from_body(cls, body: Mapping[str, Any], config: OperatorConfig | None = None) -> Job:
         """The job with the platform's defaults (`config`) under its spec; raises InvalidSpec when it cannot run."""
-        meta = body["metadata"]
+        meta, config = body["metadata"], config or OperatorConfig()
         return cls(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"],
                    generation=meta.get("generation"),
-                   spec=parse_spec(with_platform_defaults(body.get("spec") or {}, config or OperatorConfig())),
+                   spec=parse_spec(with_platform_defaults(body.get("spec") or {}, config), policy=config.policy),
                    status=body.get("status") or {}, labels=meta.get("labels") or {})
 
     @property
