@@ -146,7 +146,9 @@ class Engine:
         except ValueError as err:
             raise ConfigError(str(err)) from None
         if settings.precision == "fp8" and self.device.type == "cuda" and self.transformer.dtype != torch.bfloat16:
-            raise ConfigError("infer.diffusion.precision=fp8 needs a bfloat16 model on CUDA: infer.diffusion.dtype=auto")
+            raise ConfigError(
+                "infer.diffusion.precision=fp8 needs a bfloat16 model on CUDA: infer.diffusion.dtype=auto or bfloat16"
+            )
         blocks = self.adapter.blocks(self.transformer)
         self.precision = apply_precision(blocks, settings.precision, self.device)
         if settings.precision == "bf16" and self.device.type == "cuda":

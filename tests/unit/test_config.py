@@ -139,5 +139,5 @@ def test_compile_defaults_to_on_for_cuda_only_and_obeys_an_explicit_setting():
 
 def test_precision_names_its_choices():
     assert EngineConfig.from_overrides(["infer.diffusion.precision=fp8"]).diffusion.precision == "fp8"
-    with pytest.raises(ConfigError, match="infer.diffusion.precision.*'bf16' or 'fp8'"):
+    with pytest.raises(ConfigError, match=r"infer\.diffusion\.precision.*'bf16' or 'fp8'"):
         EngineConfig.from_overrides(["infer.diffusion.precision=int8"])
