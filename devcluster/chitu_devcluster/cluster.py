@@ -1,8 +1,9 @@
 """``DevCluster``: the whole hermetic cluster in one state folder.
 
 ``up`` starts, each detached in its own session, etcd + kube-apiserver + kube-controller-manager +
-kube-scheduler (controlplane), SeaweedFS (s3), the node agent (nodeagent) and, optionally, the
-operator as a local process; it applies every CRD under ``crds/`` and the RBAC of identities.py. Pid
+kube-scheduler (controlplane), SeaweedFS (s3) and the node agent (nodeagent); then it installs the Helm chart
+(CRDs, RBAC, the operator's configuration with platform defaults for the dev S3: platform.py) and runs the
+operator as the chart's pod or as a local process. Pid
 files, logs, kubeconfigs and ``env.sh`` land in the state folder, so ``down``/``env``/``status``
 work from any shell given the same folder.
 """
@@ -25,7 +26,7 @@ import yaml
 from kubernetes import client, config
 from kubernetes.dynamic import DynamicClient
 
-from . import identities
+from . import identities, platform
 from .certs import CertPaths
 from .controlplane import ControlPlane, admin_tls, http_status
 from .kubeconfig import write_kubeconfig
@@ -38,6 +39,7 @@ from .paths import (
     VENV_BIN,
     StateDir,
     control_plane_bin_dir,
+    free_ports,
 )
 from .podrunner import PID_RECORD
 from .processes import ProcessTable, kill_recorded
@@ -78,8 +80,14 @@ class DevCluster:
 
     @classmethod
     def up(cls, state_dir: Path | str | None = None, *, with_operator: bool = True, gpus: int = NodeConfig.gpus,
-           timeout: float = 120) -> DevCluster:
-        """Start a fresh cluster and return it; on any failure stop what was started and raise."""
+           timeout: float = 120, operator_pod: bool = False, preload_model: bool = True) -> DevCluster:
+        """Start a fresh cluster and return it; on any failure stop what was started and raise.
+
+        The chart installs the CRD, RBAC and the operator's configuration, as on a real cluster. The operator runs
+        as the chart's pod (`operator_pod`, what `chitu-dev-cluster up` does) or, with `with_operator`, as a local
+        process tests can stop and kill (the chart then runs no replica). `preload_model`: the tiny model at the
+        examples' model.uri (needs the engine installed; skipped without it).
+        """
         cluster = cls(state_dir)
         if any(cluster.procs.running().values()):
             raise RuntimeError(f"a dev cluster is already running in {cluster.state.root}: run `down` first")
@@ -95,12 +103,16 @@ class DevCluster:
             ControlPlane(cluster.state, cluster.procs, bin_dir).start(timeout)
             start_s3(cluster.state, cluster.procs)
             cluster._start_node_agent(gpus, timeout)
-            cluster._apply(cluster._crd_manifests())
+            s3 = cluster.s3
+            values = platform.chart_values(s3, liveness_port=free_ports(1)[0], operator_replicas=int(operator_pod))
+            platform.install_chart(cluster.state, values, round(timeout))
             cluster._wait_crds_established(timeout)
-            cluster._apply(identities.build_dev_rbac())
+            cluster._apply([platform.credentials_secret(s3)])
             cluster._write_operator_kubeconfig()
             cluster.state.env_sh.write_text(cluster.env_script())
-            if with_operator:
+            if preload_model and importlib.util.find_spec("chitu_diffusion") is not None:
+                platform.preload_model(s3, platform.make_tiny_model(cluster.state))
+            if with_operator and not operator_pod:
                 cluster.start_operator()
         except BaseException:
             cluster.down()
@@ -174,13 +186,20 @@ class DevCluster:
         if namespace:
             argv += ["--namespace", namespace]
         argv += list(extra_args)
-        env = {**os.environ, "KUBECONFIG": kubeconfig, "POD_NAMESPACE": identities.OPERATOR_NAMESPACE}
+        env = {**os.environ, "KUBECONFIG": kubeconfig, "POD_NAMESPACE": identities.OPERATOR_NAMESPACE,
+               platform.CONFIG_ENV: self.operator_config()}
         self.procs.start(name, argv, env=env)
         deadline = time.monotonic() + OPERATOR_STARTUP_CHECK_SECONDS
         while time.monotonic() < deadline:
             if not self.procs.is_running(name):
                 raise RuntimeError(f"chitu-operator exited at startup:\n{self.procs.log_tail(name)}")
             time.sleep(0.1)
+
+    def operator_config(self) -> str:
+        """The operator's configuration as the chart rendered it (what the chart's pod gets in its env)."""
+        config_map = client.CoreV1Api(self.api_client()).read_namespaced_config_map(
+            platform.CONFIG_MAP, platform.RELEASE_NAMESPACE)
+        return config_map.data["config.yaml"]
 
     def stop_operator(self, grace: float = 10) -> None:
         """SIGTERM (a graceful kopf shutdown), SIGKILL after ``grace``."""

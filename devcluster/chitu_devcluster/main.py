@@ -37,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
         if args.command == "up":
-            cluster = DevCluster.up(args.state_dir, with_operator=not args.no_operator, gpus=args.gpus)
+            # The operator as a real cluster runs it: the chart's Deployment (its pod is a local process here).
+            cluster = DevCluster.up(args.state_dir, with_operator=False, operator_pod=not args.no_operator,
+                                    gpus=args.gpus)
             print(f"dev cluster up; logs in {cluster.state.logs}\n"
                   f"use it with: eval $(chitu-dev-cluster env{_state_flag(args)})", file=sys.stderr)
         elif args.command == "down":

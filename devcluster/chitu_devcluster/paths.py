@@ -18,7 +18,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "scripts" / "build-control-plane.sh"
 CRDS_DIR = REPO_ROOT / "crds"
-DEFAULT_STATE_DIR = REPO_ROOT / ".dev-cluster"
+# $CHITU_DEV_CLUSTER_DIR: another default (the docs test gives each doc its own cluster this way).
+DEFAULT_STATE_DIR = Path(os.environ.get("CHITU_DEV_CLUSTER_DIR") or REPO_ROOT / ".dev-cluster")
 # The venv's bin (not resolved: its python is a symlink to the base interpreter).
 VENV_BIN = Path(sys.executable).parent
 CONTROL_PLANE_BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
