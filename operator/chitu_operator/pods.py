@@ -2,11 +2,16 @@
 
 The operator keeps a kopf index of these views (handlers.worker_pods), fed by the pod watch: it is
 rebuilt from the cluster when the operator starts, so no decision depends on memory of the past.
+
+Text a pod writes about itself (termination message, waiting message) reaches the job's status and events,
+which more people may read than the pod's logs: it is scrubbed on the way in (control characters dropped,
+values after credential-like words and AWS access key ids redacted) and capped.
 """
 
 from __future__ import annotations
 
 import datetime
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +21,19 @@ from chitu_api.names import ATTEMPT_LABEL, RANK_LABEL, WORKER_CONTAINER
 
 RUNNING, SUCCEEDED, FAILED, PENDING = "Running", "Succeeded", "Failed", "Pending"
 MAX_DETAIL_CHARS = 800  # a log tail (FallbackToLogsOnError) can be 2 KiB: keep its end, where the error is
+CREDENTIAL_VALUE = re.compile(r"(?i)\b([\w-]*(?:secret|token|password|passwd|api[_-]?key|access[_-]?key)[\w-]*)"
+                              r"(\s*[=:]\s*)(\S+)")
+AWS_ACCESS_KEY_ID = re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def scrub(text: str | None) -> str | None:
+    """Pod-written text fit for status and events: no control characters, no credential-looking values."""
+    if not text:
+        return None
+    text = CONTROL.sub("", text)
+    text = CREDENTIAL_VALUE.sub(lambda m: f"{m[1]}{m[2]}<redacted>", text)
+    return AWS_ACCESS_KEY_ID.sub("<redacted>", text).strip() or None
 
 
 def parse_time(value: str | None) -> datetime.datetime | None:
@@ -58,8 +76,8 @@ class PodView:
             phase=status.get("phase") or PENDING, deleting=bool(meta.get("deletionTimestamp")),
             created=parse_time(meta.get("creationTimestamp")),
             waiting_reason=waiting.get("reason") or unscheduled.get("reason"),
-            waiting_message=waiting.get("message") or unscheduled.get("message"),
-            exit_code=terminated.get("exitCode"), termination_message=(terminated.get("message") or "").strip() or None,
+            waiting_message=scrub(waiting.get("message") or unscheduled.get("message")),
+            exit_code=terminated.get("exitCode"), termination_message=scrub(terminated.get("message")),
             finished=parse_time(terminated.get("finishedAt")),
             conditions=tuple((c["type"], c.get("status", "")) for c in status.get("conditions") or [] if c.get("type")),
         )

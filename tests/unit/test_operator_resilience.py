@@ -97,3 +97,22 @@ def test_conflicts_are_success_and_quota_is_retried():
         gang._create(refusing(403, 'pods "cats-worker-0" is forbidden: exceeded quota: gpus'), "ns", POD)
     with pytest.raises(ApiException):
         gang._create(refusing(500, "etcd timeout"), "ns", POD)
+
+
+def test_text_from_pods_is_scrubbed_before_status_and_events():
+    from chitu_operator.pods import PodView
+
+    message = "S3 error: AWS_SECRET_ACCESS_KEY=hunter2 key AKIAABCDEFGHIJKLMNOP\x1b[31m token: abc"
+    pod = {
+        "metadata": {"name": "cats-worker-0", "labels": {"chitu.dev/rank": "0"}},
+        "status": {
+            "phase": "Failed",
+            "containerStatuses": [{"name": "worker", "state": {"terminated": {"exitCode": 1, "message": message}}}],
+        },
+    }
+    failure = PodView.from_pod(pod).failure()
+    assert "hunter2" not in failure and "AKIAABCDEFGHIJKLMNOP" not in failure and "\x1b" not in failure
+    assert failure == (
+        "rank 0 (pod cats-worker-0) failed with exit code 1: S3 error: "
+        "AWS_SECRET_ACCESS_KEY=<redacted> key <redacted>[31m token: <redacted>"
+    )
