@@ -163,7 +163,8 @@ def run_mode(args: argparse.Namespace, mode: str, model_dir: Path) -> dict:
     elif not mode.startswith("chitu"):  # each peer compiles from scratch, in its untimed warm-up
         env["TORCHINDUCTOR_CACHE_DIR"] = str(args.work_dir / f"compile-cache-{mode}")
         shutil.rmtree(env["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
-    subprocess.run([*launcher, *script], check=True, env=env, timeout=args.timeout)
+    with open(args.work_dir / f"{mode}.log", "w") as log:  # the worker's stderr, for a failed mode's reason
+        subprocess.run([*launcher, *script], check=True, env=env, timeout=args.timeout, stderr=log)
     return json.loads(result_path.read_text())
 
 

@@ -205,7 +205,15 @@ def run_chitu(args: argparse.Namespace, mode: str, model_dir: Path, videos_dir: 
         )
         warmup_s = time.perf_counter() - warm_start
     videos = 2 if mode == "chitu" else 1  # the steady state next to the first video of a fresh process
-    results = [engine.generate(params, videos_dir, f"{mode}-{index}") for index in range(videos)]
+    memory: list[list[float]] = []  # GiB allocated after each step of each video (host-side counter: no sync)
+
+    def record_memory(done: int, total: int) -> None:
+        if done == 1:
+            memory.append([])
+        if torch.cuda.is_available():
+            memory[-1].append(torch.cuda.memory_allocated() / 2**30)
+
+    results = [engine.generate(params, videos_dir, f"{mode}-{index}", on_step=record_memory) for index in range(videos)]
     if results[0] is None:  # a gang rank other than 0: it denoised (and decoded its strip); rank 0 reports
         return {}, samples[-1].latents, None
     runs = [result.metrics for result in results]
@@ -223,5 +231,6 @@ def run_chitu(args: argparse.Namespace, mode: str, model_dir: Path, videos_dir: 
         "runtime": first["runtime"],
         "cache": first.get("cache"),
         "parallel": first.get("parallel"),
+        "allocated_gib_per_step": memory,
     }
     return result, samples[-1].latents, frames
