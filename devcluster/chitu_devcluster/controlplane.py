@@ -85,6 +85,11 @@ class ControlPlane:
             "--disable-admission-plugins=ServiceAccount",
             # The endpoint reconciler refuses a loopback advertise address; nothing needs it here.
             "--endpoint-reconciler-type=none",
+            # `kubectl logs`: the apiserver reaches the node agent's kubelet API at the Node's InternalIP, checks
+            # its certificate against the cluster CA and presents a client certificate of the same CA.
+            "--kubelet-preferred-address-types=InternalIP",
+            f"--kubelet-certificate-authority={paths.ca_cert}",
+            f"--kubelet-client-certificate={paths.client_cert}", f"--kubelet-client-key={paths.client_key}",
         ])
         wait_ready(self.procs, "kube-apiserver", f"{server}/readyz", admin_tls(paths), timeout)
 

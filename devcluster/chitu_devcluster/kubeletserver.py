@@ -93,7 +93,7 @@ class _LogHandler(BaseHTTPRequestHandler):
         self.send_response(HTTPStatus.OK)
         self.send_header("Content-Type", "text/plain")
         if not follow:
-            data = self._initial(path, query)[:limit]
+            data = self._initial(path, query)[0][:limit]
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
@@ -102,15 +102,16 @@ class _LogHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self._stream(path, query, limit)
 
-    def _initial(self, path: Path, query: dict[str, str]) -> bytes:
+    def _initial(self, path: Path, query: dict[str, str]) -> tuple[bytes, int]:
+        """What is there now (or its last tailLines lines), and where following it goes on from."""
         data = path.read_bytes()
-        return data[tail_offset(data, int(query["tailLines"])) :] if "tailLines" in query else data
+        start = tail_offset(data, int(query["tailLines"])) if "tailLines" in query else 0
+        return data[start:], len(data)
 
     def _stream(self, path: Path, query: dict[str, str], limit: int | None) -> None:
         """Send what is there, then what is appended, until the pod's process has ended and all is sent."""
         sent = 0
-        data = self._initial(path, query)
-        position = path.stat().st_size
+        data, position = self._initial(path, query)
         try:
             while True:
                 if data:

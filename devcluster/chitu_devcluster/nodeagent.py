@@ -25,7 +25,9 @@ from pathlib import Path
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
+from .certs import CertPaths
 from .containerenv import LOOPBACK
+from .kubeletserver import KubeletServer
 from .paths import StateDir, k8s_version
 from .podrunner import NodeContext, PodRunner, now
 
@@ -70,12 +72,16 @@ class NodeAgent:
         self.ctx = NodeContext(api=self.core, server=cfg.host,
                                ca_pem=Path(cfg.ssl_ca_cert).read_bytes(), pods_dir=state.pods)
         self.runners: dict[str, PodRunner] = {}  # by pod uid
+        paths = CertPaths(state.certs)  # the kubelet API serves with the cluster CA, as kubectl logs expects
+        self.kubelet_api = KubeletServer(state.pods, paths.serving_cert, paths.serving_key, paths.ca_cert,
+                                         is_running=self._writing)
         self._runners_lock = threading.Lock()  # the watch thread adds, shutdown takes them all
         self._closed = False  # set at shutdown: no pod starts after that
         self._renewals = 0
 
     def run(self, stop: threading.Event) -> None:
         """Register, then heartbeat and run pods until ``stop`` is set; stop every pod on the way out."""
+        self.kubelet_api.start()
         self._register()
         threads = [threading.Thread(target=self._heartbeat, args=(stop,), name="heartbeat", daemon=True),
                    threading.Thread(target=self._watch_pods, args=(stop,), name="pods", daemon=True)]
@@ -91,6 +97,13 @@ class NodeAgent:
             runner.stop(SHUTDOWN_GRACE_SECONDS, delete=False)
         for runner in runners:
             runner.join(SHUTDOWN_GRACE_SECONDS + 5)
+        self.kubelet_api.close()
+
+    def _writing(self, log_file: Path) -> bool:
+        """Whether the pod run that writes `log_file` may still write to it (`kubectl logs -f` follows it)."""
+        with self._runners_lock:
+            runner = next((r for r in self.runners.values() if r.dir / "log" == log_file), None)
+        return runner is not None and (runner.proc is None or runner.proc.poll() is None)
 
     # --- the node ----------------------------------------------------------------------------
 
@@ -124,6 +137,7 @@ class NodeAgent:
                 condition["lastTransitionTime"] = stamp
         version = k8s_version()
         status = {"capacity": self.node.capacity(), "allocatable": self.node.capacity(), "conditions": conditions,
+                  "daemonEndpoints": {"kubeletEndpoint": {"Port": self.kubelet_api.port}},
                   "addresses": [{"type": "InternalIP", "address": LOOPBACK},
                                 {"type": "Hostname", "address": self.node.name}],
                   "nodeInfo": {"kubeletVersion": version, "kubeProxyVersion": version, "operatingSystem": "linux",
