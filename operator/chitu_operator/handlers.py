@@ -120,10 +120,11 @@ def _count(memo: kopf.Memo, key: tuple[str, str], job: Job | None, decision: Dec
     previous = memo.gpu_clock.pop(key, None)
     if job is None or job.phase != st.RUNNING:
         return
-    if previous is not None:
-        gpus = job.spec.parallelism.gpus_per_pod * job.spec.parallelism.pods
-        memo.metrics.gpu_seconds.inc(gpus * (now - previous).total_seconds())
-    memo.gpu_clock[key] = now
+    since = previous or st.condition_since(job.status, st.RUNNING) or now  # a gang seen first: since it runs
+    gpus = job.spec.parallelism.gpus_per_pod * job.spec.parallelism.pods
+    memo.metrics.gpu_seconds.inc(gpus * max((now - since).total_seconds(), 0.0))
+    if not (decision.transition and decision.transition.phase != st.RUNNING):
+        memo.gpu_clock[key] = now
 
 
 def _expires(status: Mapping[str, Any], spec: Mapping[str, Any], **_: Any) -> bool:

@@ -127,3 +127,11 @@ def derived_patch(status: Mapping[str, Any], generation: int | None) -> dict[str
 
 def _is_true(conditions: Sequence[Mapping[str, Any]], kind: str) -> bool:
     return any(c.get("type") == kind and c.get("status") == "True" for c in conditions)
+
+
+def condition_since(status: Mapping[str, Any], kind: str) -> datetime.datetime | None:
+    """When condition ``kind`` last became True (None unless it is True now)."""
+    found = next((c for c in status.get("conditions") or [] if c.get("type") == kind and c.get("status") == "True"),
+                 None)
+    stamp = (found or {}).get("lastTransitionTime")
+    return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")) if stamp else None
