@@ -6,7 +6,8 @@ operator restarts with the new configuration) -> uninstall leaving no chart reso
 the documented CRD upgrade path (`helm show crds | kubectl apply --server-side`, then `helm upgrade`).
 
 Each release serves only its test's namespace (watchNamespace) and leaves the dev cluster's shared ClusterRole
-chitu-worker alone (rbac.createWorkerClusterRole=false), so it can share the session's cluster.
+chitu-worker and user roles alone (rbac.createWorkerClusterRole, rbac.createUserClusterRoles = false: fixed names
+the session's release owns), so it can share the session's cluster.
 """
 
 from __future__ import annotations
@@ -75,6 +76,8 @@ def release_values(namespace: str, bucket: str, cluster) -> list[str]:
         "--set",
         "rbac.createWorkerClusterRole=false",
         "--set",
+        "rbac.createUserClusterRoles=false",
+        "--set",
         f"livenessPort={port}",
         "--set",
         f"jobDefaults.output.uri=s3://{bucket}/runs",
@@ -138,16 +141,18 @@ def test_template_at_the_server_version_passes_a_server_side_dry_run(cluster, he
         server,
         "--set",
         "rbac.createWorkerClusterRole=false",
+        "--set",
+        "rbac.createUserClusterRoles=false",
     ).stdout
-    kinds = sorted(doc["kind"] for doc in yaml.safe_load_all(rendered) if doc)
-    assert kinds == [
+    kinds = [doc["kind"] for doc in yaml.safe_load_all(rendered) if doc]
+    assert {
         "ClusterRole",
         "ClusterRoleBinding",
         "ConfigMap",
         "CustomResourceDefinition",
         "Deployment",
         "ServiceAccount",
-    ]
+    } <= set(kinds), kinds
     applied = run(
         cluster,
         "kubectl",
@@ -238,6 +243,8 @@ def test_crd_upgrade_path_of_the_notes(cluster, helm, kube, namespace, tmp_path)
         f"watchNamespace={namespace}",
         "--set",
         "rbac.createWorkerClusterRole=false",
+        "--set",
+        "rbac.createUserClusterRoles=false",
         "--set",
         f"livenessPort={free_ports(1)[0]}",
     ]
