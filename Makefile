@@ -9,7 +9,7 @@ DEMO := out/demo
 pytest = $(BIN)/python -m pytest $(1); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
-.PHONY: setup demo test unit lint control-plane clean
+.PHONY: setup demo test unit lint control-plane helm clean
 
 setup: $(STAMP)
 
@@ -31,8 +31,12 @@ demo: setup
 control-plane:
 	bash scripts/build-control-plane.sh
 
+# helm from its Go module (helm.sh/helm/v3), cached by version: the dev cluster installs the chart with it.
+helm:
+	bash scripts/build-helm.sh
+
 # Every tier: unit, distributed (gloo ranks), e2e (the hermetic control plane).
-test: setup control-plane
+test: setup control-plane helm
 	$(call pytest,)
 
 # The reliability tier (issue 14), slower than `test`: hostile specs (hypothesis), the hanging cases, faults
