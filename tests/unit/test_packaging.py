@@ -184,3 +184,14 @@ def test_image_sources_build_a_wheel_of_only_its_own_parts(path, tmp_path):
     """The worker image holds no operator or dev cluster code; the operator image no worker or dev cluster."""
     packages = IMAGES[path][3]
     assert build_wheel_from(copied_sources(ROOT / path), tmp_path) == packages
+
+
+def test_worker_image_runs_what_the_benchmarks_measured():
+    """The README's GPU numbers come from bench/results: the image pins the same torch (and CUDA) and FA3 build."""
+    dockerfile = ROOT / "worker" / "Dockerfile"
+    args = dict(arg.split("=", 1) for arg in arguments(dockerfile, "ARG") if "=" in arg)
+    versions = json.loads((ROOT / "bench" / "results" / "engine_h200.json").read_text())["versions"]
+    assert args["BASE_IMAGE"] == f"pytorch/pytorch:{versions['torch']}-cuda{versions['cuda']}-cudnn9-runtime"
+    recorded = re.search(r"`fa3-fwd` (\S+?)[.,]? ", (ROOT / "bench" / "results" / "README.md").read_text())
+    assert recorded and args["FA3_FWD_VERSION"] == recorded.group(1)
+    assert any("fa3-fwd==${FA3_FWD_VERSION}" in run for run in arguments(dockerfile, "RUN"))
