@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import secrets
 import shutil
+import socket
 from dataclasses import dataclass
 
 import boto3
@@ -25,6 +26,9 @@ log = logging.getLogger(__name__)
 
 REGION = "us-east-1"
 SERVICE = "s3"
+#: The S3 port when it is free (SeaweedFS's own default): the address a user's shell and notes keep across `up`s.
+#: A second dev cluster on the machine (a test session beside a developer's cluster) gets a free one instead.
+STABLE_PORT = 8333
 
 
 @dataclass(frozen=True)
@@ -63,12 +67,23 @@ class S3Credentials:
                    env["AWS_DEFAULT_REGION"])
 
 
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def start_s3(state: StateDir, procs: ProcessTable, timeout: float = 60) -> S3Credentials:
     """Start ``weed mini`` with fresh credentials and wait until a signed ListBuckets succeeds."""
     data = state.data(SERVICE)
     shutil.rmtree(data, ignore_errors=True)
     data.mkdir(parents=True)
     master, volume, filer, s3, admin = free_ports(5, grpc_pairs=True)
+    if _free(STABLE_PORT) and _free(STABLE_PORT + 10000) and STABLE_PORT not in (master, volume, filer, admin):
+        s3 = STABLE_PORT
     creds = S3Credentials(f"http://127.0.0.1:{s3}", "chitu-dev", secrets.token_urlsafe(24))
     procs.start(SERVICE, [
         str(VENV_BIN / "weed"), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
