@@ -4,8 +4,9 @@ Specs come from jobspecs.job_specs(): valid pod values mixed with every kind of 
 First without the operator, against the real apiserver: a spec that both the CRD (create, dry run) and
 the contract (parse_spec) accept yields pods and a Service the apiserver accepts too (dry run), so the
 operator never meets a create it cannot make. Then with the operator: each drawn job is refused at create
-naming a field, reaches a terminal phase with a message, or (for a cause only the cluster knows, such as a node selector no node matches) shows a condition
-saying why it waits, within 30 s, and the operator logs no traceback.
+naming a field, reaches a terminal phase with a message, or (for a cause only the cluster knows, such as a
+node selector no node matches) shows a condition saying why it waits, within 30 s, and the operator logs no
+traceback.
 """
 
 from __future__ import annotations
