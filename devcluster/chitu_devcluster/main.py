@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from .cluster import DevCluster
+from .kueue import start_kueue
 from .nodeagent import GPU_RESOURCE, NodeConfig
 from .paths import DEFAULT_STATE_DIR
 
@@ -25,6 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", parents=[common], help="start the control plane, node agent, S3 (and operator)")
     up.add_argument("--no-operator", action="store_true", help="do not run chitu-operator")
+    up.add_argument("--kueue", action="store_true", help="also run Kueue (built from its Go module; docs/kueue.md)")
     up.add_argument("--gpus", type=int, default=NodeConfig.gpus, help=f"{GPU_RESOURCE} capacity of the node")
     commands.add_parser("down", parents=[common], help="stop everything started by `up`")
     commands.add_parser("env", parents=[common], help="print shell exports: eval $(chitu-dev-cluster env)")
@@ -40,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
             # The operator as a real cluster runs it: the chart's Deployment (its pod is a local process here).
             cluster = DevCluster.up(args.state_dir, with_operator=False, operator_pod=not args.no_operator,
                                     gpus=args.gpus)
+            if args.kueue:
+                start_kueue(cluster)
             print(f"dev cluster up; logs in {cluster.state.logs}\n"
                   f"use it with: eval $(chitu-dev-cluster env{_state_flag(args)})", file=sys.stderr)
         elif args.command == "down":
