@@ -9,6 +9,7 @@ prompt 0 is not generated again.
 
 from __future__ import annotations
 
+import datetime
 import json
 import re
 import subprocess
@@ -167,6 +168,9 @@ def test_missing_model_path_fails_the_job_once_with_the_workers_reason(
     status = wait_finished(cluster, k8s, namespace, name)["status"]
     worker_reason = f"InvalidInput: spec.model.uri: {missing} is not a folder on this machine"
     assert status["phase"] == "Failed" and status["restarts"] == 0, status
+    took = datetime.datetime.fromisoformat(status["completionTime"]) - datetime.datetime.fromisoformat(
+        created["metadata"]["creationTimestamp"])
+    assert took.total_seconds() < 30, took  # issue 11: a bad model path is Failed within 30 s, not after retries
     assert worker_reason in status["message"] and "exit code 2" in status["message"], status["message"]
     failed = next(c for c in status["conditions"] if c["type"] == "Failed")
     assert (failed["status"], failed["reason"]) == ("True", "InvalidInput")
