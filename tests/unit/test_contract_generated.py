@@ -87,5 +87,7 @@ def test_operator_pod_is_hardened_by_default():
     assert values["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                                          "capabilities": {"drop": ["ALL"]}}
     deployment = (CHART / "templates" / "deployment.yaml").read_text()
-    assert "type: Recreate" in deployment and "replicas: 1" in deployment
+    # One replica serves jobs: the Lease holder (leader election on by default), else Recreate with one replica.
+    assert values["leaderElection"]["enabled"] is True and "- --leader-elect" in deployment
+    assert "type: Recreate" in deployment and "replicas: {{ .Values.replicas }}" in deployment
     assert "toYaml .Values.securityContext" in deployment and "toYaml .Values.podSecurityContext" in deployment
