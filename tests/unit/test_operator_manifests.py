@@ -59,7 +59,8 @@ def test_pod_env_follows_the_contract():
                                 "MASTER_ADDR", "MASTER_PORT", "NNODES", "NODE_RANK", "NPROC_PER_NODE", "WORLD_SIZE",
                                 "CHITU_S3_ENDPOINT", "AWS_DEFAULT_REGION", "EXTRA")} == {
         "CHITU_JOB_NAME": "cats", "CHITU_JOB_NAMESPACE": "ns", "CHITU_JOB_UID": "0123456789abcdef",
-        "CHITU_RESTART_ATTEMPT": "2", "MASTER_ADDR": "cats-worker-0.cats-workers.ns.svc", "MASTER_PORT": str(rendezvous_port(UID)),
+        "CHITU_RESTART_ATTEMPT": "2", "MASTER_ADDR": "cats-worker-0.cats-workers.ns.svc",
+        "MASTER_PORT": str(rendezvous_port(UID)),
         "NNODES": "2", "NODE_RANK": "1", "NPROC_PER_NODE": "2", "WORLD_SIZE": "4",
         "CHITU_S3_ENDPOINT": "http://s3.local:8333", "AWS_DEFAULT_REGION": "eu-west-1", "EXTRA": "1"}
     assert env["AWS_ACCESS_KEY_ID"] == {"secretKeyRef": {"name": "s3-creds", "key": "AWS_ACCESS_KEY_ID"}}

@@ -19,7 +19,6 @@ from chitu_api.names import SIMULATED_GPUS_ENV
 logger = logging.getLogger(__name__)
 
 
-
 class GpusNotVisible(RuntimeError):
     """CUDA sees fewer devices than the pod requested (spec.parallelism.gpusPerPod)."""
 
