@@ -75,9 +75,8 @@ def job_manifest(index: int, prompts: int, endpoint: str, runs: Path) -> dict:
 
 def request_counters(kube: KubeClients) -> Counter:
     """apiserver_request_total by (verb, resource/subresource, code)."""
-    text = kube.core.api_client.call_api(
-        "/metrics", "GET", auth_settings=["BearerToken"], _preload_content=False, response_type="str"
-    )[0].data.decode()
+    response = kube.core.api_client.call_api("/metrics", "GET", auth_settings=["BearerToken"], _preload_content=False)
+    text = (response[0] if isinstance(response, tuple) else response).data.decode()
     counters: Counter = Counter()
     for line in text.splitlines():
         if match := METRIC_LINE.match(line):
@@ -132,6 +131,12 @@ class Recorder:
             time.sleep(0.25)
 
 
+def all_finished(kube: KubeClients, jobs: int) -> bool:
+    """Every job terminal, read from the API (the watches only time the reactions)."""
+    listed = kube.custom.list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, PLURAL)["items"]
+    return len(listed) == jobs and all((job.get("status") or {}).get("phase") in FINISHED for job in listed)
+
+
 def percentiles(values: list[float]) -> dict[str, float | None]:
     if not values:
         return {"n": 0, "p50": None, "p99": None, "max": None}
@@ -180,8 +185,8 @@ def run(jobs: int, prompts: int, timeout: float, state_dir: Path) -> dict:
         with ThreadPoolExecutor(16) as pool:
             list(pool.map(create, range(jobs)))
         applied = time.monotonic() - started
-        while len(recorder.finished) < jobs and time.monotonic() - started < timeout:
-            time.sleep(0.5)
+        while time.monotonic() - started < timeout and not all_finished(kube, jobs):
+            time.sleep(2)
         wall = time.monotonic() - started
         time.sleep(2)  # the last status patches and events land in the counters
         after = request_counters(kube)
