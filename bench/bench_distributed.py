@@ -54,10 +54,6 @@ LAYOUTS = {"cfg2": (1, 8), "ulysses2": (2, 8), "ring2": (2, 1), "ditango2": (2, 
 TEXT_TOKENS, TEXT_DIM = 512, 4096
 
 
-
-
-
-
 def write_results(path: Path, results: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2) + "\n")
@@ -127,19 +123,21 @@ def run_mode(mode: str, transformer, args, device, rank: int, cache_ratio: float
     strategy = "ditango" if mode == "ditango2" else "none"
     cache = FlexCacheParams(strategy=strategy, cache_ratio=cache_ratio)
     options = dict(cache=cache, backend=args.kernel, compile=args.compile)
-    with engine_attention(transformer, args, device):
-        with parallelized(transformer, adapter_for(transformer), groups, **options) as par:
-            guide_for = lambda predict: par.guide(predict, args.guidance_scale)  # noqa: E731
-            latents, seconds = timed_loop(transformer, args, device, guide_for, par.strategy)
-            summary = par.strategy.log.summary()
-            return {
-                "latents": latents,
-                "seconds": seconds,
-                "layout": layout.describe(),
-                "reuse_fraction": summary["reuse_fraction"],
-                "cache": par.strategy.describe_ratio(),
-                "extra_memory_bytes": par.strategy.extra_memory_bytes(),
-            }
+    with (
+        engine_attention(transformer, args, device),
+        parallelized(transformer, adapter_for(transformer), groups, **options) as par,
+    ):
+        guide_for = lambda predict: par.guide(predict, args.guidance_scale)  # noqa: E731
+        latents, seconds = timed_loop(transformer, args, device, guide_for, par.strategy)
+        summary = par.strategy.log.summary()
+        return {
+            "latents": latents,
+            "seconds": seconds,
+            "layout": layout.describe(),
+            "reuse_fraction": summary["reuse_fraction"],
+            "cache": par.strategy.describe_ratio(),
+            "extra_memory_bytes": par.strategy.extra_memory_bytes(),
+        }
 
 
 def main() -> None:
@@ -182,9 +180,14 @@ def main() -> None:
         "commit": commit(),
         "kernel": resolve_backend(args.kernel, device, torch.bfloat16),
         "shapes": {
-            "frames": args.frames, "height": args.height, "width": args.width, "tokens": tokens, "steps": args.steps,
-            "guidance_scale": args.guidance_scale, "forwards_per_video": 2 * args.steps,
-        },  # fmt: skip
+            "frames": args.frames,
+            "height": args.height,
+            "width": args.width,
+            "tokens": tokens,
+            "steps": args.steps,
+            "guidance_scale": args.guidance_scale,
+            "forwards_per_video": 2 * args.steps,
+        },
         "modes": {},
     }
     if args.compile:

@@ -23,6 +23,7 @@ import argparse
 import json
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -39,17 +40,13 @@ from chitu_diffusion.task import DiffusionUserParams, FlexCacheParams
 PROMPT, NEGATIVE = "A cat walking on grass", "blurry, low quality"
 
 
-
-
-
-
 def stock_loop(pipe, params: DiffusionUserParams) -> tuple[torch.Tensor, float]:
     """diffusers as shipped: two eager forwards per step, no hooks, no compile."""
     device = pipe.transformer.device
     embeds = encode_text(pipe, params.prompt, params.negative_prompt, True, device)
     latents = initial_noise(pipe, params.num_frames, params.height, params.width, params.seed, device)
     scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
-    guide = lambda x, step: guided_noise(transformer_noise_predictor(pipe.transformer, embeds), params.guidance_scale, x, step)  # noqa: E731
+    guide = partial(guided_noise, transformer_noise_predictor(pipe.transformer, embeds), params.guidance_scale)
     timer = StageTimer(device)
     with torch.no_grad(), timer.stage("denoise"):
         latents = denoise(latents, scheduler, params.num_inference_steps, guide, timer)
@@ -107,8 +104,14 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = True
     pipe = build_random_pipeline("wan2.1-t2v-1.3b", dtype=torch.bfloat16, device="cuda", seed=0)
     request = dict(
-        prompt=PROMPT, negative_prompt=NEGATIVE, num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
-        height=args.height, width=args.width, num_frames=args.frames, seed=0,
+        prompt=PROMPT,
+        negative_prompt=NEGATIVE,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        height=args.height,
+        width=args.width,
+        num_frames=args.frames,
+        seed=0,
     )
     base = DiffusionUserParams(**request)
     results: dict = {
@@ -117,8 +120,12 @@ def main() -> None:
         "commit": commit(),
         "versions": versions(),
         "shapes": {
-            "frames": args.frames, "height": args.height, "width": args.width, "steps": args.steps,
-            "guidance_scale": args.guidance_scale, "forwards": args.steps * 2,
+            "frames": args.frames,
+            "height": args.height,
+            "width": args.width,
+            "steps": args.steps,
+            "guidance_scale": args.guidance_scale,
+            "forwards": args.steps * 2,
             "tokens": ((args.frames - 1) // 4 + 1) * (args.height // 16) * (args.width // 16),
         },
         "modes": {},
@@ -128,7 +135,10 @@ def main() -> None:
     results["modes"]["stock"] = {"seconds": stock_s, "s_per_forward": stock_s / (2 * args.steps)}
     print(f"stock diffusers: {stock_s:.2f} s", flush=True)
 
-    overrides = [f"infer.diffusion.attention_backend={args.attention_backend}", f"infer.diffusion.compile={not args.no_compile}"]
+    overrides = [
+        f"infer.diffusion.attention_backend={args.attention_backend}",
+        f"infer.diffusion.compile={not args.no_compile}",
+    ]
     engine = Engine(pipe, EngineConfig.from_overrides(overrides))
     results["engine_config"] = engine.config.model_dump(mode="json")
     modes = ["none", *filter(None, args.strategies.split(","))]
@@ -149,8 +159,11 @@ def main() -> None:
             mode["rel_l2_vs_chitu_none"] = rel_l2(latents, reference)
             mode["speedup_vs_chitu_none"] = results["modes"]["chitu-none"]["seconds"] / mode["seconds"]
         results["modes"][f"chitu-{mode_name}"] = mode
-        print(f"chitu {mode_name}: {mode['seconds']:.2f} s ({mode['speedup_vs_stock']:.2f}x stock), "
-              f"reuse {mode['reuse_fraction']:.2f}", flush=True)
+        print(
+            f"chitu {mode_name}: {mode['seconds']:.2f} s ({mode['speedup_vs_stock']:.2f}x stock), "
+            f"reuse {mode['reuse_fraction']:.2f}",
+            flush=True,
+        )
         write(results, args.out)  # after every mode: a later failure keeps what was measured
 
     print(json.dumps(results["modes"], indent=2))

@@ -35,14 +35,31 @@ def _not_reserved(name: str) -> str:
 class EnvVar(TypedDict):
     """One core/v1 EnvVar of the worker container."""
 
-    name: Required[Annotated[str, Field(min_length=1, max_length=256, description="The variable's name; not one "
-                                        "the operator sets on every pod.", json_schema_extra=rules(cel(
-                                            f"!(self in {sorted(RESERVED_ENV)})", "is set by the operator and "
-                                            f"cannot be overridden (reserved: {', '.join(sorted(RESERVED_ENV))})"))),
-                             AfterValidator(_not_reserved)]]
+    name: Required[
+        Annotated[
+            str,
+            Field(
+                min_length=1,
+                max_length=256,
+                description="The variable's name; not one the operator sets on every pod.",
+                json_schema_extra=rules(
+                    cel(
+                        f"!(self in {sorted(RESERVED_ENV)})",
+                        "is set by the operator and "
+                        f"cannot be overridden (reserved: {', '.join(sorted(RESERVED_ENV))})",
+                    )
+                ),
+            ),
+            AfterValidator(_not_reserved),
+        ]
+    ]
     value: NotRequired[Annotated[str, Field(max_length=4096, description="A literal value.")]]
-    valueFrom: NotRequired[Annotated[dict[str, Any], Field(description="A core/v1 EnvVarSource (secretKeyRef, "
-                                                           "fieldRef, ...).", json_schema_extra=FREE_FORM)]]
+    valueFrom: NotRequired[
+        Annotated[
+            dict[str, Any],
+            Field(description="A core/v1 EnvVarSource (secretKeyRef, fieldRef, ...).", json_schema_extra=FREE_FORM),
+        ]
+    ]
 
 
 class Toleration(TypedDict, total=False):
@@ -51,7 +68,10 @@ class Toleration(TypedDict, total=False):
     key: Annotated[str, Field(max_length=317, description="The taint key (empty with operator Exists: all).")]
     operator: Annotated[Literal["Exists", "Equal"], Field(description="Exists or Equal (default Equal).")]
     value: Annotated[str, Field(max_length=256, description="The taint value (operator Equal).")]
-    effect: Annotated[Literal["NoSchedule", "PreferNoSchedule", "NoExecute"], Field(
-        description="The taint effect to tolerate (empty: all).")]
-    tolerationSeconds: Annotated[int, Field(description="How long a NoExecute taint is tolerated.",
-                                            json_schema_extra=rules(format="int64"))]
+    effect: Annotated[
+        Literal["NoSchedule", "PreferNoSchedule", "NoExecute"],
+        Field(description="The taint effect to tolerate (empty: all)."),
+    ]
+    tolerationSeconds: Annotated[
+        int, Field(description="How long a NoExecute taint is tolerated.", json_schema_extra=rules(format="int64"))
+    ]

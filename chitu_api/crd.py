@@ -20,10 +20,32 @@ from chitu_api.names import GROUP, KIND, MAX_JOB_NAME_LENGTH, PLURAL, VERSION
 from chitu_api.schema import VALIDATIONS, cel
 
 #: The OpenAPI keys a CRD schema node may carry, in the order they are written.
-KEYS = ("type", "format", "description", "enum", "default", "minimum", "maximum", "minLength", "maxLength",
-        "pattern", "minItems", "maxItems", "minProperties", "maxProperties", "anyOf", "x-kubernetes-int-or-string",
-        "x-kubernetes-preserve-unknown-fields", "x-kubernetes-list-type", "x-kubernetes-list-map-keys", "required",
-        VALIDATIONS, "properties", "additionalProperties", "items")
+KEYS = (
+    "type",
+    "format",
+    "description",
+    "enum",
+    "default",
+    "minimum",
+    "maximum",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "minItems",
+    "maxItems",
+    "minProperties",
+    "maxProperties",
+    "anyOf",
+    "x-kubernetes-int-or-string",
+    "x-kubernetes-preserve-unknown-fields",
+    "x-kubernetes-list-type",
+    "x-kubernetes-list-map-keys",
+    "required",
+    VALIDATIONS,
+    "properties",
+    "additionalProperties",
+    "items",
+)
 RULE_KEYS = ("rule", "message", "fieldPath")
 DROPPED = ("title",)  # pydantic's, from the field name: the description says more
 NULL = {"type": "null"}
@@ -42,10 +64,15 @@ HEADER = """\
 
 # (name, JSON path, priority): the column's type and description come from the field it shows.
 PRINTER_COLUMNS = (
-    ("Status", ".status.phase", 0), ("Progress%", ".status.progress.percent", 0),
-    ("Prompts", ".status.progress.summary", 0), ("Restarts", ".status.restarts", 0),
-    ("Age", ".metadata.creationTimestamp", 0), ("Strategy", ".spec.flexCache.strategy", 1),
-    ("World", ".status.worldSize", 1), ("Model", ".spec.model.uri", 1), ("Output", ".spec.output.uri", 1),
+    ("Status", ".status.phase", 0),
+    ("Progress%", ".status.progress.percent", 0),
+    ("Prompts", ".status.progress.summary", 0),
+    ("Restarts", ".status.restarts", 0),
+    ("Age", ".metadata.creationTimestamp", 0),
+    ("Strategy", ".spec.flexCache.strategy", 1),
+    ("World", ".status.worldSize", 1),
+    ("Model", ".spec.model.uri", 1),
+    ("Output", ".spec.output.uri", 1),
 )
 
 
@@ -122,12 +149,21 @@ def root_schema() -> dict[str, Any]:
         "description": "A batch of text-to-video generations run by a gang of worker pods.",
         "required": ["spec"],
         # fieldPath cannot name metadata (it is not in the schema): the message does.
-        VALIDATIONS: [cel(f"self.metadata.name.size() <= {MAX_JOB_NAME_LENGTH} && "
-                          "self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",
-                          f"metadata.name must be a DNS label of at most {MAX_JOB_NAME_LENGTH} characters: pod "
-                          "hostnames <name>-worker-<rank> must fit 63")],
-        "properties": {"apiVersion": {"type": "string"}, "kind": {"type": "string"}, "metadata": {"type": "object"},
-                       "spec": spec_schema(), "status": structural_schema(GenerationJobStatus)},
+        VALIDATIONS: [
+            cel(
+                f"self.metadata.name.size() <= {MAX_JOB_NAME_LENGTH} && "
+                "self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",
+                f"metadata.name must be a DNS label of at most {MAX_JOB_NAME_LENGTH} characters: pod "
+                "hostnames <name>-worker-<rank> must fit 63",
+            )
+        ],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": spec_schema(),
+            "status": structural_schema(GenerationJobStatus),
+        },
     }
 
 
@@ -157,12 +193,25 @@ def build_crd() -> dict[str, Any]:
         "metadata": {"name": f"{PLURAL}.{GROUP}"},
         "spec": {
             "group": GROUP,
-            "names": {"kind": KIND, "listKind": f"{KIND}List", "plural": PLURAL, "singular": KIND.lower(),
-                      "shortNames": ["gj"], "categories": ["chitu"]},
+            "names": {
+                "kind": KIND,
+                "listKind": f"{KIND}List",
+                "plural": PLURAL,
+                "singular": KIND.lower(),
+                "shortNames": ["gj"],
+                "categories": ["chitu"],
+            },
             "scope": "Namespaced",
-            "versions": [{"name": VERSION, "served": True, "storage": True, "subresources": {"status": {}},
-                          "additionalPrinterColumns": printer_columns(schema),
-                          "schema": {"openAPIV3Schema": schema}}],
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": printer_columns(schema),
+                    "schema": {"openAPIV3Schema": schema},
+                }
+            ],
         },
     }
 

@@ -127,8 +127,11 @@ class OperatorConfig(ContractModel):
     worker: WorkerDefaults = Field(default_factory=WorkerDefaults, description="Worker pod defaults.")
     model: ModelDefaults = Field(default_factory=ModelDefaults, description="spec.model defaults.")
     output: OutputDefaults = Field(default_factory=OutputDefaults, description="spec.output defaults.")
-    policy: PodPolicy = Field(default_factory=PodPolicy, description="What a job's pods may carry (volume types, "
-                              "hostPath, the Secrets a job may name): chitu_api.podpolicy.")
+    policy: PodPolicy = Field(
+        default_factory=PodPolicy,
+        description="What a job's pods may carry (volume types, "
+        "hostPath, the Secrets a job may name): chitu_api.podpolicy.",
+    )
 
     def spec_defaults(self) -> dict[str, dict[str, Any]]:
         """The spec fields this configuration fills in, by section, as a spec writes them (camelCase)."""

@@ -56,42 +56,62 @@ class PodEnv(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
 
-    job_name: Annotated[str | None, FromOperator()] = Field(None, alias="CHITU_JOB_NAME", description="The "
-                                                            "GenerationJob's name.")
-    job_namespace: Annotated[str | None, FromOperator()] = Field(None, alias="CHITU_JOB_NAMESPACE", description="Its "
-                                                                 "namespace.")
-    job_uid: Annotated[str | None, FromOperator()] = Field(None, alias="CHITU_JOB_UID", description="Its uid (object "
-                                                           "keys start with its first 8 characters).")
-    restart_attempt: Annotated[int, FromOperator()] = Field(0, ge=0, alias="CHITU_RESTART_ATTEMPT", description="Gang "
-                                                            "restarts before this pod (0 on the first attempt).")
-    master_addr: Annotated[str | None, FromOperator()] = Field(None, alias="MASTER_ADDR", description="Rank 0's DNS "
-                                                               "name: <job>-worker-0.<job>-workers.<ns>.svc.")
-    master_port: Annotated[int | None, FromOperator()] = Field(None, gt=0, lt=65536, alias="MASTER_PORT",
-                                                               description="The rendezvous port on rank 0.")
+    job_name: Annotated[str | None, FromOperator()] = Field(
+        None, alias="CHITU_JOB_NAME", description="The GenerationJob's name."
+    )
+    job_namespace: Annotated[str | None, FromOperator()] = Field(
+        None, alias="CHITU_JOB_NAMESPACE", description="Its namespace."
+    )
+    job_uid: Annotated[str | None, FromOperator()] = Field(
+        None, alias="CHITU_JOB_UID", description="Its uid (object keys start with its first 8 characters)."
+    )
+    restart_attempt: Annotated[int, FromOperator()] = Field(
+        0, ge=0, alias="CHITU_RESTART_ATTEMPT", description="Gang restarts before this pod (0 on the first attempt)."
+    )
+    master_addr: Annotated[str | None, FromOperator()] = Field(
+        None, alias="MASTER_ADDR", description="Rank 0's DNS name: <job>-worker-0.<job>-workers.<ns>.svc."
+    )
+    master_port: Annotated[int | None, FromOperator()] = Field(
+        None, gt=0, lt=65536, alias="MASTER_PORT", description="The rendezvous port on rank 0."
+    )
     nnodes: Annotated[int | None, FromOperator()] = Field(None, ge=1, alias="NNODES", description="Pods in the gang.")
-    node_rank: Annotated[int | None, FromOperator()] = Field(None, ge=0, alias="NODE_RANK", description="This pod's "
-                                                             "rank, 0 .. NNODES-1.")
-    nproc_per_node: Annotated[int | None, FromOperator()] = Field(None, ge=1, alias="NPROC_PER_NODE", description=
-                                                                  "Processes in this pod: max(gpusPerPod, 1).")
-    world_size: Annotated[int | None, FromOperator()] = Field(None, ge=1, alias="WORLD_SIZE", description="Processes "
-                                                              "in the gang: cfg x cpSize.")
-    pod_name: Annotated[str | None, FromOperator(field_ref="metadata.name")] = Field(None, alias="POD_NAME",
-                                                                                     description="This pod's name.")
+    node_rank: Annotated[int | None, FromOperator()] = Field(
+        None, ge=0, alias="NODE_RANK", description="This pod's rank, 0 .. NNODES-1."
+    )
+    nproc_per_node: Annotated[int | None, FromOperator()] = Field(
+        None, ge=1, alias="NPROC_PER_NODE", description="Processes in this pod: max(gpusPerPod, 1)."
+    )
+    world_size: Annotated[int | None, FromOperator()] = Field(
+        None, ge=1, alias="WORLD_SIZE", description="Processes in the gang: cfg x cpSize."
+    )
+    pod_name: Annotated[str | None, FromOperator(field_ref="metadata.name")] = Field(
+        None, alias="POD_NAME", description="This pod's name."
+    )
     pod_namespace: Annotated[str | None, FromOperator(field_ref="metadata.namespace")] = Field(
-        None, alias="POD_NAMESPACE", description="This pod's namespace.")
+        None, alias="POD_NAMESPACE", description="This pod's namespace."
+    )
     access_key_id: Annotated[SecretStr | None, FromOperator(reserved=False, secret_key="access_key_id_key")] = Field(
-        None, alias="AWS_ACCESS_KEY_ID", description="S3 access key id, from output.credentialsSecretRef.")
+        None, alias="AWS_ACCESS_KEY_ID", description="S3 access key id, from output.credentialsSecretRef."
+    )
     secret_access_key: Annotated[SecretStr | None, FromOperator(reserved=False, secret_key="secret_access_key_key")] = (
-        Field(None, alias="AWS_SECRET_ACCESS_KEY", description="S3 secret key, from output.credentialsSecretRef."))
-    s3_endpoint: Annotated[str | None, FromOperator(reserved=False)] = Field(None, alias="CHITU_S3_ENDPOINT",
-                                                                             description="output.endpoint.")
-    region: Annotated[str | None, FromOperator(reserved=False)] = Field(None, alias="AWS_DEFAULT_REGION",
-                                                                        description="output.region.")
+        Field(None, alias="AWS_SECRET_ACCESS_KEY", description="S3 secret key, from output.credentialsSecretRef.")
+    )
+    s3_endpoint: Annotated[str | None, FromOperator(reserved=False)] = Field(
+        None, alias="CHITU_S3_ENDPOINT", description="output.endpoint."
+    )
+    region: Annotated[str | None, FromOperator(reserved=False)] = Field(
+        None, alias="AWS_DEFAULT_REGION", description="output.region."
+    )
     output_uri: Annotated[str | None, FromOperator(reserved=False)] = Field(
-        None, alias="CHITU_OUTPUT_URI", description="output.uri with the platform defaults applied (the job's "
-        "spec may name none).")
-    model_cache: Path = Field(DEFAULT_MODEL_CACHE, alias="CHITU_MODEL_CACHE", description="Where an s3:// model is "
-                              "copied on the node (default ~/.cache/chitu/models).")
+        None,
+        alias="CHITU_OUTPUT_URI",
+        description="output.uri with the platform defaults applied (the job's spec may name none).",
+    )
+    model_cache: Path = Field(
+        DEFAULT_MODEL_CACHE,
+        alias="CHITU_MODEL_CACHE",
+        description="Where an s3:// model is copied on the node (default ~/.cache/chitu/models).",
+    )
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] = os.environ) -> PodEnv:
@@ -109,8 +129,9 @@ def writer(field: FieldInfo) -> FromOperator | None:
 
 
 #: Written by the operator into every worker container: spec.worker.env may not set these.
-RESERVED_ENV = frozenset(field.alias for field in PodEnv.model_fields.values()
-                         if (marker := writer(field)) is not None and marker.reserved)
+RESERVED_ENV = frozenset(
+    field.alias for field in PodEnv.model_fields.values() if (marker := writer(field)) is not None and marker.reserved
+)
 
 
 def container_env(values: PodEnv, credentials: CredentialsSecretRef | None) -> list[dict[str, Any]]:

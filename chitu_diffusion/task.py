@@ -33,7 +33,9 @@ def _normalise_strategy(value: str | None, field: str) -> str | None:
     name = str(value).strip().lower()
     allowed = strategy_names()
     if name not in allowed:
-        raise ValueError(f"{field} must be one of {', '.join(repr(a) for a in allowed)} (case-insensitive), got {value!r}")
+        raise ValueError(
+            f"{field} must be one of {', '.join(repr(a) for a in allowed)} (case-insensitive), got {value!r}"
+        )
     return name
 
 

@@ -9,7 +9,8 @@ CPU runs (tests, gloo gangs) stay eager: no compiler toolchain needed, same math
 from __future__ import annotations
 
 import functools
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 

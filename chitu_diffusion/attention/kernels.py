@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +52,9 @@ def _cudnn_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[
 
 
 def _flash_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))[:2]
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    )[:2]
     return out.transpose(1, 2), lse
 
 
@@ -66,7 +68,12 @@ def _math_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[t
 
 
 _KERNELS: dict[str, Kernel] = {"sdpa": _sdpa, "fa3": _fa3, "math": lambda q, k, v: _math_with_lse(q, k, v)[0]}
-_LSE_KERNELS: dict[str, LseKernel] = {"fa3": _fa3_with_lse, "cudnn": _cudnn_with_lse, "flash": _flash_with_lse, "math": _math_with_lse}
+_LSE_KERNELS: dict[str, LseKernel] = {
+    "fa3": _fa3_with_lse,
+    "cudnn": _cudnn_with_lse,
+    "flash": _flash_with_lse,
+    "math": _math_with_lse,
+}
 
 
 def resolve_backend(name: str | None, device: torch.device, dtype: torch.dtype) -> str:

@@ -11,7 +11,7 @@ custom path).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from diffusers.models.transformers.transformer_wan import _get_qkv_projections
@@ -61,7 +61,9 @@ class WanSelfAttnProcessor:
         return x if rotary_emb is None else apply_rotary(x, *rotary_emb)
 
 
-def set_self_attention(transformer: torch.nn.Module, blocks_attr: str, self_attn_attr: str, attention_fn: AttentionFn) -> list:
+def set_self_attention(
+    transformer: torch.nn.Module, blocks_attr: str, self_attn_attr: str, attention_fn: AttentionFn
+) -> list:
     """Install `attention_fn` on every block's self-attention; returns the previous processors for restoring."""
     previous = []
     for block in getattr(transformer, blocks_attr):

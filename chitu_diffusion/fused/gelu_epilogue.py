@@ -11,7 +11,7 @@ linear then GELU.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F  # noqa: N812 (torch's own idiom)
+import torch.nn.functional as F
 
 
 class GeluEpilogueLinear(torch.nn.Module):

@@ -14,7 +14,7 @@ working on the ring part (DiTango) can swap it per layer from outside.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.distributed as dist

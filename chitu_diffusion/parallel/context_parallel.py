@@ -43,7 +43,9 @@ class ContextParallelHandle:
     def remove(self) -> None:
         for hook in self.hooks:
             hook.remove()
-        for block, processor in zip(self.adapter.blocks(self.transformer), self.processors):  # those replaced
+        for block, processor in zip(
+            self.adapter.blocks(self.transformer), self.processors, strict=False
+        ):  # those replaced
             getattr(block, self.adapter.self_attention_attr).set_processor(processor)
         self.hooks.clear()
         self.processors.clear()

@@ -33,8 +33,11 @@ def ulysses_degree(cp_size: int, up_limit: int, num_heads: int | None) -> int:
     `num_heads=None` (the model is not known yet, as at admission) puts no head constraint: the largest Ulysses
     degree any model could get, so the smallest ring degree.
     """
-    return max(u for u in range(1, cp_size + 1)
-               if cp_size % u == 0 and u <= up_limit and (num_heads is None or num_heads % u == 0))
+    return max(
+        u
+        for u in range(1, cp_size + 1)
+        if cp_size % u == 0 and u <= up_limit and (num_heads is None or num_heads % u == 0)
+    )
 
 
 #: The CEL twin of `ring_attention_problem(cp_size, up_limit, None) is None`, for the CRD (chitu_api writes it into
@@ -52,9 +55,11 @@ def ring_attention_problem(cp_size: int, up_limit: int, num_heads: int | None) -
     ring = cp_size // ulysses_degree(cp_size, up_limit, num_heads) if cp_size >= 1 and up_limit >= 1 else 0
     if ring >= 2:
         return None
-    return (f"needs ring attention over at least 2 ranks, but cp_size {cp_size} with up_limit {up_limit} gives "
-            f"ulysses {cp_size // max(ring, 1)} x ring {ring}: use cp_size >= 2 and up_limit < cp_size "
-            "(up_limit 1 puts all of cp_size on the ring)")
+    return (
+        f"needs ring attention over at least 2 ranks, but cp_size {cp_size} with up_limit {up_limit} gives "
+        f"ulysses {cp_size // max(ring, 1)} x ring {ring}: use cp_size >= 2 and up_limit < cp_size "
+        "(up_limit 1 puts all of cp_size on the ring)"
+    )
 
 
 @dataclass(frozen=True)

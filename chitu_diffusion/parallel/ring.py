@@ -41,10 +41,12 @@ class AttentionState:
 
 
 @fused_on_cuda
-def _merge(outs: list[torch.Tensor], lses: list[torch.Tensor], out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def _merge(
+    outs: list[torch.Tensor], lses: list[torch.Tensor], out_dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
     lse = torch.logsumexp(torch.stack(lses), dim=0)  # (B, H, Lq) log of the summed softmax mass
     out = None
-    for block_out, block_lse in zip(outs, lses):
+    for block_out, block_lse in zip(outs, lses, strict=True):
         share = torch.exp(block_lse - lse).transpose(1, 2).unsqueeze(-1)  # (B, Lq, H, 1) this block's mass share
         term = share * block_out.float()
         out = term if out is None else out + term

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 
 import torch
-import torch.nn.functional as F  # noqa: N812 (torch's own idiom)
+import torch.nn.functional as F
 
 from chitu_diffusion.precision.fp8_linear import ROW, Fp8Linear
 from chitu_diffusion.precision.fp8_scaling import E4M3, E4M3_MAX, MIN_AMAX, quantize

@@ -10,7 +10,7 @@ differs.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F  # noqa: N812 (torch's own idiom)
+import torch.nn.functional as F
 
 from chitu_diffusion.precision.fp8_scaling import dequantize, quantize
 

@@ -73,8 +73,16 @@ def _key_pem(key) -> bytes:
     )
 
 
-def _issue(subject: x509.Name, key, issuer: x509.Name, signer, *, ca: bool = False,
-           usages: list | None = None, sans: list | None = None) -> x509.Certificate:
+def _issue(
+    subject: x509.Name,
+    key,
+    issuer: x509.Name,
+    signer,
+    *,
+    ca: bool = False,
+    usages: list | None = None,
+    sans: list | None = None,
+) -> x509.Certificate:
     now = datetime.datetime.now(datetime.UTC)
     builder = (
         x509.CertificateBuilder()
@@ -88,9 +96,19 @@ def _issue(subject: x509.Name, key, issuer: x509.Name, signer, *, ca: bool = Fal
     )
     if ca:
         builder = builder.add_extension(
-            x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-                          key_encipherment=False, data_encipherment=False, key_agreement=False,
-                          encipher_only=False, decipher_only=False), critical=True)
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
     if usages:
         builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
     if sans:
@@ -109,13 +127,21 @@ def generate(dir: Path) -> CertPaths:
 
     serving_key = ec.generate_private_key(ec.SECP256R1())
     serving = _issue(
-        _name("kube-apiserver"), serving_key, ca_name, ca_key,
+        _name("kube-apiserver"),
+        serving_key,
+        ca_name,
+        ca_key,
         usages=[ExtendedKeyUsageOID.SERVER_AUTH],
         sans=[x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")],
     )
     client_key = ec.generate_private_key(ec.SECP256R1())
-    client = _issue(_name("chitu-dev-admin", "system:masters"), client_key, ca_name, ca_key,
-                    usages=[ExtendedKeyUsageOID.CLIENT_AUTH])
+    client = _issue(
+        _name("chitu-dev-admin", "system:masters"),
+        client_key,
+        ca_name,
+        ca_key,
+        usages=[ExtendedKeyUsageOID.CLIENT_AUTH],
+    )
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
     pem = serialization.Encoding.PEM
@@ -125,8 +151,7 @@ def generate(dir: Path) -> CertPaths:
     paths.client_cert.write_bytes(client.public_bytes(pem))
     paths.client_key.write_bytes(_key_pem(client_key))
     paths.sa_key.write_bytes(_key_pem(sa_key))
-    paths.sa_pub.write_bytes(
-        sa_key.public_key().public_bytes(pem, serialization.PublicFormat.SubjectPublicKeyInfo))
+    paths.sa_pub.write_bytes(sa_key.public_key().public_bytes(pem, serialization.PublicFormat.SubjectPublicKeyInfo))
     for key_file in (paths.serving_key, paths.client_key, paths.sa_key):
         key_file.chmod(0o600)
     return paths

@@ -79,8 +79,16 @@ class DevCluster:
     # --- lifecycle ---------------------------------------------------------------------------
 
     @classmethod
-    def up(cls, state_dir: Path | str | None = None, *, with_operator: bool = True, gpus: int = NodeConfig.gpus,
-           timeout: float = 120, operator_pod: bool = False, preload_model: bool = True) -> DevCluster:
+    def up(
+        cls,
+        state_dir: Path | str | None = None,
+        *,
+        with_operator: bool = True,
+        gpus: int = NodeConfig.gpus,
+        timeout: float = 120,
+        operator_pod: bool = False,
+        preload_model: bool = True,
+    ) -> DevCluster:
         """Start a fresh cluster and return it; on any failure stop what was started and raise.
 
         The chart installs the CRD, RBAC and the operator's configuration, as on a real cluster. The operator runs
@@ -92,8 +100,10 @@ class DevCluster:
         if any(cluster.procs.running().values()):
             raise RuntimeError(f"a dev cluster is already running in {cluster.state.root}: run `down` first")
         if with_operator and not operator_installed():
-            raise RuntimeError("chitu-operator is not installed (no chitu_operator.main in this venv); "
-                               "use --no-operator / with_operator=False")
+            raise RuntimeError(
+                "chitu-operator is not installed (no chitu_operator.main in this venv); "
+                "use --no-operator / with_operator=False"
+            )
         cluster.procs.stop_all()  # forget the pid files of services that died on their own
         for old in (cluster.state.logs, cluster.state.pods):
             shutil.rmtree(old, ignore_errors=True)
@@ -145,8 +155,11 @@ class DevCluster:
         """What a process needs to use this cluster: kubeconfig, S3 credentials, PATH (venv bin first)."""
         if not self.procs.is_running("kube-apiserver"):
             raise RuntimeError(f"no dev cluster running in {self.state.root}")
-        return {"KUBECONFIG": str(self.state.kubeconfig), **self.s3.env(),
-                "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', os.defpath)}"}
+        return {
+            "KUBECONFIG": str(self.state.kubeconfig),
+            **self.s3.env(),
+            "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', os.defpath)}",
+        }
 
     def env_script(self) -> str:
         """The same as shell exports (the content of env.sh), for ``eval $(chitu-dev-cluster env)``."""
@@ -175,8 +188,9 @@ class DevCluster:
 
     # --- the operator ------------------------------------------------------------------------
 
-    def start_operator(self, namespace: str | None = None, *, name: str = OPERATOR,
-                       extra_args: Sequence[str] = ()) -> None:
+    def start_operator(
+        self, namespace: str | None = None, *, name: str = OPERATOR, extra_args: Sequence[str] = ()
+    ) -> None:
         """Run ``chitu-operator`` as a local process with the chitu-operator service account's token (``name``:
         its service name, so that two replicas can run; ``extra_args``: more flags, e.g. --leader-elect)."""
         if not operator_installed():
@@ -186,8 +200,12 @@ class DevCluster:
         if namespace:
             argv += ["--namespace", namespace]
         argv += list(extra_args)
-        env = {**os.environ, "KUBECONFIG": kubeconfig, "POD_NAMESPACE": identities.OPERATOR_NAMESPACE,
-               platform.CONFIG_ENV: self.operator_config()}
+        env = {
+            **os.environ,
+            "KUBECONFIG": kubeconfig,
+            "POD_NAMESPACE": identities.OPERATOR_NAMESPACE,
+            platform.CONFIG_ENV: self.operator_config(),
+        }
         self.procs.start(name, argv, env=env)
         deadline = time.monotonic() + OPERATOR_STARTUP_CHECK_SECONDS
         while time.monotonic() < deadline:
@@ -198,7 +216,8 @@ class DevCluster:
     def operator_config(self) -> str:
         """The operator's configuration as the chart rendered it (what the chart's pod gets in its env)."""
         config_map = client.CoreV1Api(self.api_client()).read_namespaced_config_map(
-            platform.CONFIG_MAP, platform.RELEASE_NAMESPACE)
+            platform.CONFIG_MAP, platform.RELEASE_NAMESPACE
+        )
         return config_map.data["config.yaml"]
 
     def stop_operator(self, grace: float = 10) -> None:
@@ -212,9 +231,20 @@ class DevCluster:
     # --- steps of `up` -----------------------------------------------------------------------
 
     def _start_node_agent(self, gpus: int, timeout: float) -> None:
-        self.procs.start(NODE_AGENT, [sys.executable, "-m", "chitu_devcluster.nodeagent",
-                                      "--kubeconfig", str(self.state.kubeconfig),
-                                      "--state-dir", str(self.state.root), "--gpus", str(gpus)])
+        self.procs.start(
+            NODE_AGENT,
+            [
+                sys.executable,
+                "-m",
+                "chitu_devcluster.nodeagent",
+                "--kubeconfig",
+                str(self.state.kubeconfig),
+                "--state-dir",
+                str(self.state.root),
+                "--gpus",
+                str(gpus),
+            ],
+        )
         core = client.CoreV1Api(self.api_client())
 
         def schedulable() -> bool:
@@ -223,8 +253,15 @@ class DevCluster:
                 return False
             ready = any(c.type == "Ready" and c.status == "True" for c in nodes[0].status.conditions or [])
             return ready and not any(t.key == NOT_READY_TAINT for t in nodes[0].spec.taints or [])
-        wait_for(schedulable, "the node to be Ready and untainted", timeout, interval=0.2,
-                 alive=lambda: self.procs.is_running(NODE_AGENT), detail=lambda: self.procs.log_tail(NODE_AGENT))
+
+        wait_for(
+            schedulable,
+            "the node to be Ready and untainted",
+            timeout,
+            interval=0.2,
+            alive=lambda: self.procs.is_running(NODE_AGENT),
+            detail=lambda: self.procs.log_tail(NODE_AGENT),
+        )
 
     @staticmethod
     def _crd_manifests() -> list[dict]:
@@ -245,6 +282,7 @@ class DevCluster:
         def established(name: str) -> bool:
             conditions = api.read_custom_resource_definition(name).status.conditions or []
             return any(c.type == "Established" and c.status == "True" for c in conditions)
+
         for crd in self._crd_manifests():
             if crd["kind"] == "CustomResourceDefinition":
                 name = crd["metadata"]["name"]
@@ -253,8 +291,15 @@ class DevCluster:
     def _write_operator_kubeconfig(self) -> None:
         core = client.CoreV1Api(self.api_client())
         token = core.create_namespaced_service_account_token(
-            identities.OPERATOR_SERVICE_ACCOUNT, identities.OPERATOR_NAMESPACE,
-            {"spec": {"expirationSeconds": OPERATOR_TOKEN_SECONDS}}).status.token
-        write_kubeconfig(self.state.operator_kubeconfig, self.server, CertPaths(self.state.certs).ca_cert.read_bytes(),
-                         user=f"system:serviceaccount:{identities.OPERATOR_NAMESPACE}:{identities.OPERATOR_SERVICE_ACCOUNT}",
-                         token=token, namespace=identities.OPERATOR_NAMESPACE)
+            identities.OPERATOR_SERVICE_ACCOUNT,
+            identities.OPERATOR_NAMESPACE,
+            {"spec": {"expirationSeconds": OPERATOR_TOKEN_SECONDS}},
+        ).status.token
+        write_kubeconfig(
+            self.state.operator_kubeconfig,
+            self.server,
+            CertPaths(self.state.certs).ca_cert.read_bytes(),
+            user=f"system:serviceaccount:{identities.OPERATOR_NAMESPACE}:{identities.OPERATOR_SERVICE_ACCOUNT}",
+            token=token,
+            namespace=identities.OPERATOR_NAMESPACE,
+        )

@@ -32,10 +32,12 @@ class EnvError(Exception):
 
 def expand(text: str, mapping: Mapping[str, str]) -> str:
     """Kubernetes ``$(VAR)`` expansion: ``$$`` -> ``$``, unknown references are left as they are."""
+
     def replace(match: re.Match) -> str:
         if match.group(1) == "$":
             return "$"
         return mapping.get(match.group(2), match.group(0))
+
     return _REFERENCE.sub(replace, text)
 
 
@@ -53,8 +55,10 @@ def field_value(pod: dict, path: str) -> str:
         "metadata.uid": meta["uid"],
         "spec.nodeName": spec.get("nodeName", ""),
         "spec.serviceAccountName": spec.get("serviceAccountName", "default"),
-        "status.podIP": LOOPBACK, "status.podIPs": LOOPBACK,
-        "status.hostIP": LOOPBACK, "status.hostIPs": LOOPBACK,
+        "status.podIP": LOOPBACK,
+        "status.podIPs": LOOPBACK,
+        "status.hostIP": LOOPBACK,
+        "status.hostIPs": LOOPBACK,
     }
     if path in simple:
         return simple[path]
@@ -75,13 +79,17 @@ def _key_ref(kind: str, ref: dict, lookup: Lookup) -> str | None:
     raise EnvError(f"{what} not found")
 
 
-def container_env(pod: dict, container: dict, secrets: Lookup, config_maps: Lookup,
-                  service_env: Mapping[str, str]) -> dict[str, str]:
+def container_env(
+    pod: dict, container: dict, secrets: Lookup, config_maps: Lookup, service_env: Mapping[str, str]
+) -> dict[str, str]:
     """The container's own variables (envFrom, then env), expanded and DNS-rewritten."""
     env: dict[str, str] = {}
     for source in container.get("envFrom", []):
-        kind, ref, lookup = (("Secret", source["secretRef"], secrets) if "secretRef" in source
-                             else ("ConfigMap", source["configMapRef"], config_maps))
+        kind, ref, lookup = (
+            ("Secret", source["secretRef"], secrets)
+            if "secretRef" in source
+            else ("ConfigMap", source["configMapRef"], config_maps)
+        )
         data = lookup(ref["name"])
         if data is None:
             if ref.get("optional"):

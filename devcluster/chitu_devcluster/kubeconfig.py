@@ -12,9 +12,17 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def write_kubeconfig(path: Path, server: str, ca_pem: bytes, *, user: str, token: str | None = None,
-                     client_cert_pem: bytes | None = None, client_key_pem: bytes | None = None,
-                     namespace: str = "default") -> Path:
+def write_kubeconfig(
+    path: Path,
+    server: str,
+    ca_pem: bytes,
+    *,
+    user: str,
+    token: str | None = None,
+    client_cert_pem: bytes | None = None,
+    client_key_pem: bytes | None = None,
+    namespace: str = "default",
+) -> Path:
     """Write a one-context kubeconfig authenticating with a bearer token or a client certificate."""
     credentials: dict[str, str] = {}
     if token is not None:
@@ -27,11 +35,9 @@ def write_kubeconfig(path: Path, server: str, ca_pem: bytes, *, user: str, token
     config = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "chitu-dev", "cluster": {"server": server,
-                                                       "certificate-authority-data": _b64(ca_pem)}}],
+        "clusters": [{"name": "chitu-dev", "cluster": {"server": server, "certificate-authority-data": _b64(ca_pem)}}],
         "users": [{"name": user, "user": credentials}],
-        "contexts": [{"name": "chitu-dev", "context": {"cluster": "chitu-dev", "user": user,
-                                                       "namespace": namespace}}],
+        "contexts": [{"name": "chitu-dev", "context": {"cluster": "chitu-dev", "user": user, "namespace": namespace}}],
         "current-context": "chitu-dev",
     }
     path.parent.mkdir(parents=True, exist_ok=True)

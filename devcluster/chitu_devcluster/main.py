@@ -20,8 +20,12 @@ log = logging.getLogger(__name__)
 
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
-                        help="folder holding kubeconfig, s3.env, env.sh, pids and logs (default: %(default)s)")
+    common.add_argument(
+        "--state-dir",
+        type=Path,
+        default=DEFAULT_STATE_DIR,
+        help="folder holding kubeconfig, s3.env, env.sh, pids and logs (default: %(default)s)",
+    )
     parser = argparse.ArgumentParser(prog="chitu-dev-cluster", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", parents=[common], help="start the control plane, node agent, S3 (and operator)")
@@ -40,12 +44,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "up":
             # The operator as a real cluster runs it: the chart's Deployment (its pod is a local process here).
-            cluster = DevCluster.up(args.state_dir, with_operator=False, operator_pod=not args.no_operator,
-                                    gpus=args.gpus)
+            cluster = DevCluster.up(
+                args.state_dir, with_operator=False, operator_pod=not args.no_operator, gpus=args.gpus
+            )
             if args.kueue:
                 start_kueue(cluster)
-            print(f"dev cluster up; logs in {cluster.state.logs}\n"
-                  f"use it with: eval $(chitu-dev-cluster env{_state_flag(args)})", file=sys.stderr)
+            print(
+                f"dev cluster up; logs in {cluster.state.logs}\n"
+                f"use it with: eval $(chitu-dev-cluster env{_state_flag(args)})",
+                file=sys.stderr,
+            )
         elif args.command == "down":
             DevCluster(args.state_dir).down()
         elif args.command == "env":

@@ -69,12 +69,14 @@ class NodeAgent:
         self.coordination = client.CoordinationV1Api(api_client)
         self.node = node
         cfg = api_client.configuration
-        self.ctx = NodeContext(api=self.core, server=cfg.host,
-                               ca_pem=Path(cfg.ssl_ca_cert).read_bytes(), pods_dir=state.pods)
+        self.ctx = NodeContext(
+            api=self.core, server=cfg.host, ca_pem=Path(cfg.ssl_ca_cert).read_bytes(), pods_dir=state.pods
+        )
         self.runners: dict[str, PodRunner] = {}  # by pod uid
         paths = CertPaths(state.certs)  # the kubelet API serves with the cluster CA, as kubectl logs expects
-        self.kubelet_api = KubeletServer(state.pods, paths.serving_cert, paths.serving_key, paths.ca_cert,
-                                         is_running=self._writing)
+        self.kubelet_api = KubeletServer(
+            state.pods, paths.serving_cert, paths.serving_key, paths.ca_cert, is_running=self._writing
+        )
         self._runners_lock = threading.Lock()  # the watch thread adds, shutdown takes them all
         self._closed = False  # set at shutdown: no pod starts after that
         self._renewals = 0
@@ -83,8 +85,10 @@ class NodeAgent:
         """Register, then heartbeat and run pods until ``stop`` is set; stop every pod on the way out."""
         self.kubelet_api.start()
         self._register()
-        threads = [threading.Thread(target=self._heartbeat, args=(stop,), name="heartbeat", daemon=True),
-                   threading.Thread(target=self._watch_pods, args=(stop,), name="pods", daemon=True)]
+        threads = [
+            threading.Thread(target=self._heartbeat, args=(stop,), name="heartbeat", daemon=True),
+            threading.Thread(target=self._watch_pods, args=(stop,), name="pods", daemon=True),
+        ]
         for thread in threads:
             thread.start()
         while not stop.wait(1):  # a timed wait keeps the main thread responsive to signals
@@ -108,10 +112,17 @@ class NodeAgent:
     # --- the node ----------------------------------------------------------------------------
 
     def _register(self) -> None:
-        body = {"metadata": {"name": self.node.name, "labels": {
-                    "kubernetes.io/hostname": self.node.name, "kubernetes.io/os": "linux",
-                    "kubernetes.io/arch": {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), "")}},
-                "status": {"capacity": self.node.capacity(), "allocatable": self.node.capacity()}}
+        body = {
+            "metadata": {
+                "name": self.node.name,
+                "labels": {
+                    "kubernetes.io/hostname": self.node.name,
+                    "kubernetes.io/os": "linux",
+                    "kubernetes.io/arch": {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), ""),
+                },
+            },
+            "status": {"capacity": self.node.capacity(), "allocatable": self.node.capacity()},
+        }
         try:
             self.core.create_node(body, _preload_content=False)
             log.info("registered node %s with %s", self.node.name, self.node.capacity())
@@ -126,26 +137,52 @@ class NodeAgent:
     def _report_ready(self, *, transition: bool) -> None:
         """Post the node status; ``transition`` also stamps lastTransitionTime (Ready was not True)."""
         stamp = now()
-        conditions = [{"type": kind, "status": "False", "reason": f"KubeletHas{ok}"} for kind, ok in
-                      (("MemoryPressure", "SufficientMemory"), ("DiskPressure", "NoDiskPressure"),
-                       ("PIDPressure", "SufficientPID"))]
-        conditions.append({"type": "Ready", "status": "True", "reason": "KubeletReady",
-                           "message": "chitu dev node agent is posting ready status"})
+        conditions = [
+            {"type": kind, "status": "False", "reason": f"KubeletHas{ok}"}
+            for kind, ok in (
+                ("MemoryPressure", "SufficientMemory"),
+                ("DiskPressure", "NoDiskPressure"),
+                ("PIDPressure", "SufficientPID"),
+            )
+        ]
+        conditions.append(
+            {
+                "type": "Ready",
+                "status": "True",
+                "reason": "KubeletReady",
+                "message": "chitu dev node agent is posting ready status",
+            }
+        )
         for condition in conditions:  # conditions merge by type: unstamped fields keep their value
             condition["lastHeartbeatTime"] = stamp
             if transition:
                 condition["lastTransitionTime"] = stamp
         version = k8s_version()
-        status = {"capacity": self.node.capacity(), "allocatable": self.node.capacity(), "conditions": conditions,
-                  "daemonEndpoints": {"kubeletEndpoint": {"Port": self.kubelet_api.port}},
-                  "addresses": [{"type": "InternalIP", "address": LOOPBACK},
-                                {"type": "Hostname", "address": self.node.name}],
-                  "nodeInfo": {"kubeletVersion": version, "kubeProxyVersion": version, "operatingSystem": "linux",
-                               "architecture": platform.machine(), "containerRuntimeVersion": "chitu-dev://local",
-                               "kernelVersion": platform.release(), "osImage": platform.platform(),
-                               "machineID": "", "systemUUID": "", "bootID": ""}}
-        self.core.patch_node_status(self.node.name, {"status": status}, _preload_content=False,
-                                    _content_type="application/strategic-merge-patch+json")
+        status = {
+            "capacity": self.node.capacity(),
+            "allocatable": self.node.capacity(),
+            "conditions": conditions,
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.kubelet_api.port}},
+            "addresses": [{"type": "InternalIP", "address": LOOPBACK}, {"type": "Hostname", "address": self.node.name}],
+            "nodeInfo": {
+                "kubeletVersion": version,
+                "kubeProxyVersion": version,
+                "operatingSystem": "linux",
+                "architecture": platform.machine(),
+                "containerRuntimeVersion": "chitu-dev://local",
+                "kernelVersion": platform.release(),
+                "osImage": platform.platform(),
+                "machineID": "",
+                "systemUUID": "",
+                "bootID": "",
+            },
+        }
+        self.core.patch_node_status(
+            self.node.name,
+            {"status": status},
+            _preload_content=False,
+            _content_type="application/strategic-merge-patch+json",
+        )
 
     def _lift_not_ready_taint(self) -> None:
         """Remove the taint admission put on the new node; the resourceVersion guards concurrent edits."""
@@ -154,11 +191,14 @@ class NodeAgent:
             taints = [t for t in node.spec.taints or [] if t.key != NOT_READY_TAINT]
             if len(taints) == len(node.spec.taints or []):
                 return
-            patch = {"metadata": {"resourceVersion": node.metadata.resource_version},
-                     "spec": {"taints": [self.core.api_client.sanitize_for_serialization(t) for t in taints]}}
+            patch = {
+                "metadata": {"resourceVersion": node.metadata.resource_version},
+                "spec": {"taints": [self.core.api_client.sanitize_for_serialization(t) for t in taints]},
+            }
             try:
-                self.core.patch_node(self.node.name, patch, _preload_content=False,
-                                     _content_type="application/merge-patch+json")
+                self.core.patch_node(
+                    self.node.name, patch, _preload_content=False, _content_type="application/merge-patch+json"
+                )
                 log.info("lifted %s taint", NOT_READY_TAINT)
                 return
             except ApiException as err:
@@ -166,19 +206,25 @@ class NodeAgent:
                     raise
 
     def _renew_lease(self) -> None:
-        spec = {"holderIdentity": self.node.name, "leaseDurationSeconds": LEASE_DURATION_SECONDS,
-                "renewTime": _micro_time()}
+        spec = {
+            "holderIdentity": self.node.name,
+            "leaseDurationSeconds": LEASE_DURATION_SECONDS,
+            "renewTime": _micro_time(),
+        }
         try:
-            self.coordination.patch_namespaced_lease(self.node.name, LEASE_NAMESPACE, {"spec": spec},
-                                                     _preload_content=False)
+            self.coordination.patch_namespaced_lease(
+                self.node.name, LEASE_NAMESPACE, {"spec": spec}, _preload_content=False
+            )
         except ApiException as err:
             if err.status != 404:
                 raise
             node_uid = self.core.read_node(self.node.name).metadata.uid
             owner = {"apiVersion": "v1", "kind": "Node", "name": self.node.name, "uid": node_uid}
             self.coordination.create_namespaced_lease(
-                LEASE_NAMESPACE, {"metadata": {"name": self.node.name, "ownerReferences": [owner]}, "spec": spec},
-                _preload_content=False)
+                LEASE_NAMESPACE,
+                {"metadata": {"name": self.node.name, "ownerReferences": [owner]}, "spec": spec},
+                _preload_content=False,
+            )
 
     def _heartbeat(self, stop: threading.Event) -> None:
         """Renew the Lease; post Ready again at once if the node-lifecycle controller marked it otherwise
@@ -203,8 +249,9 @@ class NodeAgent:
         selector = f"spec.nodeName={self.node.name}"
         while not stop.is_set():
             try:
-                listing = json.loads(self.core.list_pod_for_all_namespaces(
-                    field_selector=selector, _preload_content=False).data)
+                listing = json.loads(
+                    self.core.list_pod_for_all_namespaces(field_selector=selector, _preload_content=False).data
+                )
                 pods = listing["items"]
                 with self._runners_lock:
                     known = set(self.runners)
@@ -213,9 +260,12 @@ class NodeAgent:
                 for pod in pods:
                     self._on_pod(pod)
                 stream = watch.Watch().stream(
-                    self.core.list_pod_for_all_namespaces, field_selector=selector,
+                    self.core.list_pod_for_all_namespaces,
+                    field_selector=selector,
                     resource_version=listing["metadata"]["resourceVersion"],
-                    timeout_seconds=WATCH_TIMEOUT_SECONDS, allow_watch_bookmarks=True)
+                    timeout_seconds=WATCH_TIMEOUT_SECONDS,
+                    allow_watch_bookmarks=True,
+                )
                 for event in stream:
                     if stop.is_set():
                         return

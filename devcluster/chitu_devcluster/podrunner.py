@@ -76,8 +76,9 @@ def now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _condition(kind: str, ready: bool, reason: str | None = None, message: str | None = None,
-               since: str | None = None) -> dict:
+def _condition(
+    kind: str, ready: bool, reason: str | None = None, message: str | None = None, since: str | None = None
+) -> dict:
     cond = {"type": kind, "status": "True" if ready else "False", "lastTransitionTime": since or now()}
     if reason:
         cond["reason"] = reason
@@ -87,8 +88,11 @@ def _condition(kind: str, ready: bool, reason: str | None = None, message: str |
 
 
 def _host_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items()
-            if k not in _HOST_ENV_DROPPED and not k.startswith(_HOST_ENV_DROPPED_PREFIXES)}
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if k not in _HOST_ENV_DROPPED and not k.startswith(_HOST_ENV_DROPPED_PREFIXES)
+    }
 
 
 def _api_error(err: ApiException) -> str:
@@ -148,6 +152,7 @@ class PodRunner:
                 target()
             except Exception:  # one pod's trouble never takes the agent down
                 log.exception("pod %s/%s: %s failed", self.namespace, self.name, what)
+
         thread = threading.Thread(target=guarded, name=f"{what}-{self.namespace}/{self.name}", daemon=True)
         self._threads.append(thread)
         thread.start()
@@ -156,8 +161,11 @@ class PodRunner:
         annotations = self.pod["metadata"].get("annotations") or {}
         reason = annotations.get(SIMULATE_WAITING_ANNOTATION)
         if reason:
-            self._patch_waiting(reason, annotations.get(SIMULATE_MESSAGE_ANNOTATION)
-                                or f'Back-off pulling image "{self.container.get("image", "")}"')
+            self._patch_waiting(
+                reason,
+                annotations.get(SIMULATE_MESSAGE_ANNOTATION)
+                or f'Back-off pulling image "{self.container.get("image", "")}"',
+            )
             return
         prepared = self._prepare_until_ready()
         if prepared is None:
@@ -168,8 +176,15 @@ class PodRunner:
                 return
             try:
                 with open(self.dir / "log", "ab") as out:
-                    self.proc = subprocess.Popen(argv, cwd=self.dir / "work", env=env, stdin=subprocess.DEVNULL,
-                                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                    self.proc = subprocess.Popen(
+                        argv,
+                        cwd=self.dir / "work",
+                        env=env,
+                        stdin=subprocess.DEVNULL,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
             except OSError as err:  # not executable, say: the runtime's StartError
                 self._patch_terminated(128, "StartError", f"failed to start {argv[0]}: {err}", now())
                 return
@@ -184,8 +199,9 @@ class PodRunner:
             return
         exit_code = code if code >= 0 else 128 - code  # killed by signal N -> 128+N
         log.info("pod %s/%s exited with %d", self.namespace, self.name, exit_code)
-        self._patch_terminated(exit_code, "Completed" if exit_code == 0 else "Error",
-                               self._termination_message(exit_code), started)
+        self._patch_terminated(
+            exit_code, "Completed" if exit_code == 0 else "Error", self._termination_message(exit_code), started
+        )
 
     def _stop(self, proc: subprocess.Popen | None, grace: float, delete: bool) -> None:
         if proc is not None and proc.poll() is None:
@@ -202,8 +218,12 @@ class PodRunner:
         if delete:  # the kubelet's confirmation: the pod object can go now
             try:
                 self.ctx.api.delete_namespaced_pod(
-                    self.name, self.namespace, grace_period_seconds=0,
-                    body={"gracePeriodSeconds": 0, "preconditions": {"uid": self.uid}}, _preload_content=False)
+                    self.name,
+                    self.namespace,
+                    grace_period_seconds=0,
+                    body={"gracePeriodSeconds": 0, "preconditions": {"uid": self.uid}},
+                    _preload_content=False,
+                )
             except ApiException as err:
                 if err.status not in (404, 409):  # gone already, or a new pod with the same name
                     raise
@@ -232,7 +252,8 @@ class PodRunner:
         (self.dir / "work").mkdir(parents=True, exist_ok=True)
         port = str(urlparse(self.ctx.server).port)
         node_env = {
-            "KUBERNETES_SERVICE_HOST": LOOPBACK, "KUBERNETES_SERVICE_PORT": port,
+            "KUBERNETES_SERVICE_HOST": LOOPBACK,
+            "KUBERNETES_SERVICE_PORT": port,
             "KUBERNETES_SERVICE_PORT_HTTPS": port,
             "HOSTNAME": self.pod["spec"].get("hostname") or self.name,
             "KUBECONFIG": str(self._write_token_kubeconfig()),
@@ -262,9 +283,14 @@ class PodRunner:
             account = "default"
         request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}
         token = self.ctx.api.create_namespaced_service_account_token(account, self.namespace, request).status.token
-        return write_kubeconfig(self.dir / "kubeconfig", self.ctx.server, self.ctx.ca_pem,
-                                user=f"system:serviceaccount:{self.namespace}:{account}", token=token,
-                                namespace=self.namespace)
+        return write_kubeconfig(
+            self.dir / "kubeconfig",
+            self.ctx.server,
+            self.ctx.ca_pem,
+            user=f"system:serviceaccount:{self.namespace}:{account}",
+            token=token,
+            namespace=self.namespace,
+        )
 
     def _secret(self, name: str) -> dict[str, str] | None:
         try:
@@ -288,8 +314,7 @@ class PodRunner:
             message = self.termination_log.read_bytes()[:MAX_TERMINATION_MESSAGE].decode(errors="replace")
         except FileNotFoundError:
             message = ""
-        if not message and exit_code != 0 and \
-                self.container.get("terminationMessagePolicy") == "FallbackToLogsOnError":
+        if not message and exit_code != 0 and self.container.get("terminationMessagePolicy") == "FallbackToLogsOnError":
             lines = (self.dir / "log").read_bytes().splitlines()[-FALLBACK_LOG_LINES:]
             message = b"\n".join(lines)[-FALLBACK_LOG_BYTES:].decode(errors="replace")
         return message
@@ -297,24 +322,44 @@ class PodRunner:
     # --- status (pods/status, strategic merge: conditions by type, containers by name) --------
 
     def _container_status(self, state: dict, *, ready: bool) -> dict:
-        status = {"name": self.container["name"], "image": self.container.get("image", ""), "imageID": "",
-                  "ready": ready, "started": ready, "restartCount": 0, "state": state}
+        status = {
+            "name": self.container["name"],
+            "image": self.container.get("image", ""),
+            "imageID": "",
+            "ready": ready,
+            "started": ready,
+            "restartCount": 0,
+            "state": state,
+        }
         if self.proc is not None:
             status["containerID"] = f"chitu-dev://{self.proc.pid}"
         return status
 
     def _patch_status(self, phase: str, conditions: list[dict], container: dict) -> None:
-        body = {"status": {
-            "phase": phase, "startTime": self.started_at,
-            "hostIP": LOOPBACK, "hostIPs": [{"ip": LOOPBACK}], "podIP": LOOPBACK, "podIPs": [{"ip": LOOPBACK}],
-            "conditions": [_condition("PodReadyToStartContainers", True, since=self.started_at),
-                           _condition("Initialized", True, since=self.started_at), *conditions],
-            "containerStatuses": [container],
-        }}
+        body = {
+            "status": {
+                "phase": phase,
+                "startTime": self.started_at,
+                "hostIP": LOOPBACK,
+                "hostIPs": [{"ip": LOOPBACK}],
+                "podIP": LOOPBACK,
+                "podIPs": [{"ip": LOOPBACK}],
+                "conditions": [
+                    _condition("PodReadyToStartContainers", True, since=self.started_at),
+                    _condition("Initialized", True, since=self.started_at),
+                    *conditions,
+                ],
+                "containerStatuses": [container],
+            }
+        }
         try:
             self.ctx.api.patch_namespaced_pod_status(
-                self.name, self.namespace, body, _content_type="application/strategic-merge-patch+json",
-                _preload_content=False)
+                self.name,
+                self.namespace,
+                body,
+                _content_type="application/strategic-merge-patch+json",
+                _preload_content=False,
+            )
         except ApiException as err:
             if err.status != 404:
                 raise
@@ -322,15 +367,18 @@ class PodRunner:
 
     def _patch_waiting(self, reason: str, message: str) -> None:
         unready = f"containers with unready status: [{self.container['name']}]"
-        self._patch_status("Pending", [_condition(kind, False, "ContainersNotReady", unready)
-                                       for kind in ("ContainersReady", "Ready")],
-                           self._container_status({"waiting": {"reason": reason, "message": message}},
-                                                  ready=False))
+        self._patch_status(
+            "Pending",
+            [_condition(kind, False, "ContainersNotReady", unready) for kind in ("ContainersReady", "Ready")],
+            self._container_status({"waiting": {"reason": reason, "message": message}}, ready=False),
+        )
 
     def _patch_running(self, started: str) -> None:
-        self._patch_status("Running", [_condition("ContainersReady", True), _condition("Ready", True)],
-                           self._container_status({"running": {"startedAt": started}, "waiting": None},
-                                                  ready=True))
+        self._patch_status(
+            "Running",
+            [_condition("ContainersReady", True), _condition("Ready", True)],
+            self._container_status({"running": {"startedAt": started}, "waiting": None}, ready=True),
+        )
 
     def _patch_terminated(self, exit_code: int, reason: str, message: str, started: str) -> None:
         terminated = {"exitCode": exit_code, "reason": reason, "startedAt": started, "finishedAt": now()}
@@ -338,7 +386,8 @@ class PodRunner:
             terminated["message"] = message
         if self.proc is not None:
             terminated["containerID"] = f"chitu-dev://{self.proc.pid}"
-        self._patch_status("Succeeded" if exit_code == 0 else "Failed",
-                           [_condition(kind, False, "PodCompleted") for kind in ("ContainersReady", "Ready")],
-                           self._container_status({"terminated": terminated, "running": None, "waiting": None},
-                                                  ready=False))
+        self._patch_status(
+            "Succeeded" if exit_code == 0 else "Failed",
+            [_condition(kind, False, "PodCompleted") for kind in ("ContainersReady", "Ready")],
+            self._container_status({"terminated": terminated, "running": None, "waiting": None}, ready=False),
+        )

@@ -60,8 +60,9 @@ def stop_group(pgid: int, grace: float) -> None:
 
 def write_record(path: Path, pid: int, argv: Sequence[str]) -> None:
     """Remember a process so that another process can later check it is the same one and stop it."""
-    path.write_text(json.dumps({"pid": pid, "start_ticks": _start_ticks(pid), "argv": list(argv),
-                                "started": time.time()}))
+    path.write_text(
+        json.dumps({"pid": pid, "start_ticks": _start_ticks(pid), "argv": list(argv), "started": time.time()})
+    )
 
 
 def is_ours(record: dict) -> bool:
@@ -89,14 +90,22 @@ class ProcessTable:
         self.pid_dir = pid_dir
         self.log_dir = log_dir
 
-    def start(self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None,
-              cwd: Path | None = None) -> subprocess.Popen:
+    def start(
+        self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None, cwd: Path | None = None
+    ) -> subprocess.Popen:
         """Start ``argv`` detached, logging to logs/<name>.log, and record it."""
         self.pid_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path(name), "ab") as out:
-            proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    env=dict(env) if env is not None else None, cwd=cwd, start_new_session=True)
+            proc = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=dict(env) if env is not None else None,
+                cwd=cwd,
+                start_new_session=True,
+            )
         write_record(self.pid_dir / f"{name}.json", proc.pid, argv)
         log.info("started %s (pid %d), log %s", name, proc.pid, self.log_path(name))
         return proc

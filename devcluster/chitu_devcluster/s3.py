@@ -50,7 +50,9 @@ class S3Credentials:
     def client(self, *, secret_access_key: str | None = None, **config):
         """A boto3 S3 client for this endpoint (optionally with another secret, to test rejection)."""
         return boto3.client(
-            "s3", endpoint_url=self.endpoint, region_name=self.region,
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name=self.region,
             aws_access_key_id=self.access_key_id,
             aws_secret_access_key=secret_access_key or self.secret_access_key,
             config=botocore.config.Config(**config),
@@ -63,8 +65,9 @@ class S3Credentials:
     @classmethod
     def load(cls, state: StateDir) -> S3Credentials:
         env = dict(line.split("=", 1) for line in state.s3_env.read_text().splitlines() if "=" in line)
-        return cls(env["CHITU_S3_ENDPOINT"], env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"],
-                   env["AWS_DEFAULT_REGION"])
+        return cls(
+            env["CHITU_S3_ENDPOINT"], env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], env["AWS_DEFAULT_REGION"]
+        )
 
 
 def _free(port: int) -> bool:
@@ -85,19 +88,40 @@ def start_s3(state: StateDir, procs: ProcessTable, timeout: float = 60) -> S3Cre
     if _free(STABLE_PORT) and _free(STABLE_PORT + 10000) and STABLE_PORT not in (master, volume, filer, admin):
         s3 = STABLE_PORT
     creds = S3Credentials(f"http://127.0.0.1:{s3}", "chitu-dev", secrets.token_urlsafe(24))
-    procs.start(SERVICE, [
-        str(VENV_BIN / "weed"), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-        # gRPC ports are http + 10000, the convention weed itself assumes (see free_ports).
-        f"-master.port={master}", f"-master.port.grpc={master + 10000}",
-        f"-volume.port={volume}", f"-volume.port.grpc={volume + 10000}",
-        f"-filer.port={filer}", f"-filer.port.grpc={filer + 10000}",
-        f"-s3.port={s3}", f"-s3.port.grpc={s3 + 10000}",
-        f"-admin.port={admin}", f"-admin.port.grpc={admin + 10000}", "-admin.ui=false",
-        "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false",
-        "-master.telemetry=false",  # no phoning home (and no internet here anyway)
-        f"-filer.localSocket={data / 'filer.sock'}", f"-s3.localSocket={data / 's3.sock'}",
-    ], env={"PATH": str(VENV_BIN), "HOME": str(data),
-            "AWS_ACCESS_KEY_ID": creds.access_key_id, "AWS_SECRET_ACCESS_KEY": creds.secret_access_key})
+    procs.start(
+        SERVICE,
+        [
+            str(VENV_BIN / "weed"),
+            "mini",
+            f"-dir={data}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            # gRPC ports are http + 10000, the convention weed itself assumes (see free_ports).
+            f"-master.port={master}",
+            f"-master.port.grpc={master + 10000}",
+            f"-volume.port={volume}",
+            f"-volume.port.grpc={volume + 10000}",
+            f"-filer.port={filer}",
+            f"-filer.port.grpc={filer + 10000}",
+            f"-s3.port={s3}",
+            f"-s3.port.grpc={s3 + 10000}",
+            f"-admin.port={admin}",
+            f"-admin.port.grpc={admin + 10000}",
+            "-admin.ui=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-webdav=false",
+            "-master.telemetry=false",  # no phoning home (and no internet here anyway)
+            f"-filer.localSocket={data / 'filer.sock'}",
+            f"-s3.localSocket={data / 's3.sock'}",
+        ],
+        env={
+            "PATH": str(VENV_BIN),
+            "HOME": str(data),
+            "AWS_ACCESS_KEY_ID": creds.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": creds.secret_access_key,
+        },
+    )
     probe = creds.client(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=5)
 
     def answers() -> bool:
@@ -106,8 +130,15 @@ def start_s3(state: StateDir, procs: ProcessTable, timeout: float = 60) -> S3Cre
             return True
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
             return False
-    wait_for(answers, "S3 (signed ListBuckets)", timeout, interval=0.2,
-             alive=lambda: procs.is_running(SERVICE), detail=lambda: procs.log_tail(SERVICE))
+
+    wait_for(
+        answers,
+        "S3 (signed ListBuckets)",
+        timeout,
+        interval=0.2,
+        alive=lambda: procs.is_running(SERVICE),
+        detail=lambda: procs.log_tail(SERVICE),
+    )
     log.info("S3 ready at %s", creds.endpoint)
     creds.save(state)
     return creds

@@ -9,8 +9,15 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def wait_for(check: Callable[[], T], what: str, timeout: float, *, interval: float = 0.1,
-             alive: Callable[[], bool] | None = None, detail: Callable[[], str] | None = None) -> T:
+def wait_for(
+    check: Callable[[], T],
+    what: str,
+    timeout: float,
+    *,
+    interval: float = 0.1,
+    alive: Callable[[], bool] | None = None,
+    detail: Callable[[], str] | None = None,
+) -> T:
     """Call ``check`` until it returns something truthy and return that.
 
     Raises TimeoutError after ``timeout`` seconds, or RuntimeError as soon as ``alive`` says the

@@ -52,36 +52,55 @@ class KubeClients:
 
     @classmethod
     def from_api_client(cls, api: client.ApiClient) -> KubeClients:
-        return cls(client.CoreV1Api(api), client.RbacAuthorizationV1Api(api), client.CustomObjectsApi(api),
-                   client.NetworkingV1Api(api))
+        return cls(
+            client.CoreV1Api(api),
+            client.RbacAuthorizationV1Api(api),
+            client.CustomObjectsApi(api),
+            client.NetworkingV1Api(api),
+        )
 
 
 class CreateRefused(Exception):
     """The apiserver refused, for good, an object the job needs; the message is the apiserver's."""
 
 
-def ensure_gang(kube: KubeClients, body: Mapping[str, Any], job: Job, ranks: Iterable[int],
-                platform: WorkerDefaults = DEFAULT_PLATFORM, placement: q.QueueView | None = None) -> None:
+def ensure_gang(
+    kube: KubeClients,
+    body: Mapping[str, Any],
+    job: Job,
+    ranks: Iterable[int],
+    platform: WorkerDefaults = DEFAULT_PLATFORM,
+    placement: q.QueueView | None = None,
+) -> None:
     """The job's worker identity and NetworkPolicy (first attempt: they live as long as the job), the Service
     and the given ranks' pods of the current attempt, each owned by the job."""
     owned: list[tuple[Callable[..., Any], dict[str, Any]]] = []
     if job.attempt == 0:
         if job.spec.worker.service_account_name == WORKER_IDENTITY:
-            creators = {"ServiceAccount": kube.core.create_namespaced_service_account,
-                        "Role": kube.rbac.create_namespaced_role,
-                        "RoleBinding": kube.rbac.create_namespaced_role_binding}
+            creators = {
+                "ServiceAccount": kube.core.create_namespaced_service_account,
+                "Role": kube.rbac.create_namespaced_role,
+                "RoleBinding": kube.rbac.create_namespaced_role_binding,
+            }
             owned += [(creators[manifest["kind"]], manifest) for manifest in build_worker_identity(job)]
         owned.append((kube.networking.create_namespaced_network_policy, build_network_policy(job)))
     owned.append((kube.core.create_namespaced_service, build_service(job)))
-    owned += [(kube.core.create_namespaced_pod, build_pod(job, rank, job.attempt, platform, placement))
-              for rank in ranks]
+    owned += [
+        (kube.core.create_namespaced_pod, build_pod(job, rank, job.attempt, platform, placement)) for rank in ranks
+    ]
     for create, manifest in owned:
         kopf.adopt(manifest, owner=body)
         _create(create, job.namespace, manifest)
 
 
-def carry_out(kube: KubeClients, body: Mapping[str, Any], job: Job | None, decision: Decision,
-              platform: WorkerDefaults = DEFAULT_PLATFORM, queue: QueuedWorkload | None = None) -> None:
+def carry_out(
+    kube: KubeClients,
+    body: Mapping[str, Any],
+    job: Job | None,
+    decision: Decision,
+    platform: WorkerDefaults = DEFAULT_PLATFORM,
+    queue: QueuedWorkload | None = None,
+) -> None:
     """The decision's deletions and creations, and its Workload updates (its status patch is the caller's)."""
     namespace = body["metadata"]["namespace"]
     for pod in decision.delete_pods:
@@ -91,11 +110,22 @@ def carry_out(kube: KubeClients, body: Mapping[str, Any], job: Job | None, decis
     if decision.create_ranks and job is not None:
         ensure_gang(kube, body, job, decision.create_ranks, platform, queue.view if queue else None)
     if decision.create_workload and job is not None:
-        workload = q.build_workload(job.name, namespace, job.queue_name, job.spec.parallelism.pods,
-                                    build_pod(job, 0, job.attempt, platform)["spec"], _priority(kube, job))
+        workload = q.build_workload(
+            job.name,
+            namespace,
+            job.queue_name,
+            job.spec.parallelism.pods,
+            build_pod(job, 0, job.attempt, platform)["spec"],
+            _priority(kube, job),
+        )
         kopf.adopt(workload, owner=body)
-        _create(lambda ns, manifest: kube.custom.create_namespaced_custom_object(
-            q.KUEUE_GROUP, q.KUEUE_VERSION, ns, q.WORKLOADS, manifest), namespace, workload)
+        _create(
+            lambda ns, manifest: kube.custom.create_namespaced_custom_object(
+                q.KUEUE_GROUP, q.KUEUE_VERSION, ns, q.WORKLOADS, manifest
+            ),
+            namespace,
+            workload,
+        )
     if queue is None or queue.workload is None:
         return
     now = datetime.datetime.now(datetime.UTC)
@@ -103,8 +133,11 @@ def carry_out(kube: KubeClients, body: Mapping[str, Any], job: Job | None, decis
         _patch_workload(kube, queue.workload, q.requeue_patch(queue.workload, now))
     finished = decision.transition and decision.transition.phase in FINISHED_PHASES
     if finished and not queue.view.finished:
-        _patch_workload(kube, queue.workload, q.finish_patch(queue.workload, decision.transition.phase == SUCCEEDED,
-                                                             decision.transition.message, now))
+        _patch_workload(
+            kube,
+            queue.workload,
+            q.finish_patch(queue.workload, decision.transition.phase == SUCCEEDED, decision.transition.message, now),
+        )
 
 
 @dataclass(frozen=True)
@@ -118,24 +151,31 @@ class QueuedWorkload:
 def read_queue(kube: KubeClients, job: Job) -> QueuedWorkload:
     """The job's Workload and the ResourceFlavors its admission names (one GET each, only for queued jobs)."""
     try:
-        workload = kube.custom.get_namespaced_custom_object(q.KUEUE_GROUP, q.KUEUE_VERSION, job.namespace, q.WORKLOADS,
-                                                            q.workload_name(job.name))
+        workload = kube.custom.get_namespaced_custom_object(
+            q.KUEUE_GROUP, q.KUEUE_VERSION, job.namespace, q.WORKLOADS, q.workload_name(job.name)
+        )
     except ApiException as err:
         if err.status != 404:
             raise
         return QueuedWorkload(None, q.QueueView.absent())
-    names = {name for assignment in ((workload.get("status") or {}).get("admission") or {}).get("podSetAssignments")
-             or [] for name in (assignment.get("flavors") or {}).values()}
-    flavors = {name: kube.custom.get_cluster_custom_object(q.KUEUE_GROUP, q.KUEUE_VERSION, q.RESOURCE_FLAVORS, name)
-               for name in sorted(names)}
+    names = {
+        name
+        for assignment in ((workload.get("status") or {}).get("admission") or {}).get("podSetAssignments") or []
+        for name in (assignment.get("flavors") or {}).values()
+    }
+    flavors = {
+        name: kube.custom.get_cluster_custom_object(q.KUEUE_GROUP, q.KUEUE_VERSION, q.RESOURCE_FLAVORS, name)
+        for name in sorted(names)
+    }
     return QueuedWorkload(workload, q.QueueView.from_workload(workload, flavors))
 
 
 def _priority(kube: KubeClients, job: Job) -> q.WorkloadPriority | None:
     """The gang's priority: the job's WorkloadPriorityClass label, else its pods' PriorityClass."""
     if name := job.labels.get(q.PRIORITY_CLASS_LABEL):
-        value = kube.custom.get_cluster_custom_object(q.KUEUE_GROUP, q.KUEUE_VERSION, q.WORKLOAD_PRIORITY_CLASSES,
-                                                      name)["value"]
+        value = kube.custom.get_cluster_custom_object(
+            q.KUEUE_GROUP, q.KUEUE_VERSION, q.WORKLOAD_PRIORITY_CLASSES, name
+        )["value"]
         return q.WorkloadPriority(name, q.WORKLOAD_PRIORITY_SOURCE, int(value))
     if name := job.spec.scheduling.priority_class_name:
         value = client.SchedulingV1Api(kube.core.api_client).read_priority_class(name).value
@@ -145,8 +185,9 @@ def _priority(kube: KubeClients, job: Job) -> q.WorkloadPriority | None:
 
 def _patch_workload(kube: KubeClients, workload: Mapping[str, Any], patch: Mapping[str, Any]) -> None:
     meta = workload["metadata"]
-    kube.custom.patch_namespaced_custom_object_status(q.KUEUE_GROUP, q.KUEUE_VERSION, meta["namespace"], q.WORKLOADS,
-                                                      meta["name"], patch)
+    kube.custom.patch_namespaced_custom_object_status(
+        q.KUEUE_GROUP, q.KUEUE_VERSION, meta["namespace"], q.WORKLOADS, meta["name"], patch
+    )
 
 
 def delete_pod(kube: KubeClients, namespace: str, pod: PodView) -> None:
@@ -158,8 +199,9 @@ def delete_pod(kube: KubeClients, namespace: str, pod: PodView) -> None:
 def delete_job(kube: KubeClients, namespace: str, name: str, uid: str) -> None:
     """Background propagation: the garbage collector then deletes the pods and the Service."""
     options = client.V1DeleteOptions(propagation_policy="Background", preconditions=client.V1Preconditions(uid=uid))
-    _ignore((404, 409), kube.custom.delete_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name,
-            body=options)
+    _ignore(
+        (404, 409), kube.custom.delete_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name, body=options
+    )
 
 
 def _create(create: Callable[..., Any], namespace: str, manifest: dict[str, Any]) -> None:
@@ -171,8 +213,9 @@ def _create(create: Callable[..., Any], namespace: str, manifest: dict[str, Any]
             return
         message = _api_message(err)
         if err.status == 422 or (err.status == 403 and "exceeded quota" not in message):
-            raise CreateRefused(f"creating {manifest['kind']} {manifest['metadata']['name']} was refused "
-                                f"({err.status}): {message}") from None
+            raise CreateRefused(
+                f"creating {manifest['kind']} {manifest['metadata']['name']} was refused ({err.status}): {message}"
+            ) from None
         raise
 
 

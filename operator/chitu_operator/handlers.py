@@ -53,7 +53,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=OPERATOR_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=OPERATOR_PREFIX, key="last-handled-configuration")
+        prefix=OPERATOR_PREFIX, key="last-handled-configuration"
+    )
     # Server-side filtering: the operator watches worker pods only, not every pod in the cluster.
     settings.watching.label_selectors["v1", "pods"] = f"{ROLE_LABEL}={WORKER_ROLE}"
     # A job deleted while one of its timers runs (expire_finished deleting it, a reconcile tick) keeps kopf's
@@ -80,8 +81,15 @@ def _is_unfinished(status: Mapping[str, Any], **_: Any) -> bool:
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=RECONCILE_INTERVAL_SECONDS, backoff=RETRY_SECONDS, when=_is_unfinished)
-def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, worker_pods: kopf.Index,
-              logger: logging.Logger, retry: int, **_: Any) -> None:
+def reconcile(
+    body: kopf.Body,
+    patch: kopf.Patch,
+    memo: kopf.Memo,
+    worker_pods: kopf.Index,
+    logger: logging.Logger,
+    retry: int,
+    **_: Any,
+) -> None:
     now = _now()
     meta = body.metadata
     pods = tuple(worker_pods.get((meta.namespace, meta.name), ()))
@@ -107,8 +115,9 @@ def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, worker_pods: 
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def observe_job(event: Mapping[str, Any], namespace: str, name: str, status: Mapping[str, Any], memo: kopf.Memo,
-                **_: Any) -> None:
+def observe_job(
+    event: Mapping[str, Any], namespace: str, name: str, status: Mapping[str, Any], memo: kopf.Memo, **_: Any
+) -> None:
     """Every job event feeds the phase gauge and the prompts counter (metrics.py)."""
     memo.metrics.observe_job((namespace, name), status, deleted=event.get("type") == "DELETED")
 
@@ -135,8 +144,15 @@ def _seconds_left(status: Mapping[str, Any], spec: Mapping[str, Any], **_: Any) 
     return max(0.0, lifecycle.seconds_until_expiry(status, _ttl(spec) or 0, _now()))
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=TTL_RECHECK_SECONDS, backoff=RETRY_SECONDS, initial_delay=_seconds_left,
-            when=_expires)
+@kopf.timer(
+    GROUP,
+    VERSION,
+    PLURAL,
+    interval=TTL_RECHECK_SECONDS,
+    backoff=RETRY_SECONDS,
+    initial_delay=_seconds_left,
+    when=_expires,
+)
 def expire_finished(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
     if _seconds_left(body.status, body.spec) > 0:
         return  # the TTL was raised after this timer was scheduled
@@ -144,16 +160,26 @@ def expire_finished(body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **
     gang.delete_job(memo.kube, body.metadata.namespace, body.metadata.name, body.metadata.uid)
 
 
-def _record(body: kopf.Body, patch: kopf.Patch, decision: Decision, now: datetime.datetime,
-            logger: logging.Logger) -> None:
+def _record(
+    body: kopf.Body, patch: kopf.Patch, decision: Decision, now: datetime.datetime, logger: logging.Logger
+) -> None:
     """The decision's status patch, and an event plus a log line for a transition."""
     transition = decision.transition
     if transition:
         patch.status.update(st.transition_patch(body.status, transition, now, body.metadata.get("generation")))
-        kopf.event(body, type="Warning" if transition.warning else "Normal", reason=transition.reason,
-                   message=transition.message)
-        logger.log(logging.WARNING if transition.warning else logging.INFO, "%s (%s): %s",
-                   transition.phase, transition.reason, transition.message)
+        kopf.event(
+            body,
+            type="Warning" if transition.warning else "Normal",
+            reason=transition.reason,
+            message=transition.message,
+        )
+        logger.log(
+            logging.WARNING if transition.warning else logging.INFO,
+            "%s (%s): %s",
+            transition.phase,
+            transition.reason,
+            transition.message,
+        )
     patch.status.update(decision.status)
 
 

@@ -38,8 +38,17 @@ from .pods import FAILED, PENDING, RUNNING, SUCCEEDED, PodView, parse_time
 from .queueing import QueueView
 
 # Pods waiting for something a user can fix: the kubelet's or the scheduler's reason, surfaced at once.
-PENDING_CAUSES = frozenset({"CreateContainerConfigError", "CreateContainerError", "ErrImagePull", "ImagePullBackOff",
-                            "InvalidImageName", "ErrImageNeverPull", "Unschedulable"})
+PENDING_CAUSES = frozenset(
+    {
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "ErrImageNeverPull",
+        "Unschedulable",
+    }
+)
 
 
 MAX_RESTART_BACKOFF_SECONDS = 300
@@ -61,10 +70,15 @@ class Job:
     def from_body(cls, body: Mapping[str, Any], config: OperatorConfig | None = None) -> Job:
         """The job with the platform's defaults (`config`) under its spec; raises InvalidSpec when it cannot run."""
         meta, config = body["metadata"], config or OperatorConfig()
-        return cls(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"],
-                   generation=meta.get("generation"),
-                   spec=parse_spec(with_platform_defaults(body.get("spec") or {}, config), policy=config.policy),
-                   status=body.get("status") or {}, labels=meta.get("labels") or {})
+        return cls(
+            name=meta["name"],
+            namespace=meta["namespace"],
+            uid=meta["uid"],
+            generation=meta.get("generation"),
+            spec=parse_spec(with_platform_defaults(body.get("spec") or {}, config), policy=config.policy),
+            status=body.get("status") or {},
+            labels=meta.get("labels") or {},
+        )
 
     @property
     def phase(self) -> str | None:
@@ -108,18 +122,27 @@ def decide(job: Job, pods: Iterable[PodView], now: datetime.datetime, queue: Que
         return _suspend(job, owned)
     if job.phase == st.SUSPENDED:
         return _resume(now)
-    return (_queue_gate(job, owned, queue) or _past_active_deadline(job, owned, now)
-            or _stuck_before_running(job, owned, now) or _rank_lost(job, owned, now) or _pending_cause(job, owned)
-            or _advance_gang(job, pods, owned, now))
+    return (
+        _queue_gate(job, owned, queue)
+        or _past_active_deadline(job, owned, now)
+        or _stuck_before_running(job, owned, now)
+        or _rank_lost(job, owned, now)
+        or _pending_cause(job, owned)
+        or _advance_gang(job, pods, owned, now)
+    )
 
 
-def reject_invalid(uid: str, pods: Iterable[PodView], message: str, now: datetime.datetime,
-                   reason: str = st.INVALID_SPEC) -> Decision:
+def reject_invalid(
+    uid: str, pods: Iterable[PodView], message: str, now: datetime.datetime, reason: str = st.INVALID_SPEC
+) -> Decision:
     """A job that cannot run: its spec is invalid (InvalidSpec), or the apiserver refused an object it needs
     (CreateRefused). Failed with ``message``, its unfinished pods deleted."""
     unfinished = tuple(p for p in pods if p.owner_uid == uid and p.phase in (PENDING, RUNNING) and not p.deleting)
-    return Decision(st.Transition(st.FAILED, st.FAILED, reason, message),
-                    {"completionTime": st.timestamp(now)}, delete_pods=unfinished)
+    return Decision(
+        st.Transition(st.FAILED, st.FAILED, reason, message),
+        {"completionTime": st.timestamp(now)},
+        delete_pods=unfinished,
+    )
 
 
 def seconds_until_expiry(status: Mapping[str, Any], ttl_seconds: int, now: datetime.datetime) -> float:
@@ -137,13 +160,23 @@ def _start(job: Job, now: datetime.datetime) -> Decision:
     never landed; the creations are idempotent."""
     spec = job.spec
     suspended = spec.run_policy.suspend
-    message = (f"{spec.parallelism.pods} worker pods for {len(spec.prompt_list)} prompts, world size "
-               f"{spec.parallelism.world_size}" + (" (suspended)" if suspended else ""))
-    status = st.initial_status(prompts=len(spec.prompt_list), steps=spec.generation.steps,
-                               world_size=spec.parallelism.world_size, suspended=suspended, now=now,
-                               generation=job.generation)
-    return Decision(st.Transition(st.PENDING, st.CREATED, st.JOB_CREATED, message), status,
-                    create_ranks=() if suspended or job.queue_name else tuple(range(spec.parallelism.pods)))
+    message = (
+        f"{spec.parallelism.pods} worker pods for {len(spec.prompt_list)} prompts, world size "
+        f"{spec.parallelism.world_size}" + (" (suspended)" if suspended else "")
+    )
+    status = st.initial_status(
+        prompts=len(spec.prompt_list),
+        steps=spec.generation.steps,
+        world_size=spec.parallelism.world_size,
+        suspended=suspended,
+        now=now,
+        generation=job.generation,
+    )
+    return Decision(
+        st.Transition(st.PENDING, st.CREATED, st.JOB_CREATED, message),
+        status,
+        create_ranks=() if suspended or job.queue_name else tuple(range(spec.parallelism.pods)),
+    )
 
 
 def _suspend(job: Job, owned: Sequence[PodView]) -> Decision:
@@ -156,8 +189,9 @@ def _suspend(job: Job, owned: Sequence[PodView]) -> Decision:
 
 
 def _resume(now: datetime.datetime) -> Decision:
-    resumed = st.Transition(st.PENDING, st.SUSPENDED, st.JOB_RESUMED, "job resumed: recreating worker pods",
-                            condition_status=False)
+    resumed = st.Transition(
+        st.PENDING, st.SUSPENDED, st.JOB_RESUMED, "job resumed: recreating worker pods", condition_status=False
+    )
     return Decision(resumed, {"startTime": st.timestamp(now)})
 
 
@@ -168,8 +202,11 @@ def _queue_gate(job: Job, owned: Sequence[PodView], queue: QueueView | None) -> 
     alive = tuple(p for p in owned if not p.deleting)
     queued = _condition(job, st.QUEUED)
     if not queue.exists:
-        waiting = None if queued.get("status") == "True" else _queued(job, st.WAITING_FOR_ADMISSION,
-                                                                      "waiting for the queue to admit the gang")
+        waiting = (
+            None
+            if queued.get("status") == "True"
+            else _queued(job, st.WAITING_FOR_ADMISSION, "waiting for the queue to admit the gang")
+        )
         return Decision(waiting, create_workload=True)
     if queue.evicted:  # stop the gang, then give the quota back (not a failure: no restart is counted)
         if alive:
@@ -183,8 +220,15 @@ def _queue_gate(job: Job, owned: Sequence[PodView], queue: QueueView | None) -> 
         stale = queued.get("status") != "True" or (not evicted and queued.get("message") != message)
         return Decision(_queued(job, st.WAITING_FOR_ADMISSION, message) if stale else None, delete_pods=alive)
     if queued.get("status") == "True":
-        return Decision(st.Transition(job.phase or st.PENDING, st.QUEUED, st.ADMITTED,
-                                      "admitted by the queue: creating the gang", condition_status=False))
+        return Decision(
+            st.Transition(
+                job.phase or st.PENDING,
+                st.QUEUED,
+                st.ADMITTED,
+                "admitted by the queue: creating the gang",
+                condition_status=False,
+            )
+        )
     return None
 
 
@@ -197,8 +241,14 @@ def _past_active_deadline(job: Job, owned: Sequence[PodView], now: datetime.date
     started = parse_time(job.status.get("startTime"))
     if deadline is None or started is None or (now - started).total_seconds() < deadline:
         return None
-    return _finish(job, owned, now, st.FAILED, st.DEADLINE_EXCEEDED,
-                   f"job was active longer than activeDeadlineSeconds ({deadline}s)")
+    return _finish(
+        job,
+        owned,
+        now,
+        st.FAILED,
+        st.DEADLINE_EXCEEDED,
+        f"job was active longer than activeDeadlineSeconds ({deadline}s)",
+    )
 
 
 def _stuck_before_running(job: Job, owned: Sequence[PodView], now: datetime.datetime) -> Decision | None:
@@ -206,8 +256,14 @@ def _stuck_before_running(job: Job, owned: Sequence[PodView], now: datetime.date
     for pod in _current(job, owned):
         if pod.phase == PENDING and not pod.deleting and pod.created and (now - pod.created).total_seconds() >= limit:
             detail = f": {pod.waiting_message}" if pod.waiting_message else ""
-            return _finish(job, owned, now, st.FAILED, pod.waiting_reason or st.PRE_RUNNING_DEADLINE_EXCEEDED,
-                           f"pod {pod.name} did not start within preRunningDeadlineSeconds ({limit}s){detail}")
+            return _finish(
+                job,
+                owned,
+                now,
+                st.FAILED,
+                pod.waiting_reason or st.PRE_RUNNING_DEADLINE_EXCEEDED,
+                f"pod {pod.name} did not start within preRunningDeadlineSeconds ({limit}s){detail}",
+            )
     return None
 
 
@@ -218,14 +274,24 @@ def _rank_lost(job: Job, owned: Sequence[PodView], now: datetime.datetime) -> De
     failed = sorted((p for p in current if p.phase == FAILED), key=lambda p: (p.finished or now, p.rank))
     invalid = next((p for p in failed if p.failed_permanently), None)
     if invalid:
-        return _finish(job, current, now, st.FAILED, st.INVALID_INPUT,
-                       f"{invalid.failure()} (invalid input: not retried)")
+        return _finish(
+            job, current, now, st.FAILED, st.INVALID_INPUT, f"{invalid.failure()} (invalid input: not retried)"
+        )
     if failed:
-        action = job.spec.run_policy.pod_failure_policy.action(failed[0].exit_code, dict(failed[0].conditions)) if (
-            job.spec.run_policy.pod_failure_policy) else None
+        action = (
+            job.spec.run_policy.pod_failure_policy.action(failed[0].exit_code, dict(failed[0].conditions))
+            if (job.spec.run_policy.pod_failure_policy)
+            else None
+        )
         if action == FAIL_JOB:
-            return _finish(job, current, now, st.FAILED, st.POD_FAILURE_POLICY,
-                           f"{failed[0].failure()} (podFailurePolicy: FailJob)")
+            return _finish(
+                job,
+                current,
+                now,
+                st.FAILED,
+                st.POD_FAILURE_POLICY,
+                f"{failed[0].failure()} (podFailurePolicy: FailJob)",
+            )
         return _restart_or_fail(job, current, now, failed[0].failure(), counted=action != IGNORE)
     if job.phase != st.RUNNING:
         return None
@@ -240,20 +306,30 @@ def _rank_lost(job: Job, owned: Sequence[PodView], now: datetime.datetime) -> De
     return None
 
 
-def _restart_or_fail(job: Job, current: Sequence[PodView], now: datetime.datetime, reason: str,
-                     counted: bool = True) -> Decision:
+def _restart_or_fail(
+    job: Job, current: Sequence[PodView], now: datetime.datetime, reason: str, counted: bool = True
+) -> Decision:
     """Restart the gang, or fail once backoffLimit counted restarts are spent, quoting the first root cause
     (a later attempt often fails of a symptom: a port still bound, a peer gone)."""
     limit, ignored = job.spec.run_policy.backoff_limit, int(job.status.get("ignoredRestarts") or 0)
     first = job.status.get("firstFailure") or reason
     if counted and job.attempt - ignored >= limit:
         cause = reason if first == reason else f"{first} (first failure; last: {reason})"
-        return _finish(job, current, now, st.FAILED, st.BACKOFF_LIMIT_EXCEEDED,
-                       f"{cause} (backoffLimit {limit} reached after {job.attempt} restarts)")
+        return _finish(
+            job,
+            current,
+            now,
+            st.FAILED,
+            st.BACKOFF_LIMIT_EXCEEDED,
+            f"{cause} (backoffLimit {limit} reached after {job.attempt} restarts)",
+        )
     note = "" if counted else ", not counted: podFailurePolicy Ignore"
-    restarting = st.Transition(st.RESTARTING, st.RESTARTING, st.RANK_FAILED,
-                               f"{reason}; restarting the gang (restart {job.attempt + 1 - ignored - (not counted)} "
-                               f"of {limit}{note})")
+    restarting = st.Transition(
+        st.RESTARTING,
+        st.RESTARTING,
+        st.RANK_FAILED,
+        f"{reason}; restarting the gang (restart {job.attempt + 1 - ignored - (not counted)} of {limit}{note})",
+    )
     status: dict[str, Any] = {"restarts": job.attempt + 1}
     if not job.status.get("firstFailure"):
         status["firstFailure"] = reason
@@ -265,8 +341,14 @@ def _restart_or_fail(job: Job, current: Sequence[PodView], now: datetime.datetim
 def _pending_cause(job: Job, owned: Sequence[PodView]) -> Decision | None:
     """The first current pod waiting for a fixable cause becomes condition PodsPending (once per new cause);
     preRunningDeadlineSeconds still ends the wait."""
-    waiting = next((p for p in sorted(_current(job, owned), key=lambda p: p.rank)
-                    if p.phase == PENDING and not p.deleting and p.waiting_reason in PENDING_CAUSES), None)
+    waiting = next(
+        (
+            p
+            for p in sorted(_current(job, owned), key=lambda p: p.rank)
+            if p.phase == PENDING and not p.deleting and p.waiting_reason in PENDING_CAUSES
+        ),
+        None,
+    )
     if waiting is None:
         return None
     message = f"pod {waiting.name}: {waiting.waiting_message or waiting.waiting_reason}"
@@ -298,23 +380,43 @@ def _advance_gang(job: Job, pods: Sequence[PodView], owned: Sequence[PodView], n
     if any(p.deleting for p in current.values()):
         return WAIT
     if all(p.phase == SUCCEEDED for p in current.values()):
-        return _finish(job, tuple(current.values()), now, st.SUCCEEDED, st.JOB_SUCCEEDED,
-                       f"all {len(current)} worker pods succeeded")
+        return _finish(
+            job,
+            tuple(current.values()),
+            now,
+            st.SUCCEEDED,
+            st.JOB_SUCCEEDED,
+            f"all {len(current)} worker pods succeeded",
+        )
     if job.phase != st.RUNNING and all(p.phase in (RUNNING, SUCCEEDED) for p in current.values()):
-        return Decision(st.Transition(st.RUNNING, st.RUNNING, st.PODS_RUNNING,
-                                      f"all {len(current)} worker pods are running (attempt {job.attempt})"))
+        return Decision(
+            st.Transition(
+                st.RUNNING,
+                st.RUNNING,
+                st.PODS_RUNNING,
+                f"all {len(current)} worker pods are running (attempt {job.attempt})",
+            )
+        )
     return WAIT
 
 
-def _finish(job: Job, pods: Sequence[PodView], now: datetime.datetime, phase: str, reason: str,
-            message: str) -> Decision:
+def _finish(
+    job: Job, pods: Sequence[PodView], now: datetime.datetime, phase: str, reason: str, message: str
+) -> Decision:
     """Succeeded or Failed, cleaning pods by runPolicy.cleanPodPolicy (Kubeflow semantics):
     All deletes every pod, Running the unfinished ones (Pending or Running), None keeps them all."""
     policy = job.spec.run_policy.clean_pod_policy
-    doomed = tuple(p for p in pods if not p.deleting and (policy == "All" or (
-        policy == "Running" and p.phase in (PENDING, RUNNING))))
-    return Decision(st.Transition(phase, phase, reason, message), {"completionTime": st.timestamp(now)},
-                    delete_pods=doomed, delete_service=policy != "None")
+    doomed = tuple(
+        p
+        for p in pods
+        if not p.deleting and (policy == "All" or (policy == "Running" and p.phase in (PENDING, RUNNING)))
+    )
+    return Decision(
+        st.Transition(phase, phase, reason, message),
+        {"completionTime": st.timestamp(now)},
+        delete_pods=doomed,
+        delete_service=policy != "None",
+    )
 
 
 def _restart_backoff_left(job: Job, now: datetime.datetime) -> float:

@@ -38,20 +38,36 @@ LOG_FORMATS = {"plain": kopf.LogFormat.FULL, "json": kopf.LogFormat.JSON}
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="chitu-operator", description="Run the GenerationJob operator.")
-    parser.add_argument("--kubeconfig", metavar="PATH",
-                        help="kubeconfig to use (default: in-cluster service account, then $KUBECONFIG)")
+    parser.add_argument(
+        "--kubeconfig", metavar="PATH", help="kubeconfig to use (default: in-cluster service account, then $KUBECONFIG)"
+    )
     scope = parser.add_mutually_exclusive_group()
     scope.add_argument("--namespace", "-n", metavar="NS", help="serve GenerationJobs of this namespace only")
     scope.add_argument("--all-namespaces", "-A", action="store_true", help="serve every namespace (the default)")
     parser.add_argument("--liveness", metavar="URL", help="kopf's liveness probe, e.g. http://0.0.0.0:8081/healthz")
-    parser.add_argument("--config", metavar="PATH", help="operator configuration file (chitu_api.operatorconfig); "
-                        f"default: the YAML text in ${CONFIG_ENV}, else the built-in defaults")
-    parser.add_argument("--metrics-port", type=int, default=0, metavar="PORT",
-                        help="serve /metrics, /healthz and /readyz on this port (0: off)")
-    parser.add_argument("--leader-elect", action="store_true",
-                        help="run as one of several replicas: serve jobs only while holding the leader Lease")
-    parser.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE", "default"),
-                        help="namespace of the leader Lease (default: $POD_NAMESPACE, else default)")
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help="operator configuration file (chitu_api.operatorconfig); "
+        f"default: the YAML text in ${CONFIG_ENV}, else the built-in defaults",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        metavar="PORT",
+        help="serve /metrics, /healthz and /readyz on this port (0: off)",
+    )
+    parser.add_argument(
+        "--leader-elect",
+        action="store_true",
+        help="run as one of several replicas: serve jobs only while holding the leader Lease",
+    )
+    parser.add_argument(
+        "--lease-namespace",
+        default=os.environ.get("POD_NAMESPACE", "default"),
+        help="namespace of the leader Lease (default: $POD_NAMESPACE, else default)",
+    )
     parser.add_argument("--lease-name", default="chitu-operator", help="name of the leader Lease")
     parser.add_argument("--log-format", choices=sorted(LOG_FORMATS), default="plain")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
@@ -85,8 +101,12 @@ def operator_config(path: str | None) -> OperatorConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    kopf.configure(verbose=args.verbose, log_format=LOG_FORMATS[args.log_format], log_prefix=args.log_format == "plain",
-                   log_refkey="object" if args.log_format == "json" else None)
+    kopf.configure(
+        verbose=args.verbose,
+        log_format=LOG_FORMATS[args.log_format],
+        log_prefix=args.log_format == "plain",
+        log_refkey="object" if args.log_format == "json" else None,
+    )
     logging.getLogger("kopf.objects").addFilter(_DropTimerSuccess())
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig  # what kopf.login_with_kubeconfig reads
@@ -101,10 +121,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Lost leadership: stop at once (client-go's way); the Deployment restarts us as a follower.
         leader.keep_renewing(coordination, lease, on_lost=lambda: os._exit(1))
     metrics.leader.set(1)
-    memo = kopf.Memo(kube=KubeClients.from_api_client(api), kubeconfig=args.kubeconfig, metrics=metrics,
-                     config=operator_config(args.config), gpu_clock={})
-    kopf.run(standalone=True, clusterwide=not args.namespace, namespaces=[args.namespace] if args.namespace else (),
-             liveness_endpoint=args.liveness, memo=memo)
+    memo = kopf.Memo(
+        kube=KubeClients.from_api_client(api),
+        kubeconfig=args.kubeconfig,
+        metrics=metrics,
+        config=operator_config(args.config),
+        gpu_clock={},
+    )
+    kopf.run(
+        standalone=True,
+        clusterwide=not args.namespace,
+        namespaces=[args.namespace] if args.namespace else (),
+        liveness_endpoint=args.liveness,
+        memo=memo,
+    )
     return 0
 
 

@@ -21,8 +21,10 @@ from chitu_api.names import ATTEMPT_LABEL, RANK_LABEL, WORKER_CONTAINER
 
 RUNNING, SUCCEEDED, FAILED, PENDING = "Running", "Succeeded", "Failed", "Pending"
 MAX_DETAIL_CHARS = 800  # a log tail (FallbackToLogsOnError) can be 2 KiB: keep its end, where the error is
-CREDENTIAL_VALUE = re.compile(r"(?i)\b([\w-]*(?:secret|token|password|passwd|api[_-]?key|access[_-]?key)[\w-]*)"
-                              r"(\s*[=:]\s*)(\S+)")
+CREDENTIAL_VALUE = re.compile(
+    r"(?i)\b([\w-]*(?:secret|token|password|passwd|api[_-]?key|access[_-]?key)[\w-]*)"
+    r"(\s*[=:]\s*)(\S+)"
+)
 AWS_ACCESS_KEY_ID = re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b")
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
@@ -69,15 +71,27 @@ class PodView:
         owner = next((ref["uid"] for ref in meta.get("ownerReferences") or [] if ref.get("controller")), None)
         state = _container_state(status)
         waiting, terminated = state.get("waiting") or {}, state.get("terminated") or {}
-        unscheduled = next((c for c in status.get("conditions") or []
-                            if c.get("type") == "PodScheduled" and c.get("status") == "False"), {})
+        unscheduled = next(
+            (
+                c
+                for c in status.get("conditions") or []
+                if c.get("type") == "PodScheduled" and c.get("status") == "False"
+            ),
+            {},
+        )
         return cls(
-            name=meta["name"], uid=meta.get("uid", ""), owner_uid=owner, rank=rank, attempt=attempt,
-            phase=status.get("phase") or PENDING, deleting=bool(meta.get("deletionTimestamp")),
+            name=meta["name"],
+            uid=meta.get("uid", ""),
+            owner_uid=owner,
+            rank=rank,
+            attempt=attempt,
+            phase=status.get("phase") or PENDING,
+            deleting=bool(meta.get("deletionTimestamp")),
             created=parse_time(meta.get("creationTimestamp")),
             waiting_reason=waiting.get("reason") or unscheduled.get("reason"),
             waiting_message=scrub(waiting.get("message") or unscheduled.get("message")),
-            exit_code=terminated.get("exitCode"), termination_message=scrub(terminated.get("message")),
+            exit_code=terminated.get("exitCode"),
+            termination_message=scrub(terminated.get("message")),
             finished=parse_time(terminated.get("finishedAt")),
             conditions=tuple((c["type"], c.get("status", "")) for c in status.get("conditions") or [] if c.get("type")),
         )

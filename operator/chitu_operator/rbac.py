@@ -32,35 +32,80 @@ class Rule:
 
 
 OPERATOR_RULES = (
-    Rule("GenerationJobs: watch them; kopf patches its annotations and finalizer; ttlSecondsAfterFinished "
-         "deletes finished ones", (GROUP,), (PLURAL,), ("get", "list", "watch", "patch", "delete")),
-    Rule("GenerationJob status: phase, conditions, restarts (merge patches)",
-         (GROUP,), (f"{PLURAL}/status",), ("get", "patch")),
-    Rule("owner references with blockOwnerDeletion on the pods and Service a job owns",
-         (GROUP,), (f"{PLURAL}/finalizers",), ("update",)),
-    Rule("kopf discovers the CRD it serves", ("apiextensions.k8s.io",), ("customresourcedefinitions",),
-         ("get", "list", "watch")),
+    Rule(
+        "GenerationJobs: watch them; kopf patches its annotations and finalizer; ttlSecondsAfterFinished "
+        "deletes finished ones",
+        (GROUP,),
+        (PLURAL,),
+        ("get", "list", "watch", "patch", "delete"),
+    ),
+    Rule(
+        "GenerationJob status: phase, conditions, restarts (merge patches)",
+        (GROUP,),
+        (f"{PLURAL}/status",),
+        ("get", "patch"),
+    ),
+    Rule(
+        "owner references with blockOwnerDeletion on the pods and Service a job owns",
+        (GROUP,),
+        (f"{PLURAL}/finalizers",),
+        ("update",),
+    ),
+    Rule(
+        "kopf discovers the CRD it serves",
+        ("apiextensions.k8s.io",),
+        ("customresourcedefinitions",),
+        ("get", "list", "watch"),
+    ),
     Rule("kopf lists namespaces when it serves all of them", ("",), ("namespaces",), ("get", "list", "watch")),
-    Rule("events on GenerationJobs for every phase transition", ("", "events.k8s.io"), ("events",),
-         ("create", "patch")),
-    Rule("the worker gang: one pod per node rank, deleted on restart, suspension and cleanup",
-         ("",), ("pods",), ("get", "list", "watch", "create", "delete")),
+    Rule(
+        "events on GenerationJobs for every phase transition", ("", "events.k8s.io"), ("events",), ("create", "patch")
+    ),
+    Rule(
+        "the worker gang: one pod per node rank, deleted on restart, suspension and cleanup",
+        ("",),
+        ("pods",),
+        ("get", "list", "watch", "create", "delete"),
+    ),
     Rule("the headless Service that gives rank 0 its DNS name", ("",), ("services",), ("get", "create", "delete")),
     Rule("each job's own worker identity: ServiceAccount <job>-worker ...", ("",), ("serviceaccounts",), ("create",)),
-    Rule("... with a Role and RoleBinding letting it read that job and patch that job's status only (JOB_WORKER_RULES)",
-         ("rbac.authorization.k8s.io",), ("roles", "rolebindings"), ("create",)),
-    Rule("a NetworkPolicy per job: only the job's own ranks reach its worker pods",
-         ("networking.k8s.io",), ("networkpolicies",), ("create",)),
-    Rule("Kueue: one Workload per queued job (docs/kueue.md)", ("kueue.x-k8s.io",), ("workloads",),
-         ("get", "create")),
-    Rule("Kueue: mark a Workload Finished, or give an evicted one's quota back",
-         ("kueue.x-k8s.io",), ("workloads/status",), ("get", "patch")),
-    Rule("Kueue: the node labels of an admitted flavor, the value of a job's WorkloadPriorityClass",
-         ("kueue.x-k8s.io",), ("resourceflavors", "workloadpriorityclasses"), ("get",)),
-    Rule("the value of a job's PriorityClass, for its Workload's priority", ("scheduling.k8s.io",),
-         ("priorityclasses",), ("get",)),
-    Rule("leader election between operator replicas (--leader-elect)", ("coordination.k8s.io",), ("leases",),
-         ("get", "create", "update")),
+    Rule(
+        "... with a Role and RoleBinding letting it read that job and patch that job's status only (JOB_WORKER_RULES)",
+        ("rbac.authorization.k8s.io",),
+        ("roles", "rolebindings"),
+        ("create",),
+    ),
+    Rule(
+        "a NetworkPolicy per job: only the job's own ranks reach its worker pods",
+        ("networking.k8s.io",),
+        ("networkpolicies",),
+        ("create",),
+    ),
+    Rule("Kueue: one Workload per queued job (docs/kueue.md)", ("kueue.x-k8s.io",), ("workloads",), ("get", "create")),
+    Rule(
+        "Kueue: mark a Workload Finished, or give an evicted one's quota back",
+        ("kueue.x-k8s.io",),
+        ("workloads/status",),
+        ("get", "patch"),
+    ),
+    Rule(
+        "Kueue: the node labels of an admitted flavor, the value of a job's WorkloadPriorityClass",
+        ("kueue.x-k8s.io",),
+        ("resourceflavors", "workloadpriorityclasses"),
+        ("get",),
+    ),
+    Rule(
+        "the value of a job's PriorityClass, for its Workload's priority",
+        ("scheduling.k8s.io",),
+        ("priorityclasses",),
+        ("get",),
+    ),
+    Rule(
+        "leader election between operator replicas (--leader-elect)",
+        ("coordination.k8s.io",),
+        ("leases",),
+        ("get", "create", "update"),
+    ),
 )
 
 #: The ClusterRole chitu-worker, for a ServiceAccount a user names in spec.worker.serviceAccountName and binds
@@ -68,8 +113,12 @@ OPERATOR_RULES = (
 #: JOB_WORKER_RULES instead.
 WORKER_RULES = (
     Rule("the worker reads its GenerationJob's full spec", (GROUP,), (PLURAL,), ("get", "list", "watch")),
-    Rule("rank 0 reports progress and outputs (merge patches of status)",
-         (GROUP,), (f"{PLURAL}/status",), ("get", "patch")),
+    Rule(
+        "rank 0 reports progress and outputs (merge patches of status)",
+        (GROUP,),
+        (f"{PLURAL}/status",),
+        ("get", "patch"),
+    ),
 )
 
 
@@ -77,8 +126,12 @@ WORKER_RULES = (
 #: operator and the job's own workers do (a forged status.outputs would be taken as the job's result).
 USER_VIEW_RULES = (Rule("read GenerationJobs, their status included", (GROUP,), (PLURAL,), ("get", "list", "watch")),)
 USER_EDIT_RULES = (
-    Rule("create, change and delete GenerationJobs (never their status)", (GROUP,), (PLURAL,),
-         ("create", "update", "patch", "delete", "deletecollection")),
+    Rule(
+        "create, change and delete GenerationJobs (never their status)",
+        (GROUP,),
+        (PLURAL,),
+        ("create", "update", "patch", "delete", "deletecollection"),
+    ),
 )
 AGGREGATE = "rbac.authorization.k8s.io/aggregate-to-"
 USER_ROLES = {  # ClusterRole name -> (rules, the Kubernetes roles it is aggregated into)
@@ -91,8 +144,13 @@ def job_worker_rules(job: str) -> tuple[Rule, ...]:
     """What one job's workers may do: read that job, report into that job's status, nothing else."""
     return (
         Rule("the worker reads its own GenerationJob", (GROUP,), (PLURAL,), ("get",), (job,)),
-        Rule("rank 0 reports progress and outputs of its own job", (GROUP,), (f"{PLURAL}/status",), ("get", "patch"),
-             (job,)),
+        Rule(
+            "rank 0 reports progress and outputs of its own job",
+            (GROUP,),
+            (f"{PLURAL}/status",),
+            ("get", "patch"),
+            (job,),
+        ),
     )
 
 
@@ -106,8 +164,12 @@ def build_user_cluster_roles() -> list[dict[str, Any]]:
 
 
 def build_cluster_role(name: str, rules: tuple[Rule, ...]) -> dict[str, Any]:
-    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": name},
-            "rules": [rule.manifest() for rule in rules]}
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": name},
+        "rules": [rule.manifest() for rule in rules],
+    }
 
 
 def build_operator_cluster_role() -> dict[str, Any]:

@@ -63,14 +63,26 @@ class Transition:
         return self.phase == FAILED or self.condition == RESTARTING
 
 
-def set_condition(conditions: Sequence[Mapping[str, Any]], kind: str, status: bool, reason: str, message: str,
-                  now: datetime.datetime, generation: int | None) -> list[dict[str, Any]]:
+def set_condition(
+    conditions: Sequence[Mapping[str, Any]],
+    kind: str,
+    status: bool,
+    reason: str,
+    message: str,
+    now: datetime.datetime,
+    generation: int | None,
+) -> list[dict[str, Any]]:
     """A new condition list with ``kind`` set; lastTransitionTime moves only when the status flips."""
     value = "True" if status else "False"
     old = next((c for c in conditions if c.get("type") == kind), None)
     changed = old is None or old.get("status") != value
-    condition = {"type": kind, "status": value, "reason": reason, "message": message,
-                 "lastTransitionTime": timestamp(now) if changed else old.get("lastTransitionTime", timestamp(now))}
+    condition = {
+        "type": kind,
+        "status": value,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": timestamp(now) if changed else old.get("lastTransitionTime", timestamp(now)),
+    }
     if generation is not None:
         condition["observedGeneration"] = generation
     if old is None:
@@ -78,33 +90,54 @@ def set_condition(conditions: Sequence[Mapping[str, Any]], kind: str, status: bo
     return [condition if c.get("type") == kind else dict(c) for c in conditions]
 
 
-def transition_patch(status: Mapping[str, Any], transition: Transition, now: datetime.datetime,
-                     generation: int | None) -> dict[str, Any]:
+def transition_patch(
+    status: Mapping[str, Any], transition: Transition, now: datetime.datetime, generation: int | None
+) -> dict[str, Any]:
     """The status fields a transition writes: phase, message, conditions, observedGeneration."""
     conditions = list(status.get("conditions") or [])
     if transition.condition_status and transition.condition in (*EXCLUSIVE_CONDITIONS, *FINISHED_PHASES):
         for other in EXCLUSIVE_CONDITIONS:
             if other != transition.condition and _is_true(conditions, other):
-                conditions = set_condition(conditions, other, False, transition.reason, transition.message,
-                                           now, generation)
+                conditions = set_condition(
+                    conditions, other, False, transition.reason, transition.message, now, generation
+                )
     if transition.condition_status and transition.condition in SETTLES_PENDING and _is_true(conditions, PODS_PENDING):
-        conditions = set_condition(conditions, PODS_PENDING, False, transition.reason, transition.message, now,
-                                   generation)
-    conditions = set_condition(conditions, transition.condition, transition.condition_status, transition.reason,
-                               transition.message, now, generation)
+        conditions = set_condition(
+            conditions, PODS_PENDING, False, transition.reason, transition.message, now, generation
+        )
+    conditions = set_condition(
+        conditions,
+        transition.condition,
+        transition.condition_status,
+        transition.reason,
+        transition.message,
+        now,
+        generation,
+    )
     patch = {"phase": transition.phase, "message": transition.message, "conditions": conditions}
     if generation is not None:
         patch["observedGeneration"] = generation
     return patch
 
 
-def initial_status(*, prompts: int, steps: int, world_size: int, suspended: bool, now: datetime.datetime,
-                   generation: int | None) -> dict[str, Any]:
+def initial_status(
+    *, prompts: int, steps: int, world_size: int, suspended: bool, now: datetime.datetime, generation: int | None
+) -> dict[str, Any]:
     """What a freshly created job's status holds (the worker has not reported anything yet)."""
     created = transition_patch({}, Transition(PENDING, CREATED, JOB_CREATED, "worker gang created"), now, generation)
-    status = {**created, "restarts": 0, "worldSize": world_size,
-              "progress": {"currentStep": 0, "totalSteps": steps, "percent": 0, "promptsDone": 0,
-                           "promptsTotal": prompts, "summary": f"0/{prompts}"}}
+    status = {
+        **created,
+        "restarts": 0,
+        "worldSize": world_size,
+        "progress": {
+            "currentStep": 0,
+            "totalSteps": steps,
+            "percent": 0,
+            "promptsDone": 0,
+            "promptsTotal": prompts,
+            "summary": f"0/{prompts}",
+        },
+    }
     if suspended:  # the activeDeadlineSeconds clock starts on resume
         suspend = Transition(SUSPENDED, SUSPENDED, JOB_SUSPENDED, "job created suspended: no pods until resumed")
         return {**status, **transition_patch(status, suspend, now, generation)}
@@ -131,7 +164,8 @@ def _is_true(conditions: Sequence[Mapping[str, Any]], kind: str) -> bool:
 
 def condition_since(status: Mapping[str, Any], kind: str) -> datetime.datetime | None:
     """When condition ``kind`` last became True (None unless it is True now)."""
-    found = next((c for c in status.get("conditions") or [] if c.get("type") == kind and c.get("status") == "True"),
-                 None)
+    found = next(
+        (c for c in status.get("conditions") or [] if c.get("type") == kind and c.get("status") == "True"), None
+    )
     stamp = (found or {}).get("lastTransitionTime")
     return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")) if stamp else None

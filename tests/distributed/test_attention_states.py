@@ -16,7 +16,10 @@ def _qkv(tokens: int = 24, seed: int = 0):
 def test_merging_block_states_equals_full_attention():
     q, k, v = _qkv()
     full_out, full_lse = _math_with_lse(q, k, v)
-    states = [AttentionState(*_math_with_lse(q, k[:, a:b], v[:, a:b])) for a, b in ((0, 4), (4, 9), (9, 15), (15, 20), (20, 24))]
+    states = [
+        AttentionState(*_math_with_lse(q, k[:, a:b], v[:, a:b]))
+        for a, b in ((0, 4), (4, 9), (9, 15), (15, 20), (20, 24))
+    ]
     merged = merge_states(states)
     torch.testing.assert_close(merged.out, full_out, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(merged.lse, full_lse, rtol=1e-5, atol=1e-6)

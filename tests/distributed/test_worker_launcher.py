@@ -43,14 +43,23 @@ def s3(seaweedfs):
 
 
 def write_job(path: Path, model_dir: Path, bucket: str, prompts: list[str], **spec) -> Path:
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "chitu.dev/v1alpha1",
-        "kind": "GenerationJob",
-        "metadata": {"name": "gang", "uid": uuid.uuid4().hex},
-        "spec": {"model": {"uri": str(model_dir)}, "prompts": prompts, "output": {"uri": f"s3://{bucket}/runs"},
-                 "generation": {"steps": 4, "height": 64, "width": 64, "frames": 9, "seed": 5},
-                 "worker": {"image": "unused"}, **spec},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "chitu.dev/v1alpha1",
+                "kind": "GenerationJob",
+                "metadata": {"name": "gang", "uid": uuid.uuid4().hex},
+                "spec": {
+                    "model": {"uri": str(model_dir)},
+                    "prompts": prompts,
+                    "output": {"uri": f"s3://{bucket}/runs"},
+                    "generation": {"steps": 4, "height": 64, "width": 64, "frames": 9, "seed": 5},
+                    "worker": {"image": "unused"},
+                    **spec,
+                },
+            }
+        )
+    )
     return path
 
 
@@ -79,8 +88,13 @@ def read(s3: S3Credentials, bucket: str, key: str) -> bytes:
 
 
 def test_two_pods_of_one_rank_run_cfg_parallel(s3, bucket, tiny_model_dir, tmp_path):
-    job_file = write_job(tmp_path / "job.yaml", tiny_model_dir, bucket, ["A cat walking on grass", "A dog on a beach"],
-                         parallelism={"cfg": 2, "cpSize": 1, "gpusPerPod": 1})
+    job_file = write_job(
+        tmp_path / "job.yaml",
+        tiny_model_dir,
+        bucket,
+        ["A cat walking on grass", "A dog on a beach"],
+        parallelism={"cfg": 2, "cpSize": 1, "gpusPerPod": 1},
+    )
     port = free_port()
     logs = [tmp_path / f"pod-{rank}.log" for rank in (0, 1)]
     with ExitStack() as files:
@@ -98,19 +112,33 @@ def test_two_pods_of_one_rank_run_cfg_parallel(s3, bucket, tiny_model_dir, tmp_p
     assert codes == [0, 0], "\n".join(text[-3000:] for text in output)
     assert "rank 0/2 joined the gang (gloo" in output[0] and "rank 1/2 joined the gang (gloo" in output[1]
     objects = stored(s3, bucket)
-    assert sorted(objects) == ["prompt-0000/metrics.json", "prompt-0000/video.mp4",
-                               "prompt-0001/metrics.json", "prompt-0001/video.mp4"]
+    assert sorted(objects) == [
+        "prompt-0000/metrics.json",
+        "prompt-0000/video.mp4",
+        "prompt-0001/metrics.json",
+        "prompt-0001/video.mp4",
+    ]
     metrics = json.loads(read(s3, bucket, "prompt-0001/metrics.json"))
     assert metrics["parallel"] == {"world_size": 2, "cfg": 2, "cp": 1, "ulysses": 1, "ring": 1}
     assert metrics["params"]["prompt"] == "A dog on a beach"
 
 
 def test_one_pod_of_two_ranks_runs_ditango_and_uploads_its_policy_files(s3, bucket, tiny_model_dir, tmp_path):
-    job_file = write_job(tmp_path / "job.yaml", tiny_model_dir, bucket, ["A cat walking on grass"],
-                         flexCache={"strategy": "ditango", "cacheRatio": 0.5, "warmup": 1, "cooldown": 1},
-                         parallelism={"cfg": 1, "cpSize": 2, "upLimit": 1, "gpusPerPod": 2})
-    proc = subprocess.run([str(WORKER), "--job-file", str(job_file)], capture_output=True, text=True, timeout=TIMEOUT,
-                          env=pod_env(s3, tmp_path, nnodes=1, node_rank=0, nproc=2, port=free_port()))
+    job_file = write_job(
+        tmp_path / "job.yaml",
+        tiny_model_dir,
+        bucket,
+        ["A cat walking on grass"],
+        flexCache={"strategy": "ditango", "cacheRatio": 0.5, "warmup": 1, "cooldown": 1},
+        parallelism={"cfg": 1, "cpSize": 2, "upLimit": 1, "gpusPerPod": 2},
+    )
+    proc = subprocess.run(
+        [str(WORKER), "--job-file", str(job_file)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env=pod_env(s3, tmp_path, nnodes=1, node_rank=0, nproc=2, port=free_port()),
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     objects = stored(s3, bucket)
     policies = sorted(k for k in objects if "ditango_policy" in k)
@@ -126,12 +154,18 @@ def test_a_failing_rank_fails_the_pod_with_its_reason(s3, bucket, tiny_model_dir
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(FAIL_RANK_1)
-    job_file = write_job(tmp_path / "job.yaml", tiny_model_dir, bucket, ["A cat walking on grass"],
-                         parallelism={"cfg": 2, "cpSize": 1, "gpusPerPod": 2})
+    job_file = write_job(
+        tmp_path / "job.yaml",
+        tiny_model_dir,
+        bucket,
+        ["A cat walking on grass"],
+        parallelism={"cfg": 2, "cpSize": 1, "gpusPerPod": 2},
+    )
     env = pod_env(s3, tmp_path, nnodes=1, node_rank=0, nproc=2, port=free_port())
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(hook), env.get("PYTHONPATH")]))
-    proc = subprocess.run([str(WORKER), "--job-file", str(job_file)], capture_output=True, text=True,
-                          timeout=TIMEOUT, env=env)
+    proc = subprocess.run(
+        [str(WORKER), "--job-file", str(job_file)], capture_output=True, text=True, timeout=TIMEOUT, env=env
+    )
     assert proc.returncode == 1, proc.stderr[-4000:]
     assert (tmp_path / "termination-0").read_text() == "rank 1: RuntimeError: injected failure on rank 1"
     assert stored(s3, bucket) == {}

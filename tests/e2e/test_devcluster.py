@@ -26,8 +26,13 @@ TIMEOUT = 30
 
 def python_pod(name: str, script: str, *, args: list[str] | None = None, **container) -> dict:
     """A pod whose one container runs ``python -c script args...`` (the image is ignored by the node agent)."""
-    spec = {"name": "main", "image": "unused", "command": ["python", "-c", textwrap.dedent(script)],
-            "args": args or [], **container}
+    spec = {
+        "name": "main",
+        "image": "unused",
+        "command": ["python", "-c", textwrap.dedent(script)],
+        "args": args or [],
+        **container,
+    }
     return {"metadata": {"name": name}, "spec": {"restartPolicy": "Never", "containers": [spec]}}
 
 
@@ -38,8 +43,10 @@ def wait_pod(k8s, namespace: str, name: str, predicate, what: str, timeout: floa
     def check():
         last["pod"] = pod = k8s.core.read_namespaced_pod(name, namespace)
         return pod if predicate(pod) else None
-    return wait_for(check, f"pod {namespace}/{name} {what}", timeout,
-                    detail=lambda: str(last.get("pod") and last["pod"].status))
+
+    return wait_for(
+        check, f"pod {namespace}/{name} {what}", timeout, detail=lambda: str(last.get("pod") and last["pod"].status)
+    )
 
 
 def phase_is(*phases: str):
@@ -53,6 +60,7 @@ def wait_pod_gone(k8s, namespace: str, name: str, timeout: float = TIMEOUT) -> N
             return False
         except ApiException as err:
             return err.status == 404
+
     wait_for(gone, f"pod {namespace}/{name} to be deleted", timeout)
 
 
@@ -74,11 +82,15 @@ def test_control_plane_and_node_are_ready(cluster: DevCluster, k8s):
     assert lease.spec.holder_identity == NODE_NAME
 
 
-@pytest.mark.parametrize("run", [[str(VENV_BIN / "chitu-dev-cluster")], [sys.executable, "-m", "chitu_devcluster"]],
-                         ids=["console-script", "python-m"])
+@pytest.mark.parametrize(
+    "run",
+    [[str(VENV_BIN / "chitu-dev-cluster")], [sys.executable, "-m", "chitu_devcluster"]],
+    ids=["console-script", "python-m"],
+)
 def test_cli_env_and_status(cluster: DevCluster, run: list[str]):
-    env = subprocess.run([*run, "env", "--state-dir", str(cluster.state.root)],
-                         capture_output=True, text=True, check=True).stdout
+    env = subprocess.run(
+        [*run, "env", "--state-dir", str(cluster.state.root)], capture_output=True, text=True, check=True
+    ).stdout
     assert f"export KUBECONFIG={cluster.state.kubeconfig}" in env
     assert f"export CHITU_S3_ENDPOINT={cluster.s3.endpoint}" in env
     status = subprocess.run([*run, "status", "--state-dir", str(cluster.state.root)], capture_output=True, text=True)
@@ -87,10 +99,17 @@ def test_cli_env_and_status(cluster: DevCluster, run: list[str]):
 
 def test_pod_runs_and_succeeds(cluster, k8s, namespace, tmp_path):
     marker = tmp_path / "marker"
-    k8s.core.create_namespaced_pod(namespace, python_pod("ok", """
+    k8s.core.create_namespaced_pod(
+        namespace,
+        python_pod(
+            "ok",
+            """
         import os, sys
         open(sys.argv[1], "w").write(os.getcwd())
-    """, args=[str(marker)]))
+    """,
+            args=[str(marker)],
+        ),
+    )
     pod = wait_pod(k8s, namespace, "ok", phase_is("Succeeded"), "to succeed")
     terminated = pod.status.container_statuses[0].state.terminated
     assert (terminated.exit_code, terminated.reason) == (0, "Completed")
@@ -100,16 +119,29 @@ def test_pod_runs_and_succeeds(cluster, k8s, namespace, tmp_path):
 
 
 def test_failing_pod_reports_exit_code_and_termination_message(k8s, namespace):
-    k8s.core.create_namespaced_pod(namespace, python_pod("fails", """
+    k8s.core.create_namespaced_pod(
+        namespace,
+        python_pod(
+            "fails",
+            """
         import os, sys
         open(os.environ["CHITU_TERMINATION_LOG"], "w").write("model not found")
         sys.exit(3)
-    """))
-    k8s.core.create_namespaced_pod(namespace, python_pod("fails-logs", """
+    """,
+        ),
+    )
+    k8s.core.create_namespaced_pod(
+        namespace,
+        python_pod(
+            "fails-logs",
+            """
         import sys
         print("Traceback: boom", file=sys.stderr)
         sys.exit(2)
-    """, terminationMessagePolicy="FallbackToLogsOnError"))
+    """,
+            terminationMessagePolicy="FallbackToLogsOnError",
+        ),
+    )
     for name, code, message in (("fails", 3, "model not found"), ("fails-logs", 2, "Traceback: boom")):
         pod = wait_pod(k8s, namespace, name, phase_is("Failed"), "to fail")
         terminated = pod.status.container_statuses[0].state.terminated
@@ -118,39 +150,67 @@ def test_failing_pod_reports_exit_code_and_termination_message(k8s, namespace):
 
 
 def test_env_from_secret_config_map_and_field_refs(cluster, k8s, namespace):
-    k8s.core.create_namespaced_secret(namespace, {"metadata": {"name": "creds"},
-                                                  "stringData": {"key": "s3cr3t"}})
-    k8s.core.create_namespaced_config_map(namespace, {"metadata": {"name": "settings"},
-                                                      "data": {"a": "1", "b": "two"}})
-    pod = python_pod("env", """
+    k8s.core.create_namespaced_secret(namespace, {"metadata": {"name": "creds"}, "stringData": {"key": "s3cr3t"}})
+    k8s.core.create_namespaced_config_map(namespace, {"metadata": {"name": "settings"}, "data": {"a": "1", "b": "two"}})
+    pod = python_pod(
+        "env",
+        """
         import json, os, sys
         print(json.dumps({"env": dict(os.environ), "argv": sys.argv[1:]}))
-    """, args=["$(POD_NAME)", "$$(POD_NAME)"], env=[
-        {"name": "SECRET", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "key"}}},
-        {"name": "B", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "b"}}},
-        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-        {"name": "POD_UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
-        {"name": "ROLE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['role']"}}},
-        {"name": "NOTE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.annotations['note']"}}},
-        {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
-        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-        {"name": "GREETING", "value": "hello $(POD_NAME) from $(CM_a)"},
-        {"name": "MASTER_ADDR", "value": "job-worker-0.job-workers.ns.svc"},
-        {"name": "DB_URL", "value": "postgres://db.data.svc.cluster.local:5432/x"},
-        {"name": "EXTERNAL", "value": "http://seaweedfs.storage:8333"},
-        {"name": "MISSING_OPTIONAL", "valueFrom": {"secretKeyRef": {"name": "nope", "key": "k", "optional": True}}},
-    ], envFrom=[{"configMapRef": {"name": "settings"}, "prefix": "CM_"}])
+    """,
+        args=["$(POD_NAME)", "$$(POD_NAME)"],
+        env=[
+            {"name": "SECRET", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "key"}}},
+            {"name": "B", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "b"}}},
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            {"name": "POD_UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
+            {"name": "ROLE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['role']"}}},
+            {"name": "NOTE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.annotations['note']"}}},
+            {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": "GREETING", "value": "hello $(POD_NAME) from $(CM_a)"},
+            {"name": "MASTER_ADDR", "value": "job-worker-0.job-workers.ns.svc"},
+            {"name": "DB_URL", "value": "postgres://db.data.svc.cluster.local:5432/x"},
+            {"name": "EXTERNAL", "value": "http://seaweedfs.storage:8333"},
+            {"name": "MISSING_OPTIONAL", "valueFrom": {"secretKeyRef": {"name": "nope", "key": "k", "optional": True}}},
+        ],
+        envFrom=[{"configMapRef": {"name": "settings"}, "prefix": "CM_"}],
+    )
     pod["metadata"].update(labels={"role": "worker"}, annotations={"note": "hi"})
     created = k8s.core.create_namespaced_pod(namespace, pod)
     wait_pod(k8s, namespace, "env", phase_is("Succeeded"), "to succeed")
     report = json.loads(cluster.pod_log(namespace, "env"))
     env = report["env"]
     assert report["argv"] == ["env", "$(POD_NAME)"]
-    assert {k: env[k] for k in ("SECRET", "B", "CM_a", "CM_b", "POD_NAME", "POD_NAMESPACE", "ROLE", "NOTE",
-                                "NODE", "POD_IP", "GREETING")} == {
-        "SECRET": "s3cr3t", "B": "two", "CM_a": "1", "CM_b": "two", "POD_NAME": "env", "POD_NAMESPACE": namespace,
-        "ROLE": "worker", "NOTE": "hi", "NODE": NODE_NAME, "POD_IP": "127.0.0.1", "GREETING": "hello env from 1"}
+    assert {
+        k: env[k]
+        for k in (
+            "SECRET",
+            "B",
+            "CM_a",
+            "CM_b",
+            "POD_NAME",
+            "POD_NAMESPACE",
+            "ROLE",
+            "NOTE",
+            "NODE",
+            "POD_IP",
+            "GREETING",
+        )
+    } == {
+        "SECRET": "s3cr3t",
+        "B": "two",
+        "CM_a": "1",
+        "CM_b": "two",
+        "POD_NAME": "env",
+        "POD_NAMESPACE": namespace,
+        "ROLE": "worker",
+        "NOTE": "hi",
+        "NODE": NODE_NAME,
+        "POD_IP": "127.0.0.1",
+        "GREETING": "hello env from 1",
+    }
     assert env["POD_UID"] == created.metadata.uid
     assert env["MASTER_ADDR"] == "127.0.0.1"  # the DNS stand-in
     assert env["DB_URL"] == "postgres://127.0.0.1:5432/x"
@@ -163,12 +223,19 @@ def test_env_from_secret_config_map_and_field_refs(cluster, k8s, namespace):
 
 def test_deleting_a_running_pod_kills_its_process(k8s, namespace, tmp_path):
     pid_file = tmp_path / "pid"
-    k8s.core.create_namespaced_pod(namespace, python_pod("sleeper", """
+    k8s.core.create_namespaced_pod(
+        namespace,
+        python_pod(
+            "sleeper",
+            """
         import os, signal, sys, time
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # forces the SIGKILL after the grace period
         open(sys.argv[1], "w").write(str(os.getpid()))
         time.sleep(600)
-    """, args=[str(pid_file)]))
+    """,
+            args=[str(pid_file)],
+        ),
+    )
     wait_pod(k8s, namespace, "sleeper", phase_is("Running"), "to run")
     pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text(), "the pid file", TIMEOUT))
     assert process_alive(pid)
@@ -185,6 +252,7 @@ def test_simulated_image_pull_backoff_stays_waiting(cluster, k8s, namespace):
     def waiting(pod) -> bool:
         statuses = pod.status.container_statuses or []
         return bool(statuses and statuses[0].state.waiting and statuses[0].state.waiting.reason == "ImagePullBackOff")
+
     pod = wait_pod(k8s, namespace, "never", waiting, "to wait in ImagePullBackOff")
     assert pod.status.phase == "Pending"
     assert "unused" in pod.status.container_statuses[0].state.waiting.message
@@ -194,12 +262,14 @@ def test_simulated_image_pull_backoff_stays_waiting(cluster, k8s, namespace):
 def test_scheduler_filters_on_gpu_capacity(k8s, namespace):
     def gpu_pod(name: str, gpus: int) -> dict:
         return python_pod(name, "pass", resources={"limits": {GPU_RESOURCE: str(gpus)}})
+
     k8s.core.create_namespaced_pod(namespace, gpu_pod("too-many", 9))
     k8s.core.create_namespaced_pod(namespace, gpu_pod("fits", 1))
     wait_pod(k8s, namespace, "fits", phase_is("Succeeded"), "to succeed")
 
     def unschedulable(pod) -> bool:
         return any(c.type == "PodScheduled" and c.reason == "Unschedulable" for c in pod.status.conditions or [])
+
     pod = wait_pod(k8s, namespace, "too-many", unschedulable, "to be unschedulable")
     assert f"Insufficient {GPU_RESOURCE}" in next(c.message for c in pod.status.conditions if c.type == "PodScheduled")
     assert pod.spec.node_name is None
@@ -217,8 +287,9 @@ def test_s3_enforces_credentials(cluster, s3):
 def test_garbage_collector_deletes_owned_pods(k8s, namespace):
     owner = k8s.core.create_namespaced_config_map(namespace, {"metadata": {"name": "owner"}})
     pod = python_pod("owned", "import time; time.sleep(600)")
-    pod["metadata"]["ownerReferences"] = [{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner",
-                                           "uid": owner.metadata.uid}]
+    pod["metadata"]["ownerReferences"] = [
+        {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner.metadata.uid}
+    ]
     k8s.core.create_namespaced_pod(namespace, pod)
     wait_pod(k8s, namespace, "owned", phase_is("Running"), "to run")
     k8s.core.delete_namespaced_config_map("owner", namespace)
@@ -227,14 +298,21 @@ def test_garbage_collector_deletes_owned_pods(k8s, namespace):
 
 def test_pod_kubeconfig_authenticates_as_its_service_account(cluster, k8s, namespace):
     k8s.core.create_namespaced_service_account(namespace, {"metadata": {"name": "probe"}})
-    k8s.rbac.create_namespaced_role(namespace, {
-        "metadata": {"name": "read-pods"},
-        "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]})
-    k8s.rbac.create_namespaced_role_binding(namespace, {
-        "metadata": {"name": "probe-reads-pods"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "read-pods"},
-        "subjects": [{"kind": "ServiceAccount", "name": "probe", "namespace": namespace}]})
-    pod = python_pod("whoami", """
+    k8s.rbac.create_namespaced_role(
+        namespace,
+        {"metadata": {"name": "read-pods"}, "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]},
+    )
+    k8s.rbac.create_namespaced_role_binding(
+        namespace,
+        {
+            "metadata": {"name": "probe-reads-pods"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "read-pods"},
+            "subjects": [{"kind": "ServiceAccount", "name": "probe", "namespace": namespace}],
+        },
+    )
+    pod = python_pod(
+        "whoami",
+        """
         import json, os
         from kubernetes import client, config
         from kubernetes.client.exceptions import ApiException
@@ -248,14 +326,19 @@ def test_pod_kubeconfig_authenticates_as_its_service_account(cluster, k8s, names
             secrets = err.status
         own = core.read_namespaced_pod("whoami", os.environ["NS"]).metadata.name
         print(json.dumps({"user": review.status.user_info.username, "secrets": secrets, "own": own}))
-    """, env=[{"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}])
+    """,
+        env=[{"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}],
+    )
     pod["spec"]["serviceAccountName"] = "probe"
     k8s.core.create_namespaced_pod(namespace, pod)
     done = wait_pod(k8s, namespace, "whoami", phase_is("Succeeded", "Failed"), "to finish")
     log = cluster.pod_log(namespace, "whoami")
     assert done.status.phase == "Succeeded", log
     assert json.loads(log.splitlines()[-1]) == {
-        "user": f"system:serviceaccount:{namespace}:probe", "secrets": 403, "own": "whoami"}
+        "user": f"system:serviceaccount:{namespace}:probe",
+        "secrets": 403,
+        "own": "whoami",
+    }
 
 
 def test_operator_kubeconfig_has_the_operator_role(cluster):

@@ -52,19 +52,25 @@ FAIL_RANK_1_ONCE = """
 """
 
 
-def job_manifest(name: str, script: str, tmp_path: Path, *, gated: bool = False, run_policy: dict | None = None,
-                 **worker) -> dict:
+def job_manifest(
+    name: str, script: str, tmp_path: Path, *, gated: bool = False, run_policy: dict | None = None, **worker
+) -> dict:
     """A two-pod gang (cfg 2 x one GPU per pod) whose pods run ``script``."""
     env = [{"name": "OUT", "value": str(tmp_path)}]
     if gated:
         env.append({"name": "GATE", "value": str(tmp_path / "gate")})
     return {
-        "apiVersion": f"{GROUP}/{VERSION}", "kind": "GenerationJob", "metadata": {"name": name},
-        "spec": {"model": {"uri": "/models/unused"}, "prompts": ["a cat", "a dog"],
-                 "parallelism": {"cfg": 2, "gpusPerPod": 1}, "output": {"uri": "s3://videos/e2e"},
-                 "worker": {"image": "unused", "command": ["python", "-c", textwrap.dedent(script)], "env": env,
-                            **worker},
-                 "runPolicy": run_policy or {}},
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "GenerationJob",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"uri": "/models/unused"},
+            "prompts": ["a cat", "a dog"],
+            "parallelism": {"cfg": 2, "gpusPerPod": 1},
+            "output": {"uri": "s3://videos/e2e"},
+            "worker": {"image": "unused", "command": ["python", "-c", textwrap.dedent(script)], "env": env, **worker},
+            "runPolicy": run_policy or {},
+        },
     }
 
 
@@ -89,9 +95,17 @@ class Jobs:
         def reached():
             last["job"] = job = self.get(name)
             return job if job.get("status", {}).get("phase") == phase else None
-        return wait_for(reached, f"{self.namespace}/{name} to be {phase}", timeout, interval=0.2,
-                        detail=lambda: f"status: {json.dumps(last.get('job', {}).get('status'))}\noperator log:\n"
-                                       f"{self.cluster.procs.log_tail('operator')}")
+
+        return wait_for(
+            reached,
+            f"{self.namespace}/{name} to be {phase}",
+            timeout,
+            interval=0.2,
+            detail=lambda: (
+                f"status: {json.dumps(last.get('job', {}).get('status'))}\noperator log:\n"
+                f"{self.cluster.procs.log_tail('operator')}"
+            ),
+        )
 
     def pods(self, name: str) -> list:
         return self.k8s.core.list_namespaced_pod(self.namespace, label_selector=f"chitu.dev/job-name={name}").items
@@ -101,11 +115,14 @@ class Jobs:
 
     def events(self, name: str, *reasons: str) -> dict[str, str]:
         """reason -> message of the job's events, once there is one of each of ``reasons`` (posted asynchronously)."""
+
         def posted():
-            items = self.k8s.core.list_namespaced_event(self.namespace,
-                                                        field_selector=f"involvedObject.name={name}").items
+            items = self.k8s.core.list_namespaced_event(
+                self.namespace, field_selector=f"involvedObject.name={name}"
+            ).items
             found = {event.reason: event.message for event in items}
             return found if set(reasons) <= set(found) else None
+
         return wait_for(posted, f"events {reasons} of {name}", TIMEOUT, interval=0.2)
 
 
@@ -139,19 +156,46 @@ def test_gang_runs_to_success(jobs, k8s, namespace, tmp_path):
     assert service_exists(k8s, namespace, "cats-workers")
     assert k8s.core.read_namespaced_service_account("chitu-worker", namespace)
     assert k8s.rbac.read_namespaced_role_binding("chitu-worker", namespace).role_ref.name == "chitu-worker"
-    seen = json.loads(wait_for(lambda: (tmp_path / "1-0.json").exists() and (tmp_path / "1-0.json").read_text(),
-                               "rank 1's environment", TIMEOUT))
-    assert {k: seen[k] for k in ("CHITU_JOB_NAME", "CHITU_JOB_NAMESPACE", "CHITU_JOB_UID", "NODE_RANK", "NNODES",
-                                 "WORLD_SIZE", "NPROC_PER_NODE", "MASTER_PORT", "POD_NAME")} == {
-        "CHITU_JOB_NAME": "cats", "CHITU_JOB_NAMESPACE": namespace, "CHITU_JOB_UID": running["metadata"]["uid"],
-        "NODE_RANK": "1", "NNODES": "2", "WORLD_SIZE": "2", "NPROC_PER_NODE": "1", "MASTER_PORT": "29500",
-        "POD_NAME": "cats-worker-1"}
+    seen = json.loads(
+        wait_for(
+            lambda: (tmp_path / "1-0.json").exists() and (tmp_path / "1-0.json").read_text(),
+            "rank 1's environment",
+            TIMEOUT,
+        )
+    )
+    assert {
+        k: seen[k]
+        for k in (
+            "CHITU_JOB_NAME",
+            "CHITU_JOB_NAMESPACE",
+            "CHITU_JOB_UID",
+            "NODE_RANK",
+            "NNODES",
+            "WORLD_SIZE",
+            "NPROC_PER_NODE",
+            "MASTER_PORT",
+            "POD_NAME",
+        )
+    } == {
+        "CHITU_JOB_NAME": "cats",
+        "CHITU_JOB_NAMESPACE": namespace,
+        "CHITU_JOB_UID": running["metadata"]["uid"],
+        "NODE_RANK": "1",
+        "NNODES": "2",
+        "WORLD_SIZE": "2",
+        "NPROC_PER_NODE": "1",
+        "MASTER_PORT": "29500",
+        "POD_NAME": "cats-worker-1",
+    }
 
     (tmp_path / "gate").touch()
     done = jobs.wait_phase("cats", "Succeeded")
     assert done["status"]["completionTime"] and done["status"]["restarts"] == 0
     assert {k: c["status"] for k, c in conditions(done).items()} == {
-        "Created": "True", "Running": "False", "Succeeded": "True"}
+        "Created": "True",
+        "Running": "False",
+        "Succeeded": "True",
+    }
     assert [p.status.phase for p in jobs.pods("cats")] == ["Succeeded", "Succeeded"]  # cleanPodPolicy Running
     wait_for(lambda: not service_exists(k8s, namespace, "cats-workers"), "the Service to be deleted", TIMEOUT)
     jobs.events("cats", "JobCreated", "PodsRunning", "JobSucceeded")
@@ -160,11 +204,35 @@ def test_gang_runs_to_success(jobs, k8s, namespace, tmp_path):
 def test_printer_columns(jobs, cluster, namespace, tmp_path):
     jobs.create(job_manifest("columns", WAIT_FOR_GATE, tmp_path))
     jobs.wait_phase("columns", "Succeeded")
-    table = subprocess.run([str(VENV_BIN / "kubectl"), "--kubeconfig", str(cluster.state.kubeconfig), "get", "gj",
-                            "-n", namespace, "-o", "wide"], capture_output=True, text=True, check=True).stdout
+    table = subprocess.run(
+        [
+            str(VENV_BIN / "kubectl"),
+            "--kubeconfig",
+            str(cluster.state.kubeconfig),
+            "get",
+            "gj",
+            "-n",
+            namespace,
+            "-o",
+            "wide",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     header, row = (line.split() for line in table.splitlines())
-    assert header == ["NAME", "STATUS", "PROGRESS%", "PROMPTS", "RESTARTS", "AGE", "STRATEGY", "WORLD", "MODEL",
-                      "OUTPUT"]
+    assert header == [
+        "NAME",
+        "STATUS",
+        "PROGRESS%",
+        "PROMPTS",
+        "RESTARTS",
+        "AGE",
+        "STRATEGY",
+        "WORLD",
+        "MODEL",
+        "OUTPUT",
+    ]
     assert row[:5] == ["columns", "Succeeded", "0", "0/2", "0"]
     assert row[6:] == ["none", "2", "/models/unused", "s3://videos/e2e"]
 
@@ -174,8 +242,10 @@ def test_failed_rank_restarts_the_whole_gang(jobs, tmp_path):
     done = jobs.wait_phase("flaky", "Succeeded")
     assert done["status"]["restarts"] == 1
     assert conditions(done)["Restarting"]["status"] == "False"
-    assert "rank 1 (pod flaky-worker-1) failed with exit code 3: NCCL timeout on rank 1" in jobs.events(
-        "flaky", "RankFailed")["RankFailed"]
+    assert (
+        "rank 1 (pod flaky-worker-1) failed with exit code 3: NCCL timeout on rank 1"
+        in jobs.events("flaky", "RankFailed")["RankFailed"]
+    )
     assert {p.metadata.labels["chitu.dev/restart-attempt"] for p in jobs.pods("flaky")} == {"1"}
 
 
@@ -189,8 +259,15 @@ def test_backoff_limit_exceeded_fails_the_job(jobs, tmp_path):
 
 
 def test_pod_that_never_starts_fails_the_job_with_its_waiting_reason(jobs, tmp_path):
-    jobs.create(job_manifest("stuck", WAIT_FOR_GATE, tmp_path, run_policy={"preRunningDeadlineSeconds": 3},
-                             podAnnotations={SIMULATE_WAITING_ANNOTATION: "ImagePullBackOff"}))
+    jobs.create(
+        job_manifest(
+            "stuck",
+            WAIT_FOR_GATE,
+            tmp_path,
+            run_policy={"preRunningDeadlineSeconds": 3},
+            podAnnotations={SIMULATE_WAITING_ANNOTATION: "ImagePullBackOff"},
+        )
+    )
     failed = jobs.wait_phase("stuck", "Failed")
     condition = conditions(failed)["Failed"]
     assert condition["reason"] == "ImagePullBackOff"
@@ -238,6 +315,7 @@ def test_ttl_deletes_a_finished_job_and_the_garbage_collector_its_pods(jobs, tmp
             return False
         except ApiException as err:
             return err.status == 404
+
     wait_for(gone, "the job to be deleted by its TTL", TIMEOUT, interval=0.2)
     jobs.wait_pods_gone("brief")
 
@@ -302,6 +380,7 @@ def crd_without_rule(k8s, message_start: str) -> Iterator[None]:
 
 def create_once_admitted(jobs: Jobs, manifest: dict) -> None:
     """Create the job, retrying while the apiserver still validates with the CRD's previous schema."""
+
     def created() -> bool:
         try:
             jobs.create(manifest)
@@ -310,6 +389,7 @@ def create_once_admitted(jobs: Jobs, manifest: dict) -> None:
             if err.status != 422:
                 raise
             return False
+
     wait_for(created, "the apiserver to serve the changed CRD", TIMEOUT, interval=0.2)
 
 

@@ -20,14 +20,23 @@ from chitu_api.names import GROUP, PLURAL, VERSION
 pytestmark = pytest.mark.e2e
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-VALID = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "GenerationJob", "metadata": {"name": "probe"},
-         "spec": {"model": {"uri": "/models/wan"}, "prompt": "a cat", "worker": {"image": "w"},
-                  "output": {"uri": "s3://videos/runs"}}}
+VALID = {
+    "apiVersion": f"{GROUP}/{VERSION}",
+    "kind": "GenerationJob",
+    "metadata": {"name": "probe"},
+    "spec": {
+        "model": {"uri": "/models/wan"},
+        "prompt": "a cat",
+        "worker": {"image": "w"},
+        "output": {"uri": "s3://videos/runs"},
+    },
+}
 
 
 def create(k8s, namespace: str, manifest: dict, dry_run: bool = False) -> dict:
-    return k8s.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, manifest,
-                                                      dry_run="All" if dry_run else None)
+    return k8s.custom.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, manifest, dry_run="All" if dry_run else None
+    )
 
 
 def rejection(k8s, namespace: str, manifest: dict) -> str:
@@ -37,8 +46,10 @@ def rejection(k8s, namespace: str, manifest: dict) -> str:
     return json.loads(err.value.body)["message"]
 
 
-RING_ATTENTION_REFUSAL = ("spec.parallelism: Invalid value: flexCache.strategy ditango needs ring attention over at "
-                          "least 2 ranks: set parallelism.cpSize >= 2 and parallelism.upLimit < parallelism.cpSize")
+RING_ATTENTION_REFUSAL = (
+    "spec.parallelism: Invalid value: flexCache.strategy ditango needs ring attention over at "
+    "least 2 ranks: set parallelism.cpSize >= 2 and parallelism.upLimit < parallelism.cpSize"
+)
 
 
 def with_spec(**changes) -> dict:
@@ -47,31 +58,57 @@ def with_spec(**changes) -> dict:
     return manifest
 
 
-@pytest.mark.parametrize("changes, expected", [
-    ({"generation": {"frames": 80}}, "spec.generation.frames: Invalid value: 80: generation.frames must be 4k+1"),
-    ({"generation": {"width": 100}}, "spec.generation.width: Invalid value: 100: generation.width must be a multiple"),
-    ({"generation": {"steps": 0}}, "spec.generation.steps: Invalid value: 0"),
-    ({"flexCache": {"cacheRatio": 1.5}}, "spec.flexCache.cacheRatio: Invalid value: 1.5"),
-    ({"flexCache": {"strategy": "foo"}}, 'spec.flexCache.strategy: Unsupported value: "foo"'),
-    ({"output": {"uri": "http://x"}}, 'spec.output.uri: Invalid value: "http://x": output.uri must start with s3://'),
-    ({"model": {"uri": "models/wan"}}, "spec.model.uri: Invalid value: \"models/wan\": model.uri must be an absolute"),
-    ({"parallelism": {"cfg": 1, "cpSize": 3, "gpusPerPod": 2}},
-     "spec.parallelism.gpusPerPod: Invalid value: world size (cfg x cpSize) must be a multiple of gpusPerPod"),
-    ({"parallelism": {"cfg": 3}}, "spec.parallelism.cfg: Unsupported value: 3"),
-    ({"generation": {"steps": 4}, "flexCache": {"strategy": "teacache", "warmup": 2, "cooldown": 2}},
-     "spec.flexCache: Invalid value: flexCache.warmup + flexCache.cooldown must be less than generation.steps"),
-    ({"prompts": ["a dog"]}, "spec.prompts: Invalid value: exactly one of spec.prompt or spec.prompts must be set"),
-    ({"flexCache": {"strategy": "ditango"}}, RING_ATTENTION_REFUSAL),
-    # issue 10's case: cpSize 2 with the default upLimit 8 is Ulysses 2 x ring 1, which DiTango cannot use
-    ({"flexCache": {"strategy": "ditango"}, "parallelism": {"cpSize": 2}}, RING_ATTENTION_REFUSAL),
-    ({"output": {"uri": "s3://ab/x"}}, 'spec.output.uri: Invalid value: "s3://ab/x": output.uri must start with s3://'),
-    ({"output": {"uri": "s3://videos", "endpoint": "s3.local"}},
-     'spec.output.endpoint: Invalid value: "s3.local": output.endpoint must be an http(s) URL'),
-    ({"worker": {"image": "w", "env": [{"name": "WORLD_SIZE", "value": "9"}]}},
-     'spec.worker.env[0].name: Invalid value: "WORLD_SIZE": is set by the operator and cannot be overridden'),
-    ({"runPolicy": {"cleanPodPolicy": "Sometimes"}}, 'spec.runPolicy.cleanPodPolicy: Unsupported value: "Sometimes"'),
-    ({"runPolicy": {"backoffLimit": 101}}, "spec.runPolicy.backoffLimit: Invalid value: 101"),
-])
+@pytest.mark.parametrize(
+    "changes, expected",
+    [
+        ({"generation": {"frames": 80}}, "spec.generation.frames: Invalid value: 80: generation.frames must be 4k+1"),
+        (
+            {"generation": {"width": 100}},
+            "spec.generation.width: Invalid value: 100: generation.width must be a multiple",
+        ),
+        ({"generation": {"steps": 0}}, "spec.generation.steps: Invalid value: 0"),
+        ({"flexCache": {"cacheRatio": 1.5}}, "spec.flexCache.cacheRatio: Invalid value: 1.5"),
+        ({"flexCache": {"strategy": "foo"}}, 'spec.flexCache.strategy: Unsupported value: "foo"'),
+        (
+            {"output": {"uri": "http://x"}},
+            'spec.output.uri: Invalid value: "http://x": output.uri must start with s3://',
+        ),
+        (
+            {"model": {"uri": "models/wan"}},
+            'spec.model.uri: Invalid value: "models/wan": model.uri must be an absolute',
+        ),
+        (
+            {"parallelism": {"cfg": 1, "cpSize": 3, "gpusPerPod": 2}},
+            "spec.parallelism.gpusPerPod: Invalid value: world size (cfg x cpSize) must be a multiple of gpusPerPod",
+        ),
+        ({"parallelism": {"cfg": 3}}, "spec.parallelism.cfg: Unsupported value: 3"),
+        (
+            {"generation": {"steps": 4}, "flexCache": {"strategy": "teacache", "warmup": 2, "cooldown": 2}},
+            "spec.flexCache: Invalid value: flexCache.warmup + flexCache.cooldown must be less than generation.steps",
+        ),
+        ({"prompts": ["a dog"]}, "spec.prompts: Invalid value: exactly one of spec.prompt or spec.prompts must be set"),
+        ({"flexCache": {"strategy": "ditango"}}, RING_ATTENTION_REFUSAL),
+        # issue 10's case: cpSize 2 with the default upLimit 8 is Ulysses 2 x ring 1, which DiTango cannot use
+        ({"flexCache": {"strategy": "ditango"}, "parallelism": {"cpSize": 2}}, RING_ATTENTION_REFUSAL),
+        (
+            {"output": {"uri": "s3://ab/x"}},
+            'spec.output.uri: Invalid value: "s3://ab/x": output.uri must start with s3://',
+        ),
+        (
+            {"output": {"uri": "s3://videos", "endpoint": "s3.local"}},
+            'spec.output.endpoint: Invalid value: "s3.local": output.endpoint must be an http(s) URL',
+        ),
+        (
+            {"worker": {"image": "w", "env": [{"name": "WORLD_SIZE", "value": "9"}]}},
+            'spec.worker.env[0].name: Invalid value: "WORLD_SIZE": is set by the operator and cannot be overridden',
+        ),
+        (
+            {"runPolicy": {"cleanPodPolicy": "Sometimes"}},
+            'spec.runPolicy.cleanPodPolicy: Unsupported value: "Sometimes"',
+        ),
+        ({"runPolicy": {"backoffLimit": 101}}, "spec.runPolicy.backoffLimit: Invalid value: 101"),
+    ],
+)
 def test_invalid_specs_are_rejected_naming_the_field(k8s, namespace, changes, expected):
     assert expected in rejection(k8s, namespace, with_spec(**changes))
 
@@ -79,11 +116,13 @@ def test_invalid_specs_are_rejected_naming_the_field(k8s, namespace, changes, ex
 def test_prompt_lists_must_hold_non_blank_texts(k8s, namespace):
     manifest = with_spec(prompts=["a cat", "  "])
     del manifest["spec"]["prompt"]
-    assert ('spec.prompts[1]: Invalid value: "  ": must be a non-empty text, not only whitespace'
-            in rejection(k8s, namespace, manifest))
+    assert 'spec.prompts[1]: Invalid value: "  ": must be a non-empty text, not only whitespace' in rejection(
+        k8s, namespace, manifest
+    )
     manifest["spec"]["prompts"] = []
     assert "spec.prompts: Invalid value: 0: spec.prompts in body should have at least 1 items" in rejection(
-        k8s, namespace, manifest)
+        k8s, namespace, manifest
+    )
 
 
 def test_job_names_must_leave_room_for_pod_hostnames(k8s, namespace):
@@ -92,8 +131,9 @@ def test_job_names_must_leave_room_for_pod_hostnames(k8s, namespace):
     assert "metadata.name must be a DNS label of at most 52 characters" in rejection(k8s, namespace, manifest)
 
 
-@pytest.mark.parametrize("parallelism", [{"cpSize": 2, "upLimit": 1}, {"cfg": 2, "cpSize": 4, "upLimit": 2,
-                                                                         "gpusPerPod": 4}])
+@pytest.mark.parametrize(
+    "parallelism", [{"cpSize": 2, "upLimit": 1}, {"cfg": 2, "cpSize": 4, "upLimit": 2, "gpusPerPod": 4}]
+)
 def test_ditango_is_accepted_where_the_layout_gives_a_ring(k8s, namespace, parallelism):
     create(k8s, namespace, with_spec(flexCache={"strategy": "ditango"}, parallelism=parallelism), dry_run=True)
 
@@ -110,8 +150,12 @@ def test_defaults_are_filled_in(k8s, namespace):
     assert spec["generation"] == {"steps": 50, "guidanceScale": 5, "height": 480, "width": 832, "frames": 81, "fps": 16}
     assert spec["flexCache"] == {"strategy": "none", "cacheRatio": 0.5, "warmup": 1, "cooldown": 1}
     assert spec["parallelism"] == {"cfg": 1, "cpSize": 1, "upLimit": 8, "gpusPerPod": 1}
-    assert spec["runPolicy"] == {"backoffLimit": 3, "preRunningDeadlineSeconds": 600, "cleanPodPolicy": "Running",
-                                 "suspend": False}
+    assert spec["runPolicy"] == {
+        "backoffLimit": 3,
+        "preRunningDeadlineSeconds": 600,
+        "cleanPodPolicy": "Running",
+        "suspend": False,
+    }
     assert spec["worker"]["serviceAccountName"] == "chitu-worker" and spec["model"]["mountPath"] == "/models"
 
 
@@ -124,8 +168,9 @@ def test_spec_is_immutable_except_run_policy_and_scheduling_while_suspended(k8s,
             return None
         except ApiException as err:
             return json.loads(err.body)["message"]
+
     assert "spec.generation: Invalid value: spec.generation is immutable" in patch({"generation": {"steps": 10}})
-    assert "spec.prompt: Invalid value: \"a dog\": spec.prompt is immutable" in patch({"prompt": "a dog"})
+    assert 'spec.prompt: Invalid value: "a dog": spec.prompt is immutable' in patch({"prompt": "a dog"})
     assert "spec.worker: Invalid value: spec.worker is immutable" in patch({"worker": {"image": "other"}})
     assert "a job cannot switch between them" in patch({"prompt": None, "prompts": ["a cat"]})
     assert "spec.scheduling may change only while the job is suspended" in patch({"scheduling": {"queueName": "q"}})
@@ -137,8 +182,9 @@ def test_spec_is_immutable_except_run_policy_and_scheduling_while_suspended(k8s,
 def test_status_is_a_subresource_with_a_checked_phase(k8s, namespace):
     create(k8s, namespace, with_spec())
     with pytest.raises(ApiException) as err:
-        k8s.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, "probe",
-                                                         {"status": {"phase": "Exploded"}})
+        k8s.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PLURAL, "probe", {"status": {"phase": "Exploded"}}
+        )
     assert 'status.phase: Unsupported value: "Exploded"' in json.loads(err.value.body)["message"]
     ignored = {"status": {"phase": "Running"}}  # the main resource ignores status
     k8s.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "probe", ignored)
@@ -146,7 +192,12 @@ def test_status_is_a_subresource_with_a_checked_phase(k8s, namespace):
 
 
 def test_kubectl_explain_shows_the_models_descriptions(cluster):
-    done = subprocess.run(["kubectl", "explain", "generationjob.spec.parallelism.upLimit"], capture_output=True,
-                          text=True, timeout=120, env={**os.environ, **cluster.env()})
+    done = subprocess.run(
+        ["kubectl", "explain", "generationjob.spec.parallelism.upLimit"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **cluster.env()},
+    )
     assert done.returncode == 0, done.stderr
     assert " ".join(Parallelism.model_fields["up_limit"].description.split()) in " ".join(done.stdout.split())

@@ -53,20 +53,47 @@ def kubectl(cluster, *args: str) -> str:
     return subprocess.run(command, capture_output=True, text=True, check=True).stdout
 
 
-def apply_example(cluster, k8s, namespace, s3, tiny_model_dir, tmp_path, env: list[dict] | None = None,
-                  parallelism: dict | None = None) -> dict:
+def apply_example(
+    cluster,
+    k8s,
+    namespace,
+    s3,
+    tiny_model_dir,
+    tmp_path,
+    env: list[dict] | None = None,
+    parallelism: dict | None = None,
+) -> dict:
     """Render the example for this machine and `kubectl apply -f` it; returns the created job."""
     credentials = cluster.s3
-    k8s.core.create_namespaced_secret(namespace, {"metadata": {"name": "s3-creds"}, "stringData": {
-        "AWS_ACCESS_KEY_ID": credentials.access_key_id, "AWS_SECRET_ACCESS_KEY": credentials.secret_access_key}})
+    k8s.core.create_namespaced_secret(
+        namespace,
+        {
+            "metadata": {"name": "s3-creds"},
+            "stringData": {
+                "AWS_ACCESS_KEY_ID": credentials.access_key_id,
+                "AWS_SECRET_ACCESS_KEY": credentials.secret_access_key,
+            },
+        },
+    )
     job = yaml.safe_load(EXAMPLE.read_text())
     spec = job["spec"]
     spec["model"] = {"uri": str(tiny_model_dir)}  # pods are local processes: a host path
-    spec["generation"] = {"steps": 6, "guidanceScale": 5.0, "height": 32, "width": 32, "frames": 5, "fps": 8,
-                          "seed": 42}
+    spec["generation"] = {
+        "steps": 6,
+        "guidanceScale": 5.0,
+        "height": 32,
+        "width": 32,
+        "frames": 5,
+        "fps": 8,
+        "seed": 42,
+    }
     # What the platform defaults give on a chart-installed cluster, spelled out: this test's bucket and S3.
-    spec["output"] = {"uri": f"s3://{s3.name}/runs", "endpoint": credentials.endpoint, "region": credentials.region,
-                      "credentialsSecretRef": {"name": "s3-creds"}}
+    spec["output"] = {
+        "uri": f"s3://{s3.name}/runs",
+        "endpoint": credentials.endpoint,
+        "region": credentials.region,
+        "credentialsSecretRef": {"name": "s3-creds"},
+    }
     spec["worker"] = {"image": "ghcr.io/chitu/worker:0.1.0", "env": env or []}
     spec["parallelism"] = parallelism or spec["parallelism"]
     manifest = tmp_path / "job.yaml"
@@ -90,17 +117,23 @@ def wait_finished(cluster, k8s, namespace: str, name: str, on_poll=lambda: None)
         on_poll()
         last["job"] = job = k8s.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
         return job if job.get("status", {}).get("phase") in ("Succeeded", "Failed") else None
-    return wait_for(finished, f"{name} to finish", TIMEOUT, interval=0.5,
-                    detail=lambda: f"{json.dumps(last['job'].get('status'))}\n"
-                                   f"{cluster.pod_log(namespace, f'{name}-worker-0')[-3000:]}")
+
+    return wait_for(
+        finished,
+        f"{name} to finish",
+        TIMEOUT,
+        interval=0.5,
+        detail=lambda: (
+            f"{json.dumps(last['job'].get('status'))}\n{cluster.pod_log(namespace, f'{name}-worker-0')[-3000:]}"
+        ),
+    )
 
 
 def object_keys(s3, prefix: str) -> set[str]:
     return {obj["Key"] for obj in s3.client.list_objects_v2(Bucket=s3.name, Prefix=prefix).get("Contents", [])}
 
 
-def test_two_prompts_with_teacache_end_to_end(cluster, k8s, namespace, s3, operator_process, tiny_model_dir,
-                                              tmp_path):
+def test_two_prompts_with_teacache_end_to_end(cluster, k8s, namespace, s3, operator_process, tiny_model_dir, tmp_path):
     created = apply_example(cluster, k8s, namespace, s3, tiny_model_dir, tmp_path)
     name, uid = created["metadata"]["name"], created["metadata"]["uid"]
     done = wait_finished(cluster, k8s, namespace, name)
@@ -111,8 +144,9 @@ def test_two_prompts_with_teacache_end_to_end(cluster, k8s, namespace, s3, opera
     assert status["progress"]["summary"] == "2/2"
     prefix = f"runs/{name}-{uid[:8]}"
     assert sorted(o["index"] for o in status["outputs"]) == [0, 1]
-    assert {o["video"] for o in status["outputs"]} == {f"s3://{s3.name}/{prefix}/prompt-{i:04d}/video.mp4"
-                                                      for i in (0, 1)}
+    assert {o["video"] for o in status["outputs"]} == {
+        f"s3://{s3.name}/{prefix}/prompt-{i:04d}/video.mp4" for i in (0, 1)
+    }
     keys = object_keys(s3, prefix)
     for index in (0, 1):
         assert {f"{prefix}/prompt-{index:04d}/video.mp4", f"{prefix}/prompt-{index:04d}/metrics.json"} <= keys
@@ -124,12 +158,14 @@ def test_two_prompts_with_teacache_end_to_end(cluster, k8s, namespace, s3, opera
 
 
 def test_crashed_rank_restarts_the_gang_and_resumes_without_redoing_finished_prompts(
-        cluster, k8s, namespace, s3, operator_process, tiny_model_dir, tmp_path):
+    cluster, k8s, namespace, s3, operator_process, tiny_model_dir, tmp_path
+):
     hook = tmp_path / "inject"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(textwrap.dedent(CRASH_RANK_1_IN_PROMPT_1))
-    created = apply_example(cluster, k8s, namespace, s3, tiny_model_dir, tmp_path,
-                            env=[{"name": "PYTHONPATH", "value": str(hook)}])
+    created = apply_example(
+        cluster, k8s, namespace, s3, tiny_model_dir, tmp_path, env=[{"name": "PYTHONPATH", "value": str(hook)}]
+    )
     name, uid = created["metadata"]["name"], created["metadata"]["uid"]
     first_metrics = f"runs/{name}-{uid[:8]}/prompt-0000/metrics.json"
     rows, prompt0 = [], {}
@@ -145,8 +181,11 @@ def test_crashed_rank_restarts_the_gang_and_resumes_without_redoing_finished_pro
     status = done["status"]
     assert status["phase"] == "Succeeded", status
     assert status["restarts"] == 1
-    failed = [e.message for e in k8s.core.list_namespaced_event(
-        namespace, field_selector=f"involvedObject.name={name}").items if e.reason == "RankFailed"]
+    failed = [
+        e.message
+        for e in k8s.core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}").items
+        if e.reason == "RankFailed"
+    ]
     assert any("injected crash of rank 1 during prompt 1" in m for m in failed), failed
     # Live progress: the job was seen running with one of two prompts done, part way.
     live = [r for r in rows if r["STATUS"] in ("Running", "Restarting") and r["PROMPTS"] == "1/2"]
@@ -159,17 +198,20 @@ def test_crashed_rank_restarts_the_gang_and_resumes_without_redoing_finished_pro
 
 
 def test_missing_model_path_fails_the_job_once_with_the_workers_reason(
-        cluster, k8s, namespace, s3, operator_process, tmp_path):
+    cluster, k8s, namespace, s3, operator_process, tmp_path
+):
     """The worker exits 2 (invalid input): the operator fails the job without spending backoffLimit (3 here)."""
     missing = tmp_path / "no-such-model"
-    created = apply_example(cluster, k8s, namespace, s3, missing, tmp_path,
-                            parallelism={"cfg": 1, "cpSize": 1, "gpusPerPod": 1})
+    created = apply_example(
+        cluster, k8s, namespace, s3, missing, tmp_path, parallelism={"cfg": 1, "cpSize": 1, "gpusPerPod": 1}
+    )
     name = created["metadata"]["name"]
     status = wait_finished(cluster, k8s, namespace, name)["status"]
     worker_reason = f"InvalidInput: spec.model.uri: {missing} is not a folder on this machine"
     assert status["phase"] == "Failed" and status["restarts"] == 0, status
     took = datetime.datetime.fromisoformat(status["completionTime"]) - datetime.datetime.fromisoformat(
-        created["metadata"]["creationTimestamp"])
+        created["metadata"]["creationTimestamp"]
+    )
     assert took.total_seconds() < 30, took  # issue 11: a bad model path is Failed within 30 s, not after retries
     assert worker_reason in status["message"] and "exit code 2" in status["message"], status["message"]
     failed = next(c for c in status["conditions"] if c["type"] == "Failed")

@@ -20,46 +20,83 @@ TIMEOUT = 180
 def grant_worker_identity(k8s, namespace: str, s3_creds) -> None:
     """What the operator creates once per namespace, plus the job's S3 Secret."""
     k8s.core.create_namespaced_service_account(namespace, {"metadata": {"name": WORKER_IDENTITY}})
-    k8s.rbac.create_namespaced_role_binding(namespace, {
-        "metadata": {"name": WORKER_IDENTITY},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": WORKER_IDENTITY},
-        "subjects": [{"kind": "ServiceAccount", "name": WORKER_IDENTITY, "namespace": namespace}],
-    })
-    k8s.core.create_namespaced_secret(namespace, {"metadata": {"name": "s3-creds"}, "stringData": {
-        "AWS_ACCESS_KEY_ID": s3_creds.access_key_id, "AWS_SECRET_ACCESS_KEY": s3_creds.secret_access_key}})
+    k8s.rbac.create_namespaced_role_binding(
+        namespace,
+        {
+            "metadata": {"name": WORKER_IDENTITY},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": WORKER_IDENTITY},
+            "subjects": [{"kind": "ServiceAccount", "name": WORKER_IDENTITY, "namespace": namespace}],
+        },
+    )
+    k8s.core.create_namespaced_secret(
+        namespace,
+        {
+            "metadata": {"name": "s3-creds"},
+            "stringData": {
+                "AWS_ACCESS_KEY_ID": s3_creds.access_key_id,
+                "AWS_SECRET_ACCESS_KEY": s3_creds.secret_access_key,
+            },
+        },
+    )
 
 
 def create_job(k8s, namespace: str, model_uri: str, bucket: str, endpoint: str) -> dict:
-    return k8s.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, {
-        "apiVersion": f"{GROUP}/{VERSION}", "kind": "GenerationJob", "metadata": {"name": "cats"},
-        "spec": {
-            "model": {"uri": model_uri},
-            "prompts": ["A cat walking on grass", "A dog on a beach"],
-            "generation": {"steps": 4, "height": 64, "width": 64, "frames": 9, "seed": 1},
-            "flexCache": {"strategy": "teacache", "cacheRatio": 0.5, "warmup": 1, "cooldown": 1},
-            "worker": {"image": "unused-on-the-dev-node"},
-            "output": {"uri": f"s3://{bucket}/runs", "endpoint": endpoint,
-                       "credentialsSecretRef": {"name": "s3-creds"}},
+    return k8s.custom.create_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        PLURAL,
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "GenerationJob",
+            "metadata": {"name": "cats"},
+            "spec": {
+                "model": {"uri": model_uri},
+                "prompts": ["A cat walking on grass", "A dog on a beach"],
+                "generation": {"steps": 4, "height": 64, "width": 64, "frames": 9, "seed": 1},
+                "flexCache": {"strategy": "teacache", "cacheRatio": 0.5, "warmup": 1, "cooldown": 1},
+                "worker": {"image": "unused-on-the-dev-node"},
+                "output": {
+                    "uri": f"s3://{bucket}/runs",
+                    "endpoint": endpoint,
+                    "credentialsSecretRef": {"name": "s3-creds"},
+                },
+            },
         },
-    })
+    )
 
 
 def worker_pod(job: dict, endpoint: str, cache_dir: str) -> dict:
     """The pod env of docs/generationjob.md for a world of one process."""
     meta = job["metadata"]
     plain = {
-        "CHITU_JOB_NAME": meta["name"], "CHITU_JOB_NAMESPACE": meta["namespace"], "CHITU_JOB_UID": meta["uid"],
-        "CHITU_RESTART_ATTEMPT": "0", "MASTER_ADDR": f"cats-worker-0.cats-workers.{meta['namespace']}.svc",
-        "MASTER_PORT": "29500", "NNODES": "1", "NODE_RANK": "0", "NPROC_PER_NODE": "1", "WORLD_SIZE": "1",
-        "CHITU_S3_ENDPOINT": endpoint, "AWS_DEFAULT_REGION": "us-east-1", "CHITU_MODEL_CACHE": cache_dir,
+        "CHITU_JOB_NAME": meta["name"],
+        "CHITU_JOB_NAMESPACE": meta["namespace"],
+        "CHITU_JOB_UID": meta["uid"],
+        "CHITU_RESTART_ATTEMPT": "0",
+        "MASTER_ADDR": f"cats-worker-0.cats-workers.{meta['namespace']}.svc",
+        "MASTER_PORT": "29500",
+        "NNODES": "1",
+        "NODE_RANK": "0",
+        "NPROC_PER_NODE": "1",
+        "WORLD_SIZE": "1",
+        "CHITU_S3_ENDPOINT": endpoint,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "CHITU_MODEL_CACHE": cache_dir,
     }
     env = [{"name": k, "value": v} for k, v in plain.items()]
-    env += [{"name": key, "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": key}}}
-            for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")]
-    return {"metadata": {"name": "cats-worker-0"},
-            "spec": {"restartPolicy": "Never", "serviceAccountName": WORKER_IDENTITY,
-                     "containers": [{"name": WORKER_CONTAINER, "image": "unused", "command": list(WORKER_COMMAND),
-                                     "env": env}]}}
+    env += [
+        {"name": key, "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": key}}}
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+    ]
+    return {
+        "metadata": {"name": "cats-worker-0"},
+        "spec": {
+            "restartPolicy": "Never",
+            "serviceAccountName": WORKER_IDENTITY,
+            "containers": [{"name": WORKER_CONTAINER, "image": "unused", "command": list(WORKER_COMMAND), "env": env}],
+        },
+    }
 
 
 def run_pod(k8s, namespace: str, pod: dict) -> tuple[object, list[dict]]:
@@ -83,8 +120,14 @@ def test_worker_pod_reports_progress_and_outputs(cluster, k8s, namespace, s3, ti
     grant_worker_identity(k8s, namespace, creds)
     job = create_job(k8s, namespace, str(tiny_model_dir), s3.name, creds.endpoint)
     # The operator's fields, and an entry a previous attempt listed: a merge patch must keep both.
-    k8s.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, "cats", {"status": {
-        "phase": "Running", "outputs": [{"index": 9, "prompt": "from an older attempt"}]}})
+    k8s.custom.patch_namespaced_custom_object_status(
+        GROUP,
+        VERSION,
+        namespace,
+        PLURAL,
+        "cats",
+        {"status": {"phase": "Running", "outputs": [{"index": 9, "prompt": "from an older attempt"}]}},
+    )
 
     pod, seen = run_pod(k8s, namespace, worker_pod(job, creds.endpoint, str(tmp_path / "cache")))
 
@@ -102,8 +145,11 @@ def test_worker_pod_reports_progress_and_outputs(cluster, k8s, namespace, s3, ti
     assert outputs[1]["metrics"] == f"{prefix}/prompt-0001/metrics.json"
     assert outputs[1]["prompt"] == "A dog on a beach" and outputs[1]["completedTime"].endswith("Z")
     keys = sorted(o["Key"] for o in s3.client.list_objects_v2(Bucket=s3.name)["Contents"])
-    assert keys == [f"runs/cats-{job['metadata']['uid'][:8]}/prompt-000{i}/{name}"
-                    for i in (0, 1) for name in ("metrics.json", "video.mp4")]
+    assert keys == [
+        f"runs/cats-{job['metadata']['uid'][:8]}/prompt-000{i}/{name}"
+        for i in (0, 1)
+        for name in ("metrics.json", "video.mp4")
+    ]
 
 
 def test_worker_pod_with_a_bad_model_fails_naming_the_field(cluster, k8s, namespace, s3, tmp_path):

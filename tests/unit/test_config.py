@@ -25,7 +25,10 @@ def test_defaults_and_keys():
     assert (config.diffusion.cp_size, config.diffusion.up_limit, config.diffusion.dtype) == (1, 8, "auto")
     assert (config.diffusion.device, config.diffusion.compile) == ("auto", None)
     assert (config.diffusion.precision, config.diffusion.precision_check, config.diffusion.parallel_decode) == (
-        "bf16", False, False)
+        "bf16",
+        False,
+        False,
+    )
     assert config.diffusion.attention_backend == "auto"
     assert EngineConfig.valid_keys() == KEYS
 
@@ -42,7 +45,7 @@ def test_seed_overrides_are_parsed_by_field_type():
 
 
 def test_attention_backend_lists_the_kernels():
-    with pytest.raises(ConfigError, match="infer.diffusion.attention_backend.*'auto', 'sdpa', 'fa3'"):
+    with pytest.raises(ConfigError, match=r"infer\.diffusion\.attention_backend.*'auto', 'sdpa', 'fa3'"):
         EngineConfig.from_overrides(["infer.diffusion.attention_backend=native"])
 
 
@@ -87,7 +90,7 @@ def test_device_and_dtype_resolution():
     assert auto.resolved_dtype("cuda") == "bfloat16" and auto.resolved_dtype("cpu") == "float32"
     cuda = EngineConfig.from_overrides(["infer.diffusion.device=cuda", "infer.diffusion.dtype=float16"]).diffusion
     assert cuda.resolved_dtype("cuda") == "float16"
-    with pytest.raises(ConfigError, match="infer.diffusion.device=cuda but no CUDA device"):
+    with pytest.raises(ConfigError, match=r"infer\.diffusion\.device=cuda but no CUDA device"):
         cuda.resolved_device(cuda_available=False)
 
 

@@ -28,8 +28,12 @@ SPEC_SCHEMA = CRD["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["propertie
 VALIDATIONS = "x-kubernetes-validations"
 # Kubernetes' CEL strings extension, which cel-python lacks.
 K8S_FUNCTIONS = {"trim": lambda text: celtypes.StringType(str(text).strip())}
-BASE = {"model": {"uri": "/models/wan"}, "prompt": "a cat", "worker": {"image": "w"},
-        "output": {"uri": "s3://videos/runs"}}
+BASE = {
+    "model": {"uri": "/models/wan"},
+    "prompt": "a cat",
+    "worker": {"image": "w"},
+    "output": {"uri": "s3://videos/runs"},
+}
 
 
 @cache
@@ -48,10 +52,18 @@ def holds(rule: str, value, old=None) -> bool:
 def defaulted(schema: dict, value):
     """`value` with the schema's defaults filled in, as the apiserver stores it."""
     if isinstance(value, dict) and "properties" in schema:
-        value = {**{key: copy.deepcopy(child["default"]) for key, child in schema["properties"].items()
-                    if "default" in child and key not in value}, **value}
-        return {key: defaulted(schema["properties"][key], item) if key in schema["properties"] else item
-                for key, item in value.items()}
+        value = {
+            **{
+                key: copy.deepcopy(child["default"])
+                for key, child in schema["properties"].items()
+                if "default" in child and key not in value
+            },
+            **value,
+        }
+        return {
+            key: defaulted(schema["properties"][key], item) if key in schema["properties"] else item
+            for key, item in value.items()
+        }
     if isinstance(value, list) and "items" in schema:
         return [defaulted(schema["items"], item) for item in value]
     return value
@@ -59,11 +71,16 @@ def defaulted(schema: dict, value):
 
 def openapi_problem(schema: dict, value) -> str | None:
     """The first OpenAPI bound `value` breaks (the checks the apiserver runs before CEL), else None."""
-    checks = [("enum", lambda bound: value in bound), ("minimum", lambda bound: value >= bound),
-              ("maximum", lambda bound: value <= bound), ("maxLength", lambda bound: len(value) <= bound),
-              ("minItems", lambda bound: len(value) >= bound), ("maxItems", lambda bound: len(value) <= bound),
-              ("maxProperties", lambda bound: len(value) <= bound),
-              ("required", lambda bound: all(key in value for key in bound))]
+    checks = [
+        ("enum", lambda bound: value in bound),
+        ("minimum", lambda bound: value >= bound),
+        ("maximum", lambda bound: value <= bound),
+        ("maxLength", lambda bound: len(value) <= bound),
+        ("minItems", lambda bound: len(value) >= bound),
+        ("maxItems", lambda bound: len(value) <= bound),
+        ("maxProperties", lambda bound: len(value) <= bound),
+        ("required", lambda bound: all(key in value for key in bound)),
+    ]
     return next((key for key, check in checks if key in schema and not check(schema[key])), None)
 
 
@@ -111,24 +128,58 @@ def with_changes(**changes) -> dict:
 
 def grid() -> list[dict]:
     specs = [with_changes(generation={"frames": frames}) for frames in range(1, 40)]
-    specs += [with_changes(generation={side: pixels}) for side in ("height", "width")
-              for pixels in (16, 40, 100, 480, 832, 4096, 4100)]
-    specs += [with_changes(flexCache={"strategy": strategy}, parallelism={"cpSize": cp, "upLimit": up})
-              for strategy, cp, up in itertools.product(strategy_names(), range(1, 6), range(1, 7))]
-    specs += [with_changes(parallelism={"cfg": cfg, "cpSize": cp, "gpusPerPod": gpus})
-              for cfg, cp, gpus in itertools.product((1, 2), range(1, 7), range(6))]
-    specs += [with_changes(generation={"steps": steps}, flexCache={"strategy": strategy, "warmup": w, "cooldown": c})
-              for strategy, steps, w, c in itertools.product(("none", "pab"), range(1, 5), range(3), range(3))]
-    specs += [with_changes(prompt=prompt, prompts=prompts) for prompt, prompts in [
-        (None, ["a", "b"]), ("a", ["b"]), (None, None), ("  ", None), ("", None), (None, ["a", " \t"]), (None, []),
-        (None, [""]), (None, ["a"] * 1024), (None, ["a"] * 1025)]]
+    specs += [
+        with_changes(generation={side: pixels})
+        for side in ("height", "width")
+        for pixels in (16, 40, 100, 480, 832, 4096, 4100)
+    ]
+    specs += [
+        with_changes(flexCache={"strategy": strategy}, parallelism={"cpSize": cp, "upLimit": up})
+        for strategy, cp, up in itertools.product(strategy_names(), range(1, 6), range(1, 7))
+    ]
+    specs += [
+        with_changes(parallelism={"cfg": cfg, "cpSize": cp, "gpusPerPod": gpus})
+        for cfg, cp, gpus in itertools.product((1, 2), range(1, 7), range(6))
+    ]
+    specs += [
+        with_changes(generation={"steps": steps}, flexCache={"strategy": strategy, "warmup": w, "cooldown": c})
+        for strategy, steps, w, c in itertools.product(("none", "pab"), range(1, 5), range(3), range(3))
+    ]
+    specs += [
+        with_changes(prompt=prompt, prompts=prompts)
+        for prompt, prompts in [
+            (None, ["a", "b"]),
+            ("a", ["b"]),
+            (None, None),
+            ("  ", None),
+            ("", None),
+            (None, ["a", " \t"]),
+            (None, []),
+            (None, [""]),
+            (None, ["a"] * 1024),
+            (None, ["a"] * 1025),
+        ]
+    ]
     specs += [with_changes(model={"uri": uri}) for uri in ("/m", "m", "s3://m", "s3:/m", "http://m")]
     specs += [with_changes(model={"mountPath": path}) for path in ("/models", "models")]
-    specs += [with_changes(output={"uri": uri}) for uri in (
-        "s3://videos", "s3://abc/p", "s3://ab/p", "s3://Videos/p", "s3://a-b.c/x/y", "s3://-ab/x", "s3://", "http://v")]
+    specs += [
+        with_changes(output={"uri": uri})
+        for uri in (
+            "s3://videos",
+            "s3://abc/p",
+            "s3://ab/p",
+            "s3://Videos/p",
+            "s3://a-b.c/x/y",
+            "s3://-ab/x",
+            "s3://",
+            "http://v",
+        )
+    ]
     specs += [with_changes(output={"endpoint": url}) for url in ("http://s3:8333", "https://s3", "s3:8333", "")]
-    specs += [with_changes(worker={"image": "w", "env": [{"name": "EXTRA", "value": "1"}, {"name": name}]})
-              for name in ("OTHER", "WORLD_SIZE", "POD_NAME", "CHITU_MODEL_CACHE", "MASTER_PORT")]
+    specs += [
+        with_changes(worker={"image": "w", "env": [{"name": "EXTRA", "value": "1"}, {"name": name}]})
+        for name in ("OTHER", "WORLD_SIZE", "POD_NAME", "CHITU_MODEL_CACHE", "MASTER_PORT")
+    ]
     specs += [with_changes(worker=None), with_changes(runPolicy={"backoffLimit": 101})]
     return specs
 
@@ -177,17 +228,20 @@ def _at(value, path: str) -> list:
     return values
 
 
-@pytest.mark.parametrize("old_changes, new_changes, rejected_at", [
-    ({}, {}, None),
-    ({}, {"generation": {"steps": 10}}, "spec.generation"),
-    ({}, {"prompt": "a dog"}, "spec.prompt"),
-    ({}, {"worker": {"image": "other"}}, "spec.worker"),
-    ({}, {"prompt": None, "prompts": ["a cat"]}, "spec.prompts"),
-    ({}, {"parallelism": {"cpSize": 2, "upLimit": 1}}, "spec.parallelism"),
-    ({}, {"runPolicy": {"ttlSecondsAfterFinished": 60, "activeDeadlineSeconds": 600, "suspend": True}}, None),
-    ({}, {"scheduling": {"queueName": "q"}}, "spec.scheduling"),
-    ({"runPolicy": {"suspend": True}}, {"scheduling": {"queueName": "q", "nodeSelector": {"gpu": "h100"}}}, None),
-])
+@pytest.mark.parametrize(
+    "old_changes, new_changes, rejected_at",
+    [
+        ({}, {}, None),
+        ({}, {"generation": {"steps": 10}}, "spec.generation"),
+        ({}, {"prompt": "a dog"}, "spec.prompt"),
+        ({}, {"worker": {"image": "other"}}, "spec.worker"),
+        ({}, {"prompt": None, "prompts": ["a cat"]}, "spec.prompts"),
+        ({}, {"parallelism": {"cpSize": 2, "upLimit": 1}}, "spec.parallelism"),
+        ({}, {"runPolicy": {"ttlSecondsAfterFinished": 60, "activeDeadlineSeconds": 600, "suspend": True}}, None),
+        ({}, {"scheduling": {"queueName": "q"}}, "spec.scheduling"),
+        ({"runPolicy": {"suspend": True}}, {"scheduling": {"queueName": "q", "nodeSelector": {"gpu": "h100"}}}, None),
+    ],
+)
 def test_transition_rules(old_changes, new_changes, rejected_at):
     old = defaulted(SPEC_SCHEMA, with_changes(**old_changes))
     new = defaulted(SPEC_SCHEMA, with_changes(**{**old_changes, **new_changes}))

@@ -77,8 +77,14 @@ def crd_tree(schema: dict) -> dict | None:
 def test_names_and_subresources_match_the_contract():
     assert CRD["metadata"]["name"] == f"{names.PLURAL}.{names.GROUP}"
     assert CRD["spec"]["group"] == names.GROUP and CRD["spec"]["scope"] == "Namespaced"
-    assert CRD["spec"]["names"] == {"kind": names.KIND, "listKind": "GenerationJobList", "plural": names.PLURAL,
-                                    "singular": "generationjob", "shortNames": ["gj"], "categories": ["chitu"]}
+    assert CRD["spec"]["names"] == {
+        "kind": names.KIND,
+        "listKind": "GenerationJobList",
+        "plural": names.PLURAL,
+        "singular": "generationjob",
+        "shortNames": ["gj"],
+        "categories": ["chitu"],
+    }
     assert [v["name"] for v in CRD["spec"]["versions"]] == [names.VERSION]
     assert VERSION["served"] and VERSION["storage"] and VERSION["subresources"] == {"status": {}}
 
@@ -109,15 +115,30 @@ def test_schema_is_structural_and_explained():
             free_form.add(path)
         if path.count(".") > 1 and not path.endswith("[]"):
             assert schema.get("description"), path
-    core_v1_objects = {".spec.worker.volumes[]", ".spec.worker.volumeMounts[]", ".spec.worker.envFrom[]",
-                       ".spec.worker.podSecurityContext", ".spec.worker.securityContext", ".spec.scheduling.affinity"}
+    core_v1_objects = {
+        ".spec.worker.volumes[]",
+        ".spec.worker.volumeMounts[]",
+        ".spec.worker.envFrom[]",
+        ".spec.worker.podSecurityContext",
+        ".spec.worker.securityContext",
+        ".spec.scheduling.affinity",
+    }
     assert free_form == {".spec.model.volume", ".spec.worker.env[].valueFrom", *core_v1_objects}
 
 
 def test_printer_columns_point_at_fields_of_their_type():
     columns = {c["name"]: c for c in VERSION["additionalPrinterColumns"]}
-    assert list(columns) == ["Status", "Progress%", "Prompts", "Restarts", "Age", "Strategy", "World", "Model",
-                             "Output"]
+    assert list(columns) == [
+        "Status",
+        "Progress%",
+        "Prompts",
+        "Restarts",
+        "Age",
+        "Strategy",
+        "World",
+        "Model",
+        "Output",
+    ]
     assert [c for c, v in columns.items() if v.get("priority") == 1] == ["Strategy", "World", "Model", "Output"]
     for column in columns.values():
         path = column["jsonPath"].lstrip(".")
@@ -138,8 +159,18 @@ def test_every_rule_has_a_message_and_cross_field_rules_a_field_path():
 
 def test_spec_subtrees_are_immutable_except_run_policy_and_scheduling():
     immutable = {path for path, rule in all_rules() if rule["rule"] == "self == oldSelf"}
-    assert immutable == {".spec.model", ".spec.prompt", ".spec.prompts", ".spec.negativePrompt", ".spec.generation",
-                         ".spec.flexCache", ".spec.parallelism", ".spec.engine", ".spec.worker", ".spec.output"}
+    assert immutable == {
+        ".spec.model",
+        ".spec.prompt",
+        ".spec.prompts",
+        ".spec.negativePrompt",
+        ".spec.generation",
+        ".spec.flexCache",
+        ".spec.parallelism",
+        ".spec.engine",
+        ".spec.worker",
+        ".spec.output",
+    }
     assert not [rule for path, rule in all_rules() if path.startswith(".spec.runPolicy")]
 
 
@@ -157,8 +188,9 @@ def _defaults(schema: dict, path: tuple[str, ...] = ()):
 
 def test_crd_defaults_equal_the_models():
     output = {"uri": "s3://videos/p", "credentialsSecretRef": {"name": "s"}}
-    parsed = parse_spec({"model": {"uri": "/m"}, "prompt": "a", "worker": {"image": "w"},
-                         "output": output}).model_dump(by_alias=True, exclude_none=True)
+    parsed = parse_spec({"model": {"uri": "/m"}, "prompt": "a", "worker": {"image": "w"}, "output": output}).model_dump(
+        by_alias=True, exclude_none=True
+    )
     defaults = list(_defaults(node("spec")))
     assert len(defaults) > 25
     for path, default in defaults:
@@ -172,8 +204,10 @@ def test_crd_defaults_equal_the_models():
 
 def _every_property(schema: dict) -> dict:
     """A document holding every property of `schema`, objects nested (the leaves' values do not matter)."""
-    return {key: _every_property(child) if "properties" in child else None
-            for key, child in schema.get("properties", {}).items()}
+    return {
+        key: _every_property(child) if "properties" in child else None
+        for key, child in schema.get("properties", {}).items()
+    }
 
 
 def test_a_manifest_the_crd_accepts_has_no_field_the_worker_rejects():
@@ -190,5 +224,11 @@ def test_a_new_field_is_one_edit_in_the_model():
         shift: int = Field(3, ge=1, le=9, description="A new knob.", json_schema_extra=rules(cel("self != 4", "not 4")))
 
     schema = structural_schema(GenerationWithKnob)["properties"]["shift"]
-    assert schema == {"type": "integer", "description": "A new knob.", "default": 3, "minimum": 1, "maximum": 9,
-                      VALIDATIONS: [{"rule": "self != 4", "message": "not 4"}]}
+    assert schema == {
+        "type": "integer",
+        "description": "A new knob.",
+        "default": 3,
+        "minimum": 1,
+        "maximum": 9,
+        VALIDATIONS: [{"rule": "self != 4", "message": "not 4"}],
+    }

@@ -53,9 +53,11 @@ def test_drift_is_detected_and_fixed(generator, repo_copy):
     crd.write_text(crd.read_text().replace("maximum: 1000", "maximum: 2000", 1))
     (repo_copy / "charts" / "chitu" / "crds" / "old.yaml").write_text("kind: Old\n")
     (repo_copy / "charts" / "chitu" / "files" / "worker-rules.yaml").unlink()
-    assert generator.drift(repo_copy) == ["crds/generationjob.yaml is outdated",
-                                          "charts/chitu/files/worker-rules.yaml is missing",
-                                          "charts/chitu/crds/old.yaml has no source in crds/"]
+    assert generator.drift(repo_copy) == [
+        "crds/generationjob.yaml is outdated",
+        "charts/chitu/files/worker-rules.yaml is missing",
+        "charts/chitu/crds/old.yaml has no source in crds/",
+    ]
     generator.write(repo_copy)
     assert generator.drift(repo_copy) == []
     assert crd.read_text() == render_crd()
@@ -84,8 +86,11 @@ def test_operator_pod_is_hardened_by_default():
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert values["podSecurityContext"]["runAsNonRoot"] is True
     assert values["podSecurityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-    assert values["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                                         "capabilities": {"drop": ["ALL"]}}
+    assert values["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
     deployment = (CHART / "templates" / "deployment.yaml").read_text()
     # One replica serves jobs: the Lease holder (leader election on by default), else Recreate with one replica.
     assert values["leaderElection"]["enabled"] is True and "- --leader-elect" in deployment

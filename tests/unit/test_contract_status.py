@@ -45,8 +45,7 @@ def check(status: dict) -> None:
 
 
 def test_the_operators_writes_fit_the_models():
-    created = operator_status.initial_status(prompts=2, steps=50, world_size=4, suspended=False, now=NOW,
-                                             generation=1)
+    created = operator_status.initial_status(prompts=2, steps=50, world_size=4, suspended=False, now=NOW, generation=1)
     check(created)
     failed = operator_status.Transition(operator_status.FAILED, operator_status.FAILED, "InvalidInput", "bad model")
     check(operator_status.transition_patch(created, failed, NOW, 2))
@@ -66,6 +65,8 @@ def test_the_workers_writes_fit_the_models():
 
 def test_a_key_the_models_lack_is_found():
     assert unknown_keys({"progress": {"percnt": 3}, "phase": "Running"}, GenerationJobStatus.model_fields) == [
-        "status.progress.percnt"]
+        "status.progress.percnt"
+    ]
     assert unknown_keys({"outputs": [{"index": 0, "vid": "x"}]}, GenerationJobStatus.model_fields) == [
-        "status.outputs.vid"]
+        "status.outputs.vid"
+    ]

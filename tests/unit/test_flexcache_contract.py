@@ -29,6 +29,6 @@ def test_apply_then_remove_leaves_forward_identical(name, transformer, reference
 def test_reuse_never_decreases_with_the_ratio(name, transformer):
     ratios = [i / 20 for i in range(21)]
     fractions = [run(transformer, name, r, STEPS)[1]["reuse_fraction"] for r in ratios]
-    assert fractions == sorted(fractions), dict(zip(ratios, fractions))
+    assert fractions == sorted(fractions), dict(zip(ratios, fractions, strict=True))
     assert fractions[ratios.index(0.5)] > 0
     assert fractions[-1] > fractions[0] == 0

@@ -70,7 +70,7 @@ def test_each_branch_broadcasts_its_own_attention_output(transformer):
         handle.remove()
     assert len(log) == len(outputs) == 2 * STEPS
     last, reused = {}, 0
-    for record, output in zip(log, outputs):
+    for record, output in zip(log, outputs, strict=False):
         branch, other = record["branch"], "uncond" if record["branch"] == "cond" else "cond"
         if record["decision"] == "reuse":
             assert torch.equal(output, last[branch])

@@ -42,7 +42,7 @@ def test_reuse_never_decreases_with_an_absolute_threshold(transformer):
     )
     ratios = [i / 10 for i in range(11)]
     fractions = [run(transformer, "teacache", r, STEPS, adapter=adapter)[1]["reuse_fraction"] for r in ratios]
-    assert fractions == sorted(fractions), dict(zip(ratios, fractions))
+    assert fractions == sorted(fractions), dict(zip(ratios, fractions, strict=True))
     assert fractions[5] > 0
 
 
@@ -73,7 +73,7 @@ def test_each_branch_reuses_its_own_residual(transformer):
             handle.remove()
     assert len(log) == len(stack_in) == len(stack_out) == 2 * STEPS
     residual, reused = {}, 0
-    for record, x, y in zip(log, stack_in, stack_out):
+    for record, x, y in zip(log, stack_in, stack_out, strict=False):
         branch, other = record["branch"], "uncond" if record["branch"] == "cond" else "cond"
         if record["decision"] == "reuse":
             assert torch.equal(y, x + residual[branch])

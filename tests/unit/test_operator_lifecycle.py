@@ -17,19 +17,34 @@ NOW = datetime.datetime(2026, 1, 1, 12, 0, tzinfo=datetime.UTC)
 UID = "job-uid"
 
 
-def job(phase: str = st.PENDING, restarts: int = 0, run_policy: dict | None = None, started: int | None = 10,
-        **status) -> Job:
+def job(
+    phase: str = st.PENDING, restarts: int = 0, run_policy: dict | None = None, started: int | None = 10, **status
+) -> Job:
     """A 2-pod job (cfg 2, one GPU per pod) in ``phase``, started ``started`` seconds ago."""
-    spec = {"model": {"uri": "/models/wan"}, "prompts": ["a", "b"], "parallelism": {"cfg": 2, "gpusPerPod": 1},
-            "worker": {"image": "w"}, "output": {"uri": "s3://videos/p"}, "runPolicy": run_policy or {}}
+    spec = {
+        "model": {"uri": "/models/wan"},
+        "prompts": ["a", "b"],
+        "parallelism": {"cfg": 2, "gpusPerPod": 1},
+        "worker": {"image": "w"},
+        "output": {"uri": "s3://videos/p"},
+        "runPolicy": run_policy or {},
+    }
     if started is not None:
         status["startTime"] = st.timestamp(NOW - datetime.timedelta(seconds=started))
     return Job("cats", "ns", UID, 1, parse_spec(spec), {"phase": phase, "restarts": restarts, **status})
 
 
 def pod(rank: int, phase: str = "Running", attempt: int = 0, age: int = 5, **fields) -> PodView:
-    values = dict(name=f"cats-worker-{rank}", uid=f"uid-{rank}-{attempt}", owner_uid=UID, rank=rank, attempt=attempt,
-                  phase=phase, deleting=False, created=NOW - datetime.timedelta(seconds=age))
+    values = dict(
+        name=f"cats-worker-{rank}",
+        uid=f"uid-{rank}-{attempt}",
+        owner_uid=UID,
+        rank=rank,
+        attempt=attempt,
+        phase=phase,
+        deleting=False,
+        created=NOW - datetime.timedelta(seconds=age),
+    )
     return PodView(**{**values, **fields})
 
 
@@ -38,6 +53,7 @@ def names(pods) -> list[str]:
 
 
 # --- creation and progress -----------------------------------------------------------------------
+
 
 def test_missing_pods_are_created():
     assert decide(job(), [], NOW).create_ranks == (0, 1)
@@ -50,8 +66,9 @@ def test_pending_gang_waits():
 
 def test_all_running_moves_to_running():
     decision = decide(job(), [pod(0), pod(1)], NOW)
-    assert decision.transition == st.Transition(st.RUNNING, st.RUNNING, st.PODS_RUNNING,
-                                                "all 2 worker pods are running (attempt 0)")
+    assert decision.transition == st.Transition(
+        st.RUNNING, st.RUNNING, st.PODS_RUNNING, "all 2 worker pods are running (attempt 0)"
+    )
     assert decide(job(st.RUNNING), [pod(0), pod(1)], NOW) == WAIT
 
 
@@ -67,19 +84,20 @@ def test_all_succeeded_finishes_and_cleans_only_unfinished_pods():
     assert decision.delete_service
 
 
-@pytest.mark.parametrize("policy, deleted, service", [("All", ["cats-worker-0", "cats-worker-1"], True),
-                                                      ("Running", ["cats-worker-1"], True),
-                                                      ("None", [], False)])
+@pytest.mark.parametrize(
+    "policy, deleted, service",
+    [("All", ["cats-worker-0", "cats-worker-1"], True), ("Running", ["cats-worker-1"], True), ("None", [], False)],
+)
 def test_clean_pod_policy_on_failure(policy, deleted, service):
     failed = pod(0, "Failed", exit_code=1)
-    decision = decide(job(st.RUNNING, run_policy={"backoffLimit": 0, "cleanPodPolicy": policy}),
-                      [failed, pod(1)], NOW)
+    decision = decide(job(st.RUNNING, run_policy={"backoffLimit": 0, "cleanPodPolicy": policy}), [failed, pod(1)], NOW)
     assert decision.transition.reason == st.BACKOFF_LIMIT_EXCEEDED
     assert names(decision.delete_pods) == deleted
     assert decision.delete_service is service
 
 
 # --- gang restarts -------------------------------------------------------------------------------
+
 
 def test_failed_rank_restarts_the_whole_gang():
     failed = pod(1, "Failed", exit_code=3, termination_message="CUDA out of memory")
@@ -92,8 +110,9 @@ def test_failed_rank_restarts_the_whole_gang():
 
 
 def test_first_failure_is_reported_when_several_ranks_fail():
-    early = pod(1, "Failed", exit_code=1, termination_message="root cause",
-                finished=NOW - datetime.timedelta(seconds=9))
+    early = pod(
+        1, "Failed", exit_code=1, termination_message="root cause", finished=NOW - datetime.timedelta(seconds=9)
+    )
     late = pod(0, "Failed", exit_code=1, termination_message="peer gone", finished=NOW)
     assert "root cause" in decide(job(st.RUNNING), [late, early], NOW).transition.message
 
@@ -111,10 +130,16 @@ def test_invalid_input_exit_fails_the_job_at_once_with_the_workers_reason():
 
 def test_invalid_input_wins_over_an_earlier_retryable_failure():
     """Every rank runs the same input: one rank's invalid-input exit means no attempt can succeed."""
-    crashed = pod(1, "Failed", exit_code=EXIT_FAILED, termination_message="peer gone",
-                  finished=NOW - datetime.timedelta(seconds=9))
-    invalid = pod(0, "Failed", exit_code=EXIT_INVALID_INPUT, termination_message="spec.model.uri: missing",
-                  finished=NOW)
+    crashed = pod(
+        1,
+        "Failed",
+        exit_code=EXIT_FAILED,
+        termination_message="peer gone",
+        finished=NOW - datetime.timedelta(seconds=9),
+    )
+    invalid = pod(
+        0, "Failed", exit_code=EXIT_INVALID_INPUT, termination_message="spec.model.uri: missing", finished=NOW
+    )
     decision = decide(job(st.RUNNING), [crashed, invalid], NOW)
     assert decision.transition.reason == st.INVALID_INPUT and "spec.model.uri: missing" in decision.transition.message
 
@@ -174,6 +199,7 @@ def test_pods_of_another_job_with_the_same_name_block_creation():
 
 # --- deadlines -------------------------------------------------------------------------------------
 
+
 def test_active_deadline_fails_the_job_and_deletes_running_pods():
     decision = decide(job(st.RUNNING, run_policy={"activeDeadlineSeconds": 10}, started=11), [pod(0), pod(1)], NOW)
     assert decision.transition.phase == st.FAILED and decision.transition.reason == st.DEADLINE_EXCEEDED
@@ -185,8 +211,9 @@ def test_pod_stuck_pending_fails_with_its_waiting_reason():
     stuck = pod(1, "Pending", age=31, waiting_reason="ImagePullBackOff", waiting_message='Back-off pulling image "w"')
     decision = decide(job(run_policy={"preRunningDeadlineSeconds": 30}), [pod(0), stuck], NOW)
     assert decision.transition.phase == st.FAILED and decision.transition.reason == "ImagePullBackOff"
-    assert decision.transition.message == ("pod cats-worker-1 did not start within preRunningDeadlineSeconds (30s): "
-                                           'Back-off pulling image "w"')
+    assert decision.transition.message == (
+        'pod cats-worker-1 did not start within preRunningDeadlineSeconds (30s): Back-off pulling image "w"'
+    )
     assert names(decision.delete_pods) == ["cats-worker-0", "cats-worker-1"]
 
 
@@ -198,10 +225,12 @@ def test_pod_pending_without_a_reason_fails_with_the_deadline_reason():
 
 # --- suspension ------------------------------------------------------------------------------------
 
+
 def test_suspend_deletes_pods_and_resets_start_time():
     decision = decide(job(st.RUNNING, run_policy={"suspend": True}), [pod(0), pod(1, "Succeeded")], NOW)
-    assert decision.transition == st.Transition(st.SUSPENDED, st.SUSPENDED, st.JOB_SUSPENDED,
-                                                "job suspended: worker pods deleted")
+    assert decision.transition == st.Transition(
+        st.SUSPENDED, st.SUSPENDED, st.JOB_SUSPENDED, "job suspended: worker pods deleted"
+    )
     assert decision.status == {"startTime": None}
     assert names(decision.delete_pods) == ["cats-worker-0", "cats-worker-1"]
 
@@ -214,8 +243,9 @@ def test_suspended_job_waits_and_deletes_stragglers():
 
 def test_resume_restarts_the_clock_then_recreates_pods():
     resumed = decide(job(st.SUSPENDED, started=None), [], NOW)
-    assert resumed.transition == st.Transition(st.PENDING, st.SUSPENDED, st.JOB_RESUMED,
-                                               "job resumed: recreating worker pods", condition_status=False)
+    assert resumed.transition == st.Transition(
+        st.PENDING, st.SUSPENDED, st.JOB_RESUMED, "job resumed: recreating worker pods", condition_status=False
+    )
     assert resumed.status == {"startTime": st.timestamp(NOW)}
     assert decide(job(st.PENDING, started=0), [], NOW).create_ranks == (0, 1)
 
@@ -226,6 +256,7 @@ def test_suspension_wins_over_deadlines():
 
 
 # --- invalid specs and TTL -------------------------------------------------------------------------
+
 
 def test_reject_invalid_fails_and_deletes_only_this_jobs_unfinished_pods():
     pods = [pod(0), pod(1, "Succeeded"), pod(2, owner_uid="other")]

@@ -13,7 +13,11 @@ from chitu_operator import handlers, main
 def test_arguments_and_defaults():
     args = main.parse_args(["--kubeconfig", "/k", "--namespace", "jobs", "--liveness", "http://0.0.0.0:8080/healthz"])
     assert (args.kubeconfig, args.namespace, args.liveness, args.log_format) == (
-        "/k", "jobs", "http://0.0.0.0:8080/healthz", "plain")
+        "/k",
+        "jobs",
+        "http://0.0.0.0:8080/healthz",
+        "plain",
+    )
     assert main.parse_args([]).namespace is None  # all namespaces
     with pytest.raises(SystemExit):
         main.parse_args(["--namespace", "a", "--all-namespaces"])
@@ -22,6 +26,7 @@ def test_arguments_and_defaults():
 def test_timer_successes_are_not_logged_but_everything_else_is():
     def record(message: str) -> logging.LogRecord:
         return logging.LogRecord("kopf.objects", logging.INFO, __file__, 1, message, None, None)
+
     drop = main._DropTimerSuccess()
     assert not drop.filter(record("Timer 'reconcile' succeeded."))
     assert drop.filter(record("Handler 'create_gang' succeeded."))
@@ -33,6 +38,7 @@ def test_handlers_are_registered():
 
     def ids(kind) -> set[str]:
         return {handler.id for handler in kind.get_all_handlers()}
+
     assert {"reconcile", "expire_finished"} <= ids(registry._spawning)
     # No on.create/on.update: kopf would keep a copy of the spec in an annotation (past 256 KiB for a big spec).
     assert ids(registry._changing) == set()

@@ -14,17 +14,31 @@ from chitu_operator.rbac import build_operator_cluster_role, build_worker_cluste
 
 UID = "0123456789abcdef"
 BODY = {
-    "apiVersion": "chitu.dev/v1alpha1", "kind": "GenerationJob",
+    "apiVersion": "chitu.dev/v1alpha1",
+    "kind": "GenerationJob",
     "metadata": {"name": "cats", "namespace": "ns", "uid": "0123456789abcdef", "generation": 1},
     "spec": {
         "model": {"uri": "/models/wan", "volume": {"persistentVolumeClaim": {"claimName": "models"}}},
-        "prompts": ["a", "b"], "parallelism": {"cfg": 2, "cpSize": 2, "gpusPerPod": 2},
-        "worker": {"image": "ghcr.io/chitu/worker:0.1.0", "env": [{"name": "EXTRA", "value": "1"}],
-                   "resources": {"requests": {"cpu": "4", "nvidia.com/gpu": 1}}, "podAnnotations": {"note": "hi"}},
-        "output": {"uri": "s3://videos/runs", "endpoint": "http://s3.local:8333", "region": "eu-west-1",
-                   "credentialsSecretRef": {"name": "s3-creds"}},
-        "scheduling": {"nodeSelector": {"gpu": "h100"}, "tolerations": [{"key": "gpu", "operator": "Exists"}],
-                       "priorityClassName": "batch", "queueName": "videos"},
+        "prompts": ["a", "b"],
+        "parallelism": {"cfg": 2, "cpSize": 2, "gpusPerPod": 2},
+        "worker": {
+            "image": "ghcr.io/chitu/worker:0.1.0",
+            "env": [{"name": "EXTRA", "value": "1"}],
+            "resources": {"requests": {"cpu": "4", "nvidia.com/gpu": 1}},
+            "podAnnotations": {"note": "hi"},
+        },
+        "output": {
+            "uri": "s3://videos/runs",
+            "endpoint": "http://s3.local:8333",
+            "region": "eu-west-1",
+            "credentialsSecretRef": {"name": "s3-creds"},
+        },
+        "scheduling": {
+            "nodeSelector": {"gpu": "h100"},
+            "tolerations": [{"key": "gpu", "operator": "Exists"}],
+            "priorityClassName": "batch",
+            "queueName": "videos",
+        },
     },
 }
 
@@ -43,26 +57,58 @@ def test_pod_identity_labels_and_dns():
     pod = manifests.build_pod(job(), rank=1, attempt=2)
     assert pod["metadata"]["name"] == "cats-worker-1" and pod["metadata"]["namespace"] == "ns"
     assert pod["metadata"]["labels"] == {
-        "chitu.dev/job-name": "cats", "chitu.dev/rank": "1", "chitu.dev/role": "worker",
-        "chitu.dev/restart-attempt": "2", "app.kubernetes.io/managed-by": "chitu-operator"}  # the queue is the job's
+        "chitu.dev/job-name": "cats",
+        "chitu.dev/rank": "1",
+        "chitu.dev/role": "worker",
+        "chitu.dev/restart-attempt": "2",
+        "app.kubernetes.io/managed-by": "chitu-operator",
+    }  # the queue is the job's
     assert pod["metadata"]["annotations"] == {"note": "hi"}
     spec = pod["spec"]
     assert (spec["hostname"], spec["subdomain"], spec["restartPolicy"]) == ("cats-worker-1", "cats-workers", "Never")
     assert spec["serviceAccountName"] == "cats-worker"  # the job's own identity
-    assert manifests.build_pod(job(worker={**BODY["spec"]["worker"], "serviceAccountName": "mine"}), 0, 0)[
-        "spec"]["serviceAccountName"] == "mine"
+    assert (
+        manifests.build_pod(job(worker={**BODY["spec"]["worker"], "serviceAccountName": "mine"}), 0, 0)["spec"][
+            "serviceAccountName"
+        ]
+        == "mine"
+    )
 
 
 def test_pod_env_follows_the_contract():
     env = env_of(manifests.build_pod(job(), rank=1, attempt=2))
-    assert {k: env[k] for k in ("CHITU_JOB_NAME", "CHITU_JOB_NAMESPACE", "CHITU_JOB_UID", "CHITU_RESTART_ATTEMPT",
-                                "MASTER_ADDR", "MASTER_PORT", "NNODES", "NODE_RANK", "NPROC_PER_NODE", "WORLD_SIZE",
-                                "CHITU_S3_ENDPOINT", "AWS_DEFAULT_REGION", "EXTRA")} == {
-        "CHITU_JOB_NAME": "cats", "CHITU_JOB_NAMESPACE": "ns", "CHITU_JOB_UID": "0123456789abcdef",
-        "CHITU_RESTART_ATTEMPT": "2", "MASTER_ADDR": "cats-worker-0.cats-workers.ns.svc",
+    assert {
+        k: env[k]
+        for k in (
+            "CHITU_JOB_NAME",
+            "CHITU_JOB_NAMESPACE",
+            "CHITU_JOB_UID",
+            "CHITU_RESTART_ATTEMPT",
+            "MASTER_ADDR",
+            "MASTER_PORT",
+            "NNODES",
+            "NODE_RANK",
+            "NPROC_PER_NODE",
+            "WORLD_SIZE",
+            "CHITU_S3_ENDPOINT",
+            "AWS_DEFAULT_REGION",
+            "EXTRA",
+        )
+    } == {
+        "CHITU_JOB_NAME": "cats",
+        "CHITU_JOB_NAMESPACE": "ns",
+        "CHITU_JOB_UID": "0123456789abcdef",
+        "CHITU_RESTART_ATTEMPT": "2",
+        "MASTER_ADDR": "cats-worker-0.cats-workers.ns.svc",
         "MASTER_PORT": str(rendezvous_port(UID)),
-        "NNODES": "2", "NODE_RANK": "1", "NPROC_PER_NODE": "2", "WORLD_SIZE": "4",
-        "CHITU_S3_ENDPOINT": "http://s3.local:8333", "AWS_DEFAULT_REGION": "eu-west-1", "EXTRA": "1"}
+        "NNODES": "2",
+        "NODE_RANK": "1",
+        "NPROC_PER_NODE": "2",
+        "WORLD_SIZE": "4",
+        "CHITU_S3_ENDPOINT": "http://s3.local:8333",
+        "AWS_DEFAULT_REGION": "eu-west-1",
+        "EXTRA": "1",
+    }
     assert env["AWS_ACCESS_KEY_ID"] == {"secretKeyRef": {"name": "s3-creds", "key": "AWS_ACCESS_KEY_ID"}}
     assert env["AWS_SECRET_ACCESS_KEY"] == {"secretKeyRef": {"name": "s3-creds", "key": "AWS_SECRET_ACCESS_KEY"}}
     assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
@@ -79,13 +125,16 @@ def test_container_command_resources_and_termination_policy():
     assert container["name"] == "worker" and container["command"] == ["chitu-worker"]
     assert container["image"] == "ghcr.io/chitu/worker:0.1.0" and container["imagePullPolicy"] == "IfNotPresent"
     assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
-    assert container["resources"] == {"requests": {"cpu": "4", "nvidia.com/gpu": "2"},
-                                      "limits": {"nvidia.com/gpu": "2"}}
+    assert container["resources"] == {
+        "requests": {"cpu": "4", "nvidia.com/gpu": "2"},
+        "limits": {"nvidia.com/gpu": "2"},
+    }
 
 
 def test_cpu_only_pods_get_no_gpu_limit():
-    resources = manifests.build_pod(job(parallelism={"cfg": 2, "gpusPerPod": 0},
-                                        worker={"image": "w", "resources": {"limits": {"cpu": "2"}}}), 0, 0)
+    resources = manifests.build_pod(
+        job(parallelism={"cfg": 2, "gpusPerPod": 0}, worker={"image": "w", "resources": {"limits": {"cpu": "2"}}}), 0, 0
+    )
     assert resources["spec"]["containers"][0]["resources"] == {"limits": {"cpu": "2"}}
 
 
@@ -131,9 +180,16 @@ def test_adopted_objects_are_owned_by_the_job():
     pod, service = manifests.build_pod(job(), 0, 0), manifests.build_service(job())
     kopf.adopt([pod, service], owner=kopf.Body(copy.deepcopy(BODY)))
     for obj in (pod, service):
-        assert obj["metadata"]["ownerReferences"] == [{
-            "apiVersion": "chitu.dev/v1alpha1", "kind": "GenerationJob", "name": "cats", "uid": "0123456789abcdef",
-            "controller": True, "blockOwnerDeletion": True}]
+        assert obj["metadata"]["ownerReferences"] == [
+            {
+                "apiVersion": "chitu.dev/v1alpha1",
+                "kind": "GenerationJob",
+                "name": "cats",
+                "uid": "0123456789abcdef",
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
 
 
 def test_each_job_has_its_own_worker_identity_reaching_only_that_job():
@@ -141,8 +197,13 @@ def test_each_job_has_its_own_worker_identity_reaching_only_that_job():
     assert [o["metadata"]["name"] for o in (account, role, binding)] == ["cats-worker"] * 3
     assert role["rules"] == [
         {"apiGroups": ["chitu.dev"], "resources": ["generationjobs"], "verbs": ["get"], "resourceNames": ["cats"]},
-        {"apiGroups": ["chitu.dev"], "resources": ["generationjobs/status"], "verbs": ["get", "patch"],
-         "resourceNames": ["cats"]}]
+        {
+            "apiGroups": ["chitu.dev"],
+            "resources": ["generationjobs/status"],
+            "verbs": ["get", "patch"],
+            "resourceNames": ["cats"],
+        },
+    ]
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "cats-worker"}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "cats-worker", "namespace": "ns"}]
 
@@ -151,13 +212,17 @@ def test_only_the_jobs_own_ranks_reach_its_pods():
     policy = manifests.build_network_policy(job())
     ranks = {"matchLabels": {"chitu.dev/job-name": "cats", "chitu.dev/role": "worker"}}
     assert policy["metadata"]["name"] == "cats-workers"
-    assert policy["spec"] == {"podSelector": ranks, "policyTypes": ["Ingress"], "ingress": [{"from": [
-        {"podSelector": ranks}]}]}
+    assert policy["spec"] == {
+        "podSelector": ranks,
+        "policyTypes": ["Ingress"],
+        "ingress": [{"from": [{"podSelector": ranks}]}],
+    }
 
 
 def test_cluster_roles_grant_what_the_operator_and_worker_do():
     def verbs(role, resource):
         return {v for rule in role["rules"] if resource in rule["resources"] for v in rule["verbs"]}
+
     operator, worker = build_operator_cluster_role(), build_worker_cluster_role()
     assert {"create", "delete", "list", "watch"} <= verbs(operator, "pods")
     assert {"patch", "delete"} <= verbs(operator, "generationjobs")  # kopf annotations, TTL
@@ -169,11 +234,28 @@ def test_cluster_roles_grant_what_the_operator_and_worker_do():
 
 def test_pod_view_reads_failure_details():
     pod = {
-        "metadata": {"name": "cats-worker-1", "uid": "u1", "creationTimestamp": "2026-01-01T12:00:00Z",
-                     "labels": {"chitu.dev/rank": "1", "chitu.dev/restart-attempt": "2"},
-                     "ownerReferences": [{"uid": "job-uid", "controller": True}]},
-        "status": {"phase": "Failed", "containerStatuses": [{"name": "worker", "state": {"terminated": {
-            "exitCode": 3, "message": "model not found\n", "finishedAt": "2026-01-01T12:01:00Z"}}}]},
+        "metadata": {
+            "name": "cats-worker-1",
+            "uid": "u1",
+            "creationTimestamp": "2026-01-01T12:00:00Z",
+            "labels": {"chitu.dev/rank": "1", "chitu.dev/restart-attempt": "2"},
+            "ownerReferences": [{"uid": "job-uid", "controller": True}],
+        },
+        "status": {
+            "phase": "Failed",
+            "containerStatuses": [
+                {
+                    "name": "worker",
+                    "state": {
+                        "terminated": {
+                            "exitCode": 3,
+                            "message": "model not found\n",
+                            "finishedAt": "2026-01-01T12:01:00Z",
+                        }
+                    },
+                }
+            ],
+        },
     }
     view = PodView.from_pod(pod)
     assert (view.rank, view.attempt, view.owner_uid, view.phase, view.exit_code) == (1, 2, "job-uid", "Failed", 3)
@@ -184,9 +266,13 @@ def test_pod_view_reads_failure_details():
 def test_pod_view_reads_the_worker_containers_exit_not_a_sidecars():
     pod = {
         "metadata": {"name": "cats-worker-0", "labels": {"chitu.dev/rank": "0"}},
-        "status": {"phase": "Failed", "containerStatuses": [
-            {"name": "log-shipper", "state": {"terminated": {"exitCode": 0}}},
-            {"name": "worker", "state": {"terminated": {"exitCode": 2, "message": "spec.model.uri: not a folder"}}}]},
+        "status": {
+            "phase": "Failed",
+            "containerStatuses": [
+                {"name": "log-shipper", "state": {"terminated": {"exitCode": 0}}},
+                {"name": "worker", "state": {"terminated": {"exitCode": 2, "message": "spec.model.uri: not a folder"}}},
+            ],
+        },
     }
     view = PodView.from_pod(pod)
     assert (view.exit_code, view.termination_message) == (2, "spec.model.uri: not a folder")
@@ -194,16 +280,39 @@ def test_pod_view_reads_the_worker_containers_exit_not_a_sidecars():
 
 
 def test_pod_view_reads_waiting_and_unschedulable_reasons():
-    waiting = {"metadata": {"name": "p", "labels": {"chitu.dev/rank": "0"},
-                            "deletionTimestamp": "2026-01-01T12:00:00Z"},
-               "status": {"phase": "Pending", "containerStatuses": [{"name": "worker", "state": {"waiting": {
-                   "reason": "ImagePullBackOff", "message": "Back-off pulling image"}}}]}}
+    waiting = {
+        "metadata": {"name": "p", "labels": {"chitu.dev/rank": "0"}, "deletionTimestamp": "2026-01-01T12:00:00Z"},
+        "status": {
+            "phase": "Pending",
+            "containerStatuses": [
+                {
+                    "name": "worker",
+                    "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}},
+                }
+            ],
+        },
+    }
     view = PodView.from_pod(waiting)
     assert (view.waiting_reason, view.waiting_message, view.deleting, view.attempt) == (
-        "ImagePullBackOff", "Back-off pulling image", True, 0)
-    unschedulable = {"metadata": {"name": "p", "labels": {"chitu.dev/rank": "0"}}, "status": {"phase": "Pending",
-                     "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                                     "message": "0/1 nodes: Insufficient nvidia.com/gpu"}]}}
+        "ImagePullBackOff",
+        "Back-off pulling image",
+        True,
+        0,
+    )
+    unschedulable = {
+        "metadata": {"name": "p", "labels": {"chitu.dev/rank": "0"}},
+        "status": {
+            "phase": "Pending",
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/1 nodes: Insufficient nvidia.com/gpu",
+                }
+            ],
+        },
+    }
     assert PodView.from_pod(unschedulable).waiting_reason == "Unschedulable"
     assert PodView.from_pod({"metadata": {"name": "p", "labels": {"chitu.dev/rank": "x"}}}) is None
 

@@ -20,8 +20,16 @@ def test_timestamp_is_rfc3339_utc():
 
 def test_set_condition_adds_then_keeps_transition_time_while_status_holds():
     first = st.set_condition([], st.RUNNING, True, "PodsRunning", "running", T0, 1)
-    assert first == [{"type": "Running", "status": "True", "reason": "PodsRunning", "message": "running",
-                      "lastTransitionTime": "2026-01-01T12:00:00Z", "observedGeneration": 1}]
+    assert first == [
+        {
+            "type": "Running",
+            "status": "True",
+            "reason": "PodsRunning",
+            "message": "running",
+            "lastTransitionTime": "2026-01-01T12:00:00Z",
+            "observedGeneration": 1,
+        }
+    ]
     same = st.set_condition(first, st.RUNNING, True, "PodsRunning", "still running", T1, 2)
     assert same[0]["lastTransitionTime"] == "2026-01-01T12:00:00Z" and same[0]["message"] == "still running"
     flipped = st.set_condition(same, st.RUNNING, False, "JobSucceeded", "done", T1, 2)
@@ -49,26 +57,41 @@ def test_finishing_ends_running_but_keeps_created():
     done = st.transition_patch(running, st.Transition(st.SUCCEEDED, st.SUCCEEDED, st.JOB_SUCCEEDED, "ok"), T1, 1)
     conditions = by_type(done["conditions"])
     assert {k: c["status"] for k, c in conditions.items()} == {
-        "Created": "True", "Running": "False", "Succeeded": "True"}
+        "Created": "True",
+        "Running": "False",
+        "Succeeded": "True",
+    }
     assert done["observedGeneration"] == 1
 
 
 def test_resume_sets_suspended_false_without_touching_others():
     suspended = st.transition_patch({}, st.Transition(st.SUSPENDED, st.SUSPENDED, st.JOB_SUSPENDED, "s"), T0, 1)
-    resumed = st.transition_patch(suspended, st.Transition(st.PENDING, st.SUSPENDED, st.JOB_RESUMED, "r",
-                                                           condition_status=False), T1, 1)
+    resumed = st.transition_patch(
+        suspended, st.Transition(st.PENDING, st.SUSPENDED, st.JOB_RESUMED, "r", condition_status=False), T1, 1
+    )
     assert resumed["phase"] == st.PENDING
     assert by_type(resumed["conditions"])["Suspended"] | {"lastTransitionTime": None} == {
-        "type": "Suspended", "status": "False", "reason": "JobResumed", "message": "r", "lastTransitionTime": None,
-        "observedGeneration": 1}
+        "type": "Suspended",
+        "status": "False",
+        "reason": "JobResumed",
+        "message": "r",
+        "lastTransitionTime": None,
+        "observedGeneration": 1,
+    }
 
 
 def test_initial_status_sets_totals_and_start_time():
     status = st.initial_status(prompts=2, steps=30, world_size=4, suspended=False, now=T0, generation=1)
     assert status["phase"] == st.PENDING and status["restarts"] == 0 and status["worldSize"] == 4
     assert status["startTime"] == "2026-01-01T12:00:00Z"
-    assert status["progress"] == {"currentStep": 0, "totalSteps": 30, "percent": 0, "promptsDone": 0,
-                                  "promptsTotal": 2, "summary": "0/2"}
+    assert status["progress"] == {
+        "currentStep": 0,
+        "totalSteps": 30,
+        "percent": 0,
+        "promptsDone": 0,
+        "promptsTotal": 2,
+        "summary": "0/2",
+    }
     assert by_type(status["conditions"])["Created"]["reason"] == st.JOB_CREATED
 
 

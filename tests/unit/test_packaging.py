@@ -27,8 +27,17 @@ ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 PROJECT = PYPROJECT["project"]
 # What only the engine needs: none of it may reach the operator, the cluster-side CLI or the dev cluster.
-ENGINE_ONLY = {"torch", "diffusers", "transformers", "accelerate", "safetensors", "numpy", "imageio",
-               "imageio-ffmpeg", "pillow"}
+ENGINE_ONLY = {
+    "torch",
+    "diffusers",
+    "transformers",
+    "accelerate",
+    "safetensors",
+    "numpy",
+    "imageio",
+    "imageio-ffmpeg",
+    "pillow",
+}
 DEV_TOOLS = {"pytest", "pytest-timeout", "hypothesis", "ruff", "cel-python"}
 TORCH_FREE_ENTRY_MODULES = ("chitu_operator.main", "chitu_devcluster.main")
 
@@ -91,9 +100,25 @@ def test_each_package_has_one_pin_across_extras():
 def test_pip_resolves_the_operator_extra_without_torch(tmp_path):
     """What PyPI would install for `.[operator]` (transitive dependencies too), by pip's own resolver."""
     report = tmp_path / "report.json"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
-                    "--no-build-isolation", "--report", str(report), f"{ROOT}[operator]"],
-                   check=True, capture_output=True, text=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--ignore-installed",
+            "--quiet",
+            "--no-build-isolation",
+            "--report",
+            str(report),
+            f"{ROOT}[operator]",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     installed = {canonicalize_name(item["metadata"]["name"]) for item in json.loads(report.read_text())["install"]}
     assert {"kopf", "kubernetes", "pydantic", "chitu"} <= installed
     assert not installed & ENGINE_ONLY, installed & ENGINE_ONLY
@@ -112,10 +137,14 @@ def test_operator_and_dev_cluster_import_without_the_engine_stack(module):
 
 def instructions(dockerfile: Path) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) per instruction, continuation lines joined and comments dropped."""
-    text = re.sub(r"\\\n", " ", "\n".join(line for line in dockerfile.read_text().splitlines()
-                                            if not line.lstrip().startswith("#")))
-    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1].strip()) for line in text.splitlines()
-            if line.strip()]
+    text = re.sub(
+        r"\\\n",
+        " ",
+        "\n".join(line for line in dockerfile.read_text().splitlines() if not line.lstrip().startswith("#")),
+    )
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1].strip()) for line in text.splitlines() if line.strip()
+    ]
 
 
 def arguments(dockerfile: Path, instruction: str) -> list[str]:
@@ -146,8 +175,23 @@ def build_wheel_from(sources: set[str], workdir: Path) -> set[str]:
             shutil.copytree(ROOT / source, target, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(ROOT / source, target)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
-                    "--wheel-dir", str(workdir / "wheels"), str(context)], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--quiet",
+            "--wheel-dir",
+            str(workdir / "wheels"),
+            str(context),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     (wheel,) = (workdir / "wheels").glob("chitu-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         return {name.split("/")[0] for name in archive.namelist() if name.endswith(".py")}
@@ -155,10 +199,18 @@ def build_wheel_from(sources: set[str], workdir: Path) -> set[str]:
 
 IMAGES = {
     # Dockerfile -> (base image, entrypoint, extra, packages in the image)
-    "operator/Dockerfile": ("python:3.11-slim", ["chitu-operator"], "operator",
-                            {"chitu_api", "chitu_diffusion", "chitu_operator"}),
-    "worker/Dockerfile": ("pytorch/pytorch:", ["chitu-worker"], "worker",
-                          {"chitu_api", "chitu_diffusion", "chitu_worker"}),
+    "operator/Dockerfile": (
+        "python:3.11-slim",
+        ["chitu-operator"],
+        "operator",
+        {"chitu_api", "chitu_diffusion", "chitu_operator"},
+    ),
+    "worker/Dockerfile": (
+        "pytorch/pytorch:",
+        ["chitu-worker"],
+        "worker",
+        {"chitu_api", "chitu_diffusion", "chitu_worker"},
+    ),
 }
 
 

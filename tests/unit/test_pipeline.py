@@ -56,7 +56,11 @@ def test_generate_writes_video_and_metrics(tiny_pipeline, tmp_path):
     assert metrics["params"] == request(fps=8).model_dump(mode="json")
     assert metrics["engine_config"] == tiny_pipeline.config.model_dump(mode="json")
     assert metrics["runtime"] == {
-        "device": "cpu", "dtype": "float32", "attention_backend": "sdpa", "precision": "bf16", "compiled": False
+        "device": "cpu",
+        "dtype": "float32",
+        "attention_backend": "sdpa",
+        "precision": "bf16",
+        "compiled": False,
     }
     assert metrics["model"]["variant"] == "wan2.1-custom" and metrics["model"]["load_s"] > 0
     assert (metrics["seed"], metrics["seed_source"]) == (7, "request")
@@ -209,8 +213,10 @@ def test_seed_api_and_load_engine_share_one_path(tiny_model_dir):
 
 def test_fp8_precision_check_reports_the_distance_to_bf16(tmp_path):
     """FP8 on CPU runs the reference math of the Hopper kernels (precision/); the check reruns the request in bf16."""
-    engine = Engine(build_random_pipeline(), EngineConfig.from_overrides(
-        ["infer.diffusion.precision=fp8", "infer.diffusion.precision_check=true"]))
+    engine = Engine(
+        build_random_pipeline(),
+        EngineConfig.from_overrides(["infer.diffusion.precision=fp8", "infer.diffusion.precision_check=true"]),
+    )
     result = engine.generate(request(), tmp_path)
     check = result.metrics["precision_check"]
     assert result.metrics["runtime"]["precision"] == "fp8"

@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F  # noqa: N812 (torch's own idiom)
+import torch.nn.functional as F
 
 from chitu_diffusion.models.random_init import TINY_TRANSFORMER, build_transformer
 from chitu_diffusion.precision.apply import apply_precision

@@ -57,7 +57,7 @@ def test_same_seed_same_weights():
 def test_missing_folder_names_the_path(tmp_path):
     with pytest.raises(ModelFolderError, match=str(tmp_path / "nowhere")):
         check_model_folder(tmp_path / "nowhere")
-    with pytest.raises(ModelFolderError, match="model_index.json is missing"):
+    with pytest.raises(ModelFolderError, match=r"model_index\.json is missing"):
         check_model_folder(tmp_path)
 
 

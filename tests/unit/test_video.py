@@ -1,5 +1,7 @@
 """mp4 writing and reading: H.264 round trip, frame count and size, nothing left under a final name on failure."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -29,7 +31,7 @@ def test_rejects_non_rgb_uint8(tmp_path):
 
 def test_failure_mid_stream_leaves_no_file(tmp_path, monkeypatch):
     def failing_writer(path, *args, **kwargs):  # an encoder that dies after two frames
-        open(path, "wb").write(b"half a video")
+        Path(path).write_bytes(b"half a video")
         yield
         for _ in range(2):
             yield

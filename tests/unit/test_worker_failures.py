@@ -67,11 +67,17 @@ def test_first_failure_without_reports(tmp_path):
 
 
 def test_torchrun_argv_is_a_static_rendezvous_without_restarts(tmp_path):
-    topology = Topology(nnodes=2, node_rank=1, nproc_per_node=4, master_addr="j-worker-0.j-workers.ns.svc",
-                        master_port=29500)
+    topology = Topology(
+        nnodes=2, node_rank=1, nproc_per_node=4, master_addr="j-worker-0.j-workers.ns.svc", master_port=29500
+    )
     argv = torchrun_argv(topology, tmp_path / "plan.json")
     assert argv[:7] == [
-        "--nnodes=2", "--node-rank=1", "--nproc-per-node=4", "--master-addr=j-worker-0.j-workers.ns.svc",
-        "--master-port=29500", "--rdzv-backend=static", "--max-restarts=0",
+        "--nnodes=2",
+        "--node-rank=1",
+        "--nproc-per-node=4",
+        "--master-addr=j-worker-0.j-workers.ns.svc",
+        "--master-port=29500",
+        "--rdzv-backend=static",
+        "--max-restarts=0",
     ]
     assert argv[7:] == ["--module", "chitu_worker.rank", f"--plan={tmp_path / 'plan.json'}"]

@@ -28,8 +28,12 @@ JOB = {
         "parallelism": {"cfg": 2, "cpSize": 1, "upLimit": 4, "gpusPerPod": 1},
         "engine": {"dtype": "float32", "compile": False},
         "worker": {"image": "ghcr.io/chitu/worker:0.1.0"},
-        "output": {"uri": "s3://videos/runs/", "endpoint": "http://s3.local:8333", "region": "eu-west-1",
-                   "credentialsSecretRef": {"name": "s3-creds"}},
+        "output": {
+            "uri": "s3://videos/runs/",
+            "endpoint": "http://s3.local:8333",
+            "region": "eu-west-1",
+            "credentialsSecretRef": {"name": "s3-creds"},
+        },
     },
     "status": {"outputs": [{"index": 0, "video": "s3://videos/runs/cats-0123abcd/prompt-0000/video.mp4"}]},
 }
@@ -134,8 +138,12 @@ def test_examples_are_valid_jobs(name):
         ("spec.generation.seed", -1, "spec.generation.seed", "greater than or equal to 0"),
         ("spec.flexCache.cacheRatio", 1.5, "spec.flexCache.cacheRatio", "less than or equal to 1"),
         ("spec.flexCache.strategy", "fast", "spec.flexCache.strategy", "'none', 'ditango', 'pab' or 'teacache'"),
-        ("spec.flexCache.warmup", 5, "spec.flexCache",
-         "warmup + cooldown (5 + 1) must be less than generation.steps (6)"),
+        (
+            "spec.flexCache.warmup",
+            5,
+            "spec.flexCache",
+            "warmup + cooldown (5 + 1) must be less than generation.steps (6)",
+        ),
         ("spec.prompts.1", "  ", "spec.prompts[1]", "non-empty"),
         ("spec.prompts", [], "spec.prompts", "at least one"),
         ("spec.prompt", "both given", "spec.prompts", "exactly one"),
@@ -157,8 +165,14 @@ def test_invalid_spec_names_the_field(path, value, field, words):
 
 
 def test_topology_from_pod_env():
-    env = {"NNODES": "2", "NODE_RANK": "1", "NPROC_PER_NODE": "1", "WORLD_SIZE": "2",
-           "MASTER_ADDR": "cats-worker-0.cats-workers.team.svc", "MASTER_PORT": "29500"}
+    env = {
+        "NNODES": "2",
+        "NODE_RANK": "1",
+        "NPROC_PER_NODE": "1",
+        "WORLD_SIZE": "2",
+        "MASTER_ADDR": "cats-worker-0.cats-workers.team.svc",
+        "MASTER_PORT": "29500",
+    }
     topology = plan_of(JOB, env).topology
     assert (topology.nnodes, topology.node_rank, topology.nproc_per_node) == (2, 1, 1)
     assert (topology.master_addr, topology.master_port, topology.world_size) == (env["MASTER_ADDR"], 29500, 2)

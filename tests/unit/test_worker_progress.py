@@ -40,8 +40,15 @@ def api():
 
 
 def reporter(api, clock, outputs=(), prompts=2, steps=10):
-    return ProgressReporter(api, prompts_total=prompts, steps_per_prompt=steps, outputs=outputs,
-                            min_interval=1.0, retry_after=15.0, clock=clock)
+    return ProgressReporter(
+        api,
+        prompts_total=prompts,
+        steps_per_prompt=steps,
+        outputs=outputs,
+        min_interval=1.0,
+        retry_after=15.0,
+        clock=clock,
+    )
 
 
 def progress(status: dict) -> tuple:

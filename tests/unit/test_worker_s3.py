@@ -86,16 +86,26 @@ def job(name: str, model_uri: str, output_uri: str, prompts: list[str], **spec) 
         "apiVersion": "chitu.dev/v1alpha1",
         "kind": "GenerationJob",
         "metadata": {"name": name},
-        "spec": {"model": {"uri": model_uri}, "prompts": prompts, "generation": GENERATION,
-                 "output": {"uri": output_uri}, "worker": {"image": "unused"}, **spec},
+        "spec": {
+            "model": {"uri": model_uri},
+            "prompts": prompts,
+            "generation": GENERATION,
+            "output": {"uri": output_uri},
+            "worker": {"image": "unused"},
+            **spec,
+        },
     }
 
 
 def test_upload_sets_content_type_and_a_verified_checksum(store, bucket, tmp_path):
     client = store.client
-    for name, content_type in [("video.mp4", "video/mp4"), ("metrics.json", "application/json"),
-                               ("policy.ppm", "image/x-portable-pixmap"), ("policy.png", "image/png"),
-                               ("notes.bin", "application/octet-stream")]:
+    for name, content_type in [
+        ("video.mp4", "video/mp4"),
+        ("metrics.json", "application/json"),
+        ("policy.ppm", "image/x-portable-pixmap"),
+        ("policy.png", "image/png"),
+        ("notes.bin", "application/octet-stream"),
+    ]:
         path = tmp_path / name
         path.write_bytes(os.urandom(1000))
         uri = f"s3://{bucket}/p/{name}"
@@ -117,24 +127,29 @@ def test_exists_raises_on_errors_other_than_missing(s3, bucket, tmp_path, monkey
 
 
 def test_multipart_upload_and_prefix_download(s3_env, bucket, tmp_path):
-    store = S3Store.connect(S3Settings(endpoint=s3_env.endpoint),
-                            TransferConfig(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB))
+    store = S3Store.connect(
+        S3Settings(endpoint=s3_env.endpoint), TransferConfig(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB)
+    )
     source = tmp_path / "source"
     (source / "transformer").mkdir(parents=True)
     (source / "transformer" / "weights.safetensors").write_bytes(os.urandom(11 * MiB))  # 3 parts
     (source / "model_index.json").write_text("{}")
     upload_tree(store, source, f"s3://{bucket}/models/m1")
-    head = store.client.head_object(Bucket=bucket, Key="models/m1/transformer/weights.safetensors",
-                                    ChecksumMode="ENABLED")
+    head = store.client.head_object(
+        Bucket=bucket, Key="models/m1/transformer/weights.safetensors", ChecksumMode="ENABLED"
+    )
     assert head["ETag"].endswith('-3"') and head["ChecksumSHA256"].endswith("-3")  # per-part checksums
     store.client.put_object(Bucket=bucket, Key="models/m1/empty-folder/", Body=b"")  # a console's folder marker
     store.client.put_object(Bucket=bucket, Key="models/m10/other", Body=b"not under m1/")
     dest = tmp_path / "dest"
     assert store.download_prefix(f"s3://{bucket}/models/m1", dest) == 2
     assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()) == [
-        "model_index.json", "transformer/weights.safetensors"]
+        "model_index.json",
+        "transformer/weights.safetensors",
+    ]
     assert (dest / "transformer" / "weights.safetensors").read_bytes() == (
-        source / "transformer" / "weights.safetensors").read_bytes()
+        source / "transformer" / "weights.safetensors"
+    ).read_bytes()
 
 
 def test_outputs_upload_metrics_last(tmp_path):
@@ -152,8 +167,12 @@ def test_outputs_upload_metrics_last(tmp_path):
 
     store = Recording()
     policies = outputs.upload(store, "s3://b/j-1/prompt-0002", Result())
-    assert store.uploads == ["s3://b/j-1/prompt-0002/video.mp4", "s3://b/j-1/prompt-0002/ditango_policy.ppm",
-                             "s3://b/j-1/prompt-0002/ditango_policy.png", "s3://b/j-1/prompt-0002/metrics.json"]
+    assert store.uploads == [
+        "s3://b/j-1/prompt-0002/video.mp4",
+        "s3://b/j-1/prompt-0002/ditango_policy.ppm",
+        "s3://b/j-1/prompt-0002/ditango_policy.png",
+        "s3://b/j-1/prompt-0002/metrics.json",
+    ]
     assert policies == store.uploads[1:3]
 
 
@@ -193,8 +212,9 @@ def test_s3_model_is_copied_once_and_a_partial_copy_is_redone(store, bucket, tin
 def test_resume_generates_only_the_missing_prompt(s3_env, store, bucket, tiny_model_dir, tmp_path, caplog):
     plan = build_plan(
         job("resume", str(tiny_model_dir), f"s3://{bucket}/runs", ["A cat walking on grass", "A dog on a beach"]),
-        PodEnv.from_environ({**s3_env.env(), "CHITU_JOB_UID": "5e5e5e5e-0000",
-                             "CHITU_MODEL_CACHE": str(tmp_path / "cache")}),
+        PodEnv.from_environ(
+            {**s3_env.env(), "CHITU_JOB_UID": "5e5e5e5e-0000", "CHITU_MODEL_CACHE": str(tmp_path / "cache")}
+        ),
         report_status=False,
     )
     # Prompt 0 finished in an earlier attempt (stand-in files: regenerating would replace them).
@@ -202,8 +222,10 @@ def test_resume_generates_only_the_missing_prompt(s3_env, store, bucket, tiny_mo
     for name in (objectkeys.VIDEO, objectkeys.METRICS):
         (tmp_path / name).write_text(f"from attempt 0: {name}")
         store.upload_file(tmp_path / name, f"{done}/{name}")
-    before = {name: store.client.head_object(Bucket=bucket, Key=f"runs/resume-5e5e5e5e/prompt-0000/{name}")["ETag"]
-              for name in (objectkeys.VIDEO, objectkeys.METRICS)}
+    before = {
+        name: store.client.head_object(Bucket=bucket, Key=f"runs/resume-5e5e5e5e/prompt-0000/{name}")["ETag"]
+        for name in (objectkeys.VIDEO, objectkeys.METRICS)
+    }
 
     with caplog.at_level(logging.INFO, logger="chitu_worker"):
         run_rank(plan, SINGLE)
@@ -219,18 +241,30 @@ def test_resume_generates_only_the_missing_prompt(s3_env, store, bucket, tiny_mo
 def run_worker(job_file: Path, env: dict, tmp_path: Path) -> tuple[subprocess.CompletedProcess, str]:
     termination = tmp_path / "termination-log"
     termination.unlink(missing_ok=True)
-    proc = subprocess.run([str(WORKER), "--job-file", str(job_file)], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **env, "CHITU_TERMINATION_LOG": str(termination)})
+    proc = subprocess.run(
+        [str(WORKER), "--job-file", str(job_file)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **env, "CHITU_TERMINATION_LOG": str(termination)},
+    )
     return proc, termination.read_text() if termination.exists() else ""
 
 
 def test_cli_job_file_end_to_end_with_an_s3_model(store, s3, bucket, tiny_model_dir, tmp_path):
     upload_tree(store, tiny_model_dir, f"s3://{bucket}/models/tiny-wan")
     job_file = tmp_path / "cats.yaml"
-    job_file.write_text(yaml.safe_dump(job(
-        "cats", f"s3://{bucket}/models/tiny-wan", f"s3://{bucket}/runs", ["A cat walking on grass", "A dog on a beach"],
-        flexCache={"strategy": "teacache", "cacheRatio": 0.5, "warmup": 1, "cooldown": 1},
-    )))
+    job_file.write_text(
+        yaml.safe_dump(
+            job(
+                "cats",
+                f"s3://{bucket}/models/tiny-wan",
+                f"s3://{bucket}/runs",
+                ["A cat walking on grass", "A dog on a beach"],
+                flexCache={"strategy": "teacache", "cacheRatio": 0.5, "warmup": 1, "cooldown": 1},
+            )
+        )
+    )
     env = {**s3.env(), "CHITU_MODEL_CACHE": str(tmp_path / "cache")}
 
     proc, message = run_worker(job_file, env, tmp_path)
@@ -238,8 +272,12 @@ def test_cli_job_file_end_to_end_with_an_s3_model(store, s3, bucket, tiny_model_
     assert message == ""
     listed = store.client.list_objects_v2(Bucket=bucket, Prefix="runs/")["Contents"]
     keys = sorted(o["Key"].split("/", 2)[2] for o in listed)
-    assert keys == ["prompt-0000/metrics.json", "prompt-0000/video.mp4",
-                    "prompt-0001/metrics.json", "prompt-0001/video.mp4"]
+    assert keys == [
+        "prompt-0000/metrics.json",
+        "prompt-0000/video.mp4",
+        "prompt-0001/metrics.json",
+        "prompt-0001/video.mp4",
+    ]
     prefix = listed[0]["Key"].split("/")[1]
     assert prefix.startswith("cats-") and len(prefix) == len("cats-") + 8
     video = store.client.get_object(Bucket=bucket, Key=f"runs/{prefix}/prompt-0001/video.mp4")
@@ -261,8 +299,9 @@ def test_cli_job_file_end_to_end_with_an_s3_model(store, s3, bucket, tiny_model_
 
 def test_cli_invalid_spec_exits_2_naming_the_field(tmp_path):
     job_file = tmp_path / "bad.yaml"
-    job_file.write_text(yaml.safe_dump(job("bad", "/models/x", "s3://videos/runs", ["A cat"],
-                                           generation={**GENERATION, "height": 50})))
+    job_file.write_text(
+        yaml.safe_dump(job("bad", "/models/x", "s3://videos/runs", ["A cat"], generation={**GENERATION, "height": 50}))
+    )
     proc, message = run_worker(job_file, {}, tmp_path)
     assert proc.returncode == 2
     # One line, the field first; the wording of the rule is the contract's (chitu_diffusion.task.spatial_problem).

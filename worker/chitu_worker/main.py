@@ -32,8 +32,15 @@ def load_plan(job_file: Path | None, output_dir: Path | None = None) -> WorkerPl
     topology = plan.topology
     logger.info(
         "job %s (uid %s, attempt %d): %d prompts -> %s; node %d of %d, %d ranks here, world size %d",
-        plan.job.name, plan.job.uid, env.restart_attempt, len(plan.prompts), plan.output_prefix,
-        topology.node_rank, topology.nnodes, topology.nproc_per_node, topology.world_size,
+        plan.job.name,
+        plan.job.uid,
+        env.restart_attempt,
+        len(plan.prompts),
+        plan.output_prefix,
+        topology.node_rank,
+        topology.nnodes,
+        topology.nproc_per_node,
+        topology.world_size,
     )
     return plan
 
@@ -41,8 +48,12 @@ def load_plan(job_file: Path | None, output_dir: Path | None = None) -> WorkerPl
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="chitu-worker", description="run this pod's part of a GenerationJob")
     parser.add_argument("--job-file", type=Path, help="a GenerationJob manifest (YAML or JSON): no cluster needed")
-    parser.add_argument("--output", type=Path, metavar="DIR", help="with --job-file: write the outputs to "
-                        "DIR/prompt-NNNN/ (no S3) instead of the manifest's output.uri")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        metavar="DIR",
+        help="with --job-file: write the outputs to DIR/prompt-NNNN/ (no S3) instead of the manifest's output.uri",
+    )
     args = parser.parse_args(argv)
     configure_logging("launcher")
     try:

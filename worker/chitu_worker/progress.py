@@ -89,10 +89,11 @@ class ProgressReporter:
                 return
             except Exception as err:
                 if self._clock() >= deadline:
-                    raise ReportLost(f"the final status ({self._done}/{self._prompts_total} prompts) could not be "
-                                     f"written for {finish_seconds:.0f} s: {type(err).__name__}: {err}") from err
-                logger.warning("final status not reported (%s: %s); retrying in %.0f s", type(err).__name__, err,
-                               delay)
+                    raise ReportLost(
+                        f"the final status ({self._done}/{self._prompts_total} prompts) could not be "
+                        f"written for {finish_seconds:.0f} s: {type(err).__name__}: {err}"
+                    ) from err
+                logger.warning("final status not reported (%s: %s); retrying in %.0f s", type(err).__name__, err, delay)
                 sleep(delay)
                 delay = min(delay * 2, FINISH_MAX_DELAY_SECONDS)
 

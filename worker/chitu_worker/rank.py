@@ -27,12 +27,12 @@ from chitu_diffusion.engines import check_launch, load_engine
 from chitu_diffusion.parallel.launch import DistributedEnv, init_distributed, leave_gang
 from chitu_worker import outputs
 from chitu_worker.failures import EXIT_FAILED, exit_code, one_line, write_rank_error_file
+from chitu_worker.filestore import RoutedStore
 from chitu_worker.kube import custom_objects_api, status_publisher
 from chitu_worker.logs import configure_logging
 from chitu_worker.modelcache import resolve_model
 from chitu_worker.plan import WorkerPlan
 from chitu_worker.progress import ProgressReporter, log_publisher
-from chitu_worker.filestore import RoutedStore
 from chitu_worker.storage import ObjectStore, S3Store
 
 logger = logging.getLogger("chitu_worker.rank")  # not __main__ under `python -m`

@@ -50,7 +50,7 @@ def split_uri(uri: str) -> tuple[str, str]:
     """`s3://bucket/some/key` -> (`bucket`, `some/key`)."""
     if not is_s3_uri(uri):
         raise ValueError(f"not an s3:// URI: {uri!r}")
-    bucket, _, key = uri[len(S3_SCHEME):].partition("/")
+    bucket, _, key = uri[len(S3_SCHEME) :].partition("/")
     if not bucket:
         raise ValueError(f"no bucket in {uri!r}")
     return bucket, key
@@ -118,8 +118,10 @@ class S3Store:
     def upload_file(self, path: Path, uri: str) -> None:
         bucket, key = split_uri(uri)
         extra = {"ContentType": content_type(path), "ChecksumAlgorithm": "SHA256"}
-        self._retrying(lambda: self.client.upload_file(str(path), bucket, key, ExtraArgs=extra, Config=self.transfer),
-                       f"upload {uri}")
+        self._retrying(
+            lambda: self.client.upload_file(str(path), bucket, key, ExtraArgs=extra, Config=self.transfer),
+            f"upload {uri}",
+        )
         logger.info("uploaded %s (%d bytes) to %s", path.name, path.stat().st_size, uri)
 
     def download_prefix(self, uri: str, dest: Path) -> int:
@@ -127,33 +129,41 @@ class S3Store:
         count = 0
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             for obj in page.get("Contents", []):
-                relative = obj["Key"][len(prefix):]
+                relative = obj["Key"][len(prefix) :]
                 if not relative or relative.endswith("/"):  # the prefix itself, or a folder marker
                     continue
                 target = dest / _safe_relative(relative, uri)
                 target.parent.mkdir(parents=True, exist_ok=True)
-                self._retrying(lambda key=obj["Key"], target=target: self.client.download_file(
-                    bucket, key, str(target), ExtraArgs={"ChecksumMode": "ENABLED"}, Config=self.transfer
-                ), f"download s3://{bucket}/{obj['Key']}")
+                self._retrying(
+                    lambda key=obj["Key"], target=target: self.client.download_file(
+                        bucket, key, str(target), ExtraArgs={"ChecksumMode": "ENABLED"}, Config=self.transfer
+                    ),
+                    f"download s3://{bucket}/{obj['Key']}",
+                )
                 count += 1
         logger.info("downloaded %d objects from %s to %s", count, uri, dest)
         return count
-
 
     def abort_incomplete_uploads(self, uri: str) -> int:
         """Abort the multipart uploads left unfinished under the prefix `uri` (by an attempt cut off midway:
         their parts take space and are billed, yet are no object); returns how many."""
         bucket, prefix = split_uri(uri.rstrip("/") + "/")
         try:
-            listing = self._retrying(lambda: self.client.list_multipart_uploads(Bucket=bucket, Prefix=prefix),
-                                     f"list unfinished uploads under {uri}")
+            listing = self._retrying(
+                lambda: self.client.list_multipart_uploads(Bucket=bucket, Prefix=prefix),
+                f"list unfinished uploads under {uri}",
+            )
         except ClientError as err:  # a key allowed to write objects but not to list uploads: nothing to clean
             logger.warning("unfinished uploads under %s not checked: %s", uri, err)
             return 0
         uploads = listing.get("Uploads", [])
         for upload in uploads:
-            self._retrying(lambda u=upload: self.client.abort_multipart_upload(
-                Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"]), f"abort the unfinished upload of {upload['Key']}")
+            self._retrying(
+                lambda u=upload: self.client.abort_multipart_upload(
+                    Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"]
+                ),
+                f"abort the unfinished upload of {upload['Key']}",
+            )
         if uploads:
             logger.info("aborted %d unfinished multipart uploads under %s", len(uploads), uri)
         return len(uploads)
