@@ -18,6 +18,7 @@ import pytest
 import yaml
 from harness import free_port
 
+from chitu_api.names import SIMULATED_GPUS_ENV
 from chitu_devcluster.s3 import S3Credentials
 
 pytestmark = pytest.mark.distributed
@@ -69,6 +70,8 @@ def pod_env(s3: S3Credentials, tmp_path: Path, *, nnodes: int, node_rank: int, n
         "NNODES": str(nnodes), "NODE_RANK": str(node_rank), "NPROC_PER_NODE": str(nproc),
         "WORLD_SIZE": str(nnodes * nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
         "GLOO_SOCKET_IFNAME": "lo", "CHITU_TERMINATION_LOG": str(tmp_path / f"termination-{node_rank}"),
+        # what the dev cluster's node agent declares for the GPUs a CPU pod asked for (chitu_worker.gpus)
+        SIMULATED_GPUS_ENV: str(nproc),
     }  # fmt: skip
 
 

@@ -219,7 +219,8 @@ def build_plan(job: dict, env: PodEnv, *, report_status: bool, output_dir: Path 
         model_cache=env.model_cache,
         report_status=report_status,
         existing_outputs=list((job.get("status") or {}).get("outputs") or []),
-        gpus_per_pod=spec.parallelism.gpus_per_pod,
+        # gpusPerPod is what the pod asked of its node; a local run (no pod env) uses whatever this machine has.
+        gpus_per_pod=spec.parallelism.gpus_per_pod if env.world_size is not None else 0,
     )
 
 
