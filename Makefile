@@ -41,7 +41,7 @@ test: setup control-plane helm
 
 # The reliability tier (issue 14), slower than `test`: hostile specs (hypothesis), the hanging cases, faults
 # (operator SIGKILL, apiserver restart, rank killed, S3 outages), least privilege, secrets. It runs only when
-# named by path; its fault outcomes land in bench/results/reliability.json. .ci/run runs it after `test`.
+# named by path; its fault outcomes land in bench/results/reliability.json. .ci/run runs it before `test`.
 .PHONY: reliability
 reliability: setup control-plane
 	CHITU_RELIABILITY_REPORT=bench/results/reliability.json $(call pytest,tests/reliability)
