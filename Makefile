@@ -43,7 +43,7 @@ test: setup control-plane helm
 # (operator SIGKILL, apiserver restart, rank killed, S3 outages), least privilege, secrets. It runs only when
 # named by path; its fault outcomes land in bench/results/reliability.json. .ci/run runs it before `test`.
 .PHONY: reliability
-reliability: setup control-plane
+reliability: setup control-plane helm
 	CHITU_RELIABILITY_REPORT=bench/results/reliability.json $(call pytest,tests/reliability)
 
 # The fast tier: tests/unit only (CPU, tiny models, pure builders); no control plane is built or started.
