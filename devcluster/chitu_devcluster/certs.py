@@ -60,7 +60,7 @@ class CertPaths:
         return self.dir / "sa.pub"
 
 
-def _name(common_name: str, organization: str | None = None) -> x509.Name:
+def x509_name(common_name: str, organization: str | None = None) -> x509.Name:
     attrs = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
     if organization:
         attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
@@ -73,7 +73,7 @@ def _key_pem(key) -> bytes:
     )
 
 
-def _issue(
+def issue_certificate(
     subject: x509.Name,
     key,
     issuer: x509.Name,
@@ -122,12 +122,12 @@ def generate(dir: Path) -> CertPaths:
     dir.mkdir(parents=True, exist_ok=True)
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = _name("chitu-dev-ca")
-    ca = _issue(ca_name, ca_key, ca_name, ca_key, ca=True)
+    ca_name = x509_name("chitu-dev-ca")
+    ca = issue_certificate(ca_name, ca_key, ca_name, ca_key, ca=True)
 
     serving_key = ec.generate_private_key(ec.SECP256R1())
-    serving = _issue(
-        _name("kube-apiserver"),
+    serving = issue_certificate(
+        x509_name("kube-apiserver"),
         serving_key,
         ca_name,
         ca_key,
@@ -135,8 +135,8 @@ def generate(dir: Path) -> CertPaths:
         sans=[x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")],
     )
     client_key = ec.generate_private_key(ec.SECP256R1())
-    client = _issue(
-        _name("chitu-dev-admin", "system:masters"),
+    client = issue_certificate(
+        x509_name("chitu-dev-admin", "system:masters"),
         client_key,
         ca_name,
         ca_key,

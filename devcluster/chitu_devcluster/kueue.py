@@ -18,7 +18,6 @@ Kueue is started as its Deployment would be, with the three things a loopback ap
 from __future__ import annotations
 
 import base64
-import datetime
 import ipaddress
 import logging
 import os
@@ -31,11 +30,12 @@ from typing import TYPE_CHECKING
 
 import yaml
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from kubernetes import client
 
+from .certs import issue_certificate, x509_name
 from .paths import REPO_ROOT, free_ports
 from .waiting import wait_for
 
@@ -53,7 +53,6 @@ SERVICE_NAME = "kueue"  # in the cluster's process table
 GENERATIONJOB_FRAMEWORK = "GenerationJob.v1alpha1.chitu.dev"  # Kind.version.group, as externalFrameworks wants
 # CRDs that Kueue serves in two versions: their conversion goes through Kueue's /convert webhook.
 CONVERTED_CRDS = ("localqueues", "clusterqueues", "cohorts", "workloads", "multikueueclusters")
-VALIDITY = datetime.timedelta(days=365)
 
 
 def kueue_version() -> str:
@@ -79,55 +78,22 @@ def ensure_kueue() -> Path:
     return built
 
 
-def _cert(subject: str, key, issuer: x509.Name, signer, *, ca: bool, sans: list) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-        .issuer_name(issuer)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    )
-    if ca:
-        builder = builder.add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-    else:
-        builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-    return builder.sign(signer, hashes.SHA256())
-
-
 def webhook_secret_data() -> dict[str, bytes]:
     """ca.crt, ca.key, tls.crt, tls.key as cert-controller's rotator stores them (RSA, PKCS#1: it parses no other)."""
     pem = serialization.Encoding.PEM
     ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    ca = _cert(
-        CA_NAME,
-        ca_key,
-        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CA_NAME)]),
-        ca_key,
-        ca=True,
-        sans=[x509.DNSName(CA_NAME)],
+    ca = issue_certificate(
+        x509_name(CA_NAME), ca_key, x509_name(CA_NAME), ca_key, ca=True, sans=[x509.DNSName(CA_NAME)]
     )
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     loopback = x509.IPAddress(ipaddress.ip_address("127.0.0.1"))  # the address the apiserver calls
-    serving = _cert(
-        SERVICE, key, ca.subject, ca_key, ca=False, sans=[x509.DNSName(f"{SERVICE}.{NAMESPACE}.svc"), loopback]
+    serving = issue_certificate(
+        x509_name(SERVICE),
+        key,
+        ca.subject,
+        ca_key,
+        usages=[ExtendedKeyUsageOID.SERVER_AUTH],
+        sans=[x509.DNSName(f"{SERVICE}.{NAMESPACE}.svc"), loopback],
     )
 
     def key_pem(k) -> bytes:
