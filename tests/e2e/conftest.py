@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from chitu_devcluster import platform
 from chitu_devcluster.cluster import DevCluster, operator_installed
 from chitu_operator.gang import KubeClients
 
@@ -70,10 +71,13 @@ def k8s(cluster: DevCluster) -> KubeClients:
 
 
 @pytest.fixture
-def namespace(k8s: KubeClients) -> Iterator[str]:
-    """A fresh namespace, deleted (with everything in it, by the namespace controller) after the test."""
+def namespace(cluster: DevCluster, k8s: KubeClients) -> Iterator[str]:
+    """A fresh namespace holding the S3 credentials Secret the dev cluster's platform defaults name (as a platform
+    team provisions it in each tenant namespace), deleted with everything in it after the test."""
     name = f"e2e-{uuid.uuid4().hex[:8]}"
     k8s.core.create_namespace({"metadata": {"name": name}})
+    secret = platform.credentials_secret(cluster.s3)
+    k8s.core.create_namespaced_secret(name, {**secret, "metadata": {**secret["metadata"], "namespace": name}})
     yield name
     k8s.core.delete_namespace(name, propagation_policy="Background")
 

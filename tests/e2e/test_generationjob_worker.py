@@ -64,17 +64,6 @@ def apply_example(
     parallelism: dict | None = None,
 ) -> dict:
     """Render the example for this machine and `kubectl apply -f` it; returns the created job."""
-    credentials = cluster.s3
-    k8s.core.create_namespaced_secret(
-        namespace,
-        {
-            "metadata": {"name": "s3-creds"},
-            "stringData": {
-                "AWS_ACCESS_KEY_ID": credentials.access_key_id,
-                "AWS_SECRET_ACCESS_KEY": credentials.secret_access_key,
-            },
-        },
-    )
     job = yaml.safe_load(EXAMPLE.read_text())
     spec = job["spec"]
     spec["model"] = {"uri": str(tiny_model_dir)}  # pods are local processes: a host path
@@ -90,8 +79,8 @@ def apply_example(
     # What the platform defaults give on a chart-installed cluster, spelled out: this test's bucket and S3.
     spec["output"] = {
         "uri": f"s3://{s3.name}/runs",
-        "endpoint": credentials.endpoint,
-        "region": credentials.region,
+        "endpoint": cluster.s3.endpoint,
+        "region": cluster.s3.region,
         "credentialsSecretRef": {"name": "s3-creds"},
     }
     spec["worker"] = {"image": "ghcr.io/chitu/worker:0.1.0", "env": env or []}

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from chitu_api.names import GROUP, PLURAL, VERSION
-from chitu_devcluster import platform
 from chitu_devcluster.kueue import SERVICE_NAME, start_kueue
 from chitu_devcluster.waiting import wait_for
 from chitu_operator.queueing import KUEUE_GROUP, KUEUE_VERSION, workload_name
@@ -28,14 +27,6 @@ WAIT_FOR_GATE = """
     while not os.path.exists(os.environ["GATE"]):
         time.sleep(0.1)
 """
-
-
-@pytest.fixture(autouse=True)
-def platform_credentials(cluster, k8s, namespace) -> None:
-    """The S3 Secret the dev cluster's platform defaults name (output.credentialsSecretRef), in this namespace."""
-    secret = platform.credentials_secret(cluster.s3)
-    secret["metadata"] = {**secret["metadata"], "namespace": namespace}
-    k8s.core.create_namespaced_secret(namespace, secret)
 
 
 @pytest.fixture(scope="module")

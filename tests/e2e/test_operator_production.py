@@ -16,7 +16,6 @@ from collections.abc import Iterator
 import pytest
 
 from chitu_api.names import GROUP, PLURAL, VERSION
-from chitu_devcluster import platform
 from chitu_devcluster.paths import free_ports
 from chitu_devcluster.waiting import wait_for
 
@@ -46,14 +45,6 @@ WAIT_FOR_GATE = """
     while not os.path.exists(os.environ["GATE"]):
         time.sleep(0.1)
 """
-
-
-@pytest.fixture(autouse=True)
-def platform_credentials(cluster, k8s, namespace) -> None:
-    """The S3 Secret the dev cluster's platform defaults name (output.credentialsSecretRef), in this namespace."""
-    secret = platform.credentials_secret(cluster.s3)
-    secret["metadata"] = {**secret["metadata"], "namespace": namespace}
-    k8s.core.create_namespaced_secret(namespace, secret)
 
 
 def manifest(name: str, script: str, env: dict[str, str], **spec) -> dict:

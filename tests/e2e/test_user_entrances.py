@@ -35,18 +35,7 @@ def example_jobs() -> list[Path]:
 
 @pytest.fixture
 def user_namespace(cluster, k8s, namespace) -> str:
-    """A fresh namespace with the S3 credentials Secret the platform defaults name."""
-    credentials = cluster.s3
-    k8s.core.create_namespaced_secret(
-        namespace,
-        {
-            "metadata": {"name": "s3-creds"},
-            "stringData": {
-                "AWS_ACCESS_KEY_ID": credentials.access_key_id,
-                "AWS_SECRET_ACCESS_KEY": credentials.secret_access_key,
-            },
-        },
-    )
+    """A fresh namespace with the S3 credentials Secret the platform defaults name (the namespace fixture's)."""
     return namespace
 
 

@@ -17,8 +17,8 @@ from chitu_api.names import GROUP, PLURAL, VERSION, WORKER_COMMAND, WORKER_CONTA
 TIMEOUT = 180
 
 
-def grant_worker_identity(k8s, namespace: str, s3_creds) -> None:
-    """What the operator creates once per namespace, plus the job's S3 Secret."""
+def grant_worker_identity(k8s, namespace: str) -> None:
+    """A worker identity bound to the chitu-worker ClusterRole (the namespace fixture holds the S3 Secret)."""
     k8s.core.create_namespaced_service_account(namespace, {"metadata": {"name": WORKER_IDENTITY}})
     k8s.rbac.create_namespaced_role_binding(
         namespace,
@@ -26,16 +26,6 @@ def grant_worker_identity(k8s, namespace: str, s3_creds) -> None:
             "metadata": {"name": WORKER_IDENTITY},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": WORKER_IDENTITY},
             "subjects": [{"kind": "ServiceAccount", "name": WORKER_IDENTITY, "namespace": namespace}],
-        },
-    )
-    k8s.core.create_namespaced_secret(
-        namespace,
-        {
-            "metadata": {"name": "s3-creds"},
-            "stringData": {
-                "AWS_ACCESS_KEY_ID": s3_creds.access_key_id,
-                "AWS_SECRET_ACCESS_KEY": s3_creds.secret_access_key,
-            },
         },
     )
 
@@ -117,7 +107,7 @@ def run_pod(k8s, namespace: str, pod: dict) -> tuple[object, list[dict]]:
 
 def test_worker_pod_reports_progress_and_outputs(cluster, k8s, namespace, s3, tiny_model_dir, tmp_path):
     creds = cluster.s3
-    grant_worker_identity(k8s, namespace, creds)
+    grant_worker_identity(k8s, namespace)
     job = create_job(k8s, namespace, str(tiny_model_dir), s3.name, creds.endpoint)
     # The operator's fields, and an entry a previous attempt listed: a merge patch must keep both.
     k8s.custom.patch_namespaced_custom_object_status(
@@ -154,7 +144,7 @@ def test_worker_pod_reports_progress_and_outputs(cluster, k8s, namespace, s3, ti
 
 def test_worker_pod_with_a_bad_model_fails_naming_the_field(cluster, k8s, namespace, s3, tmp_path):
     creds = cluster.s3
-    grant_worker_identity(k8s, namespace, creds)
+    grant_worker_identity(k8s, namespace)
     job = create_job(k8s, namespace, "/no/such/model", s3.name, creds.endpoint)
 
     pod, _ = run_pod(k8s, namespace, worker_pod(job, creds.endpoint, str(tmp_path / "cache")))

@@ -43,17 +43,6 @@ class Batch:
         self.names: list[str] = []
         self.started = time.monotonic()
         runs.touch()
-        creds = cluster.s3
-        k8s.core.create_namespaced_secret(
-            namespace,
-            {
-                "metadata": {"name": SECRET},
-                "stringData": {
-                    "AWS_ACCESS_KEY_ID": creds.access_key_id,
-                    "AWS_SECRET_ACCESS_KEY": creds.secret_access_key,
-                },
-            },
-        )
 
     def manifest(
         self,

@@ -26,7 +26,7 @@ def test_a_failing_worker_leaks_no_secret(k8s, operator_process, namespace, s3):
     k8s.core.create_namespaced_secret(
         namespace,
         {
-            "metadata": {"name": "s3-creds"},
+            "metadata": {"name": "canary-creds"},
             "stringData": {"AWS_ACCESS_KEY_ID": creds.access_key_id, "AWS_SECRET_ACCESS_KEY": canary},
         },
     )
@@ -38,7 +38,7 @@ def test_a_failing_worker_leaks_no_secret(k8s, operator_process, namespace, s3):
             "uri": f"s3://{s3.name}/runs",
             "endpoint": creds.endpoint,
             "region": creds.region,
-            "credentialsSecretRef": {"name": "s3-creds"},
+            "credentialsSecretRef": {"name": "canary-creds"},
         },
         "worker": {"image": "unused"},
         "runPolicy": {"backoffLimit": 0, "cleanPodPolicy": "None"},
