@@ -286,9 +286,9 @@ class WorkerTemplate(PodTemplateFields):
     service_account_name: str = Field(
         WORKER_IDENTITY,
         max_length=253,
-        description=f"The operator creates "
-        f"{WORKER_IDENTITY} (bound to ClusterRole {WORKER_IDENTITY}) in the namespace; "
-        "another name is yours to create and bind.",
+        description=f"Left at {WORKER_IDENTITY}, the pods run as the job's own identity <job name>-worker, which "
+        "the operator creates with a Role that may read only this job and patch only its status; another name is "
+        "yours to create and bind.",
     )
     pod_annotations: dict[str, Annotated[str, Field(max_length=4096)]] = Field(
         default_factory=dict, max_length=64, description="Annotations on every worker pod."

@@ -20,7 +20,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from chitu_api.names import GROUP, PLURAL, VERSION
+from chitu_api.names import GROUP, PLURAL, VERSION, rendezvous_port
 from chitu_devcluster.paths import VENV_BIN
 from chitu_devcluster.podrunner import SIMULATE_WAITING_ANNOTATION
 from chitu_devcluster.waiting import wait_for
@@ -154,8 +154,12 @@ def test_gang_runs_to_success(jobs, k8s, namespace, tmp_path):
     assert pods["cats-worker-1"].metadata.labels["chitu.dev/restart-attempt"] == "0"
     assert pods["cats-worker-1"].metadata.owner_references[0].uid == running["metadata"]["uid"]
     assert service_exists(k8s, namespace, "cats-workers")
-    assert k8s.core.read_namespaced_service_account("chitu-worker", namespace)
-    assert k8s.rbac.read_namespaced_role_binding("chitu-worker", namespace).role_ref.name == "chitu-worker"
+    # the job's own worker identity: a Role that may read only this job (chitu_operator.manifests)
+    assert pods["cats-worker-0"].spec.service_account_name == "cats-worker"
+    assert k8s.core.read_namespaced_service_account("cats-worker", namespace)
+    binding = k8s.rbac.read_namespaced_role_binding("cats-worker", namespace)
+    assert (binding.role_ref.kind, binding.role_ref.name) == ("Role", "cats-worker")
+    assert k8s.rbac.read_namespaced_role("cats-worker", namespace).rules[0].resource_names == ["cats"]
     seen = json.loads(
         wait_for(
             lambda: (tmp_path / "1-0.json").exists() and (tmp_path / "1-0.json").read_text(),
@@ -184,7 +188,7 @@ def test_gang_runs_to_success(jobs, k8s, namespace, tmp_path):
         "NNODES": "2",
         "WORLD_SIZE": "2",
         "NPROC_PER_NODE": "1",
-        "MASTER_PORT": "29500",
+        "MASTER_PORT": str(rendezvous_port(running["metadata"]["uid"])),  # per job: no fixed port to collide on
         "POD_NAME": "cats-worker-1",
     }
 

@@ -155,6 +155,7 @@ def test_defaults_are_filled_in(k8s, namespace):
         "preRunningDeadlineSeconds": 600,
         "cleanPodPolicy": "Running",
         "suspend": False,
+        "restartBackoffSeconds": 10,
     }
     assert spec["worker"]["serviceAccountName"] == "chitu-worker" and spec["model"]["mountPath"] == "/models"
 

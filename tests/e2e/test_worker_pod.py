@@ -45,6 +45,7 @@ def create_job(k8s, namespace: str, model_uri: str, bucket: str, endpoint: str) 
                 "prompts": ["A cat walking on grass", "A dog on a beach"],
                 "generation": {"steps": 4, "height": 64, "width": 64, "frames": 9, "seed": 1},
                 "flexCache": {"strategy": "teacache", "cacheRatio": 0.5, "warmup": 1, "cooldown": 1},
+                "parallelism": {"gpusPerPod": 0},  # the hand-made pod below asks for no GPU
                 "worker": {"image": "unused-on-the-dev-node"},
                 "output": {
                     "uri": f"s3://{bucket}/runs",
