@@ -391,6 +391,15 @@ class RunPolicy(ContractModel):
         "created, doubling with each restart (at most 300 s): a cause that outlasts "
         "an attempt does not spend backoffLimit in seconds.",
     )
+    stall_timeout_seconds: int = Field(
+        1800,
+        ge=10,
+        le=604800,
+        description="A Running gang whose rank 0 reports no progress (no denoising step, no prompt, no start) this "
+        "long is restarted (counted; condition Restarting, reason Stalled); counted from the last report or the "
+        "attempt's start, so copying and loading the model count as silence: keep it above the model's load time.",
+        json_schema_extra=rules(format="int64"),
+    )
     clean_pod_policy: Literal["None", "Running", "All"] = Field(
         "Running", description="Pods deleted when the job finishes: None, Running (unfinished ones) or All."
     )

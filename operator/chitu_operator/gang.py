@@ -26,6 +26,7 @@ from kubernetes.client.exceptions import ApiException
 from chitu_api.names import GROUP, PLURAL, VERSION, WORKER_IDENTITY, service_name
 from chitu_api.operatorconfig import WorkerDefaults
 
+from . import health
 from . import queueing as q
 from .lifecycle import Decision, Job
 from .manifests import (
@@ -191,7 +192,9 @@ def _patch_workload(kube: KubeClients, workload: Mapping[str, Any], patch: Mappi
 
 
 def delete_pod(kube: KubeClients, namespace: str, pod: PodView) -> None:
-    options = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=pod.uid))
+    # A pod on a lost node has no kubelet to confirm a graceful deletion: it goes at once (grace 0, health.py).
+    grace = 0 if health.node_lost(pod) else None
+    options = client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=pod.uid), grace_period_seconds=grace)
     # 409: the uid precondition failed, so that pod is already gone and a successor holds the name.
     _ignore((404, 409), kube.core.delete_namespaced_pod, pod.name, namespace, body=options)
 

@@ -13,8 +13,10 @@ runPolicy.backoffLimit restarts are spent. A rank that exits with a permanent ex
 same input would fail again; spec.runPolicy.podFailurePolicy rules may fail the job or restart without
 counting. A queued job (Kueue, docs/kueue.md) has no pod until its Workload is admitted and loses its gang,
 without a restart being counted, when evicted. A job without a status is new (or its first status was
-lost with the operator): it is started. Rules are checked in this order: suspension, the queue,
-activeDeadlineSeconds, preRunningDeadlineSeconds, failed ranks, pending causes, then the gang's progress.
+lost with the operator): it is started. A gang that has not failed but stopped working (no progress for
+runPolicy.stallTimeoutSeconds, or a rank on a node that stopped reporting: health.py) is restarted like one that
+failed. Rules are checked in this order: suspension, the queue, activeDeadlineSeconds,
+preRunningDeadlineSeconds, failed ranks, pending causes, health, then the gang's progress.
 
 Decisions tolerate a stale read (the job's status or the pod index a moment behind the cluster):
 repeated, a decision writes the same status values (restarts = status.restarts + 1 of the same
@@ -33,6 +35,7 @@ from chitu_api.generationjob import GenerationJobSpec, parse_spec
 from chitu_api.names import KUEUE_QUEUE_LABEL, pod_name
 from chitu_api.operatorconfig import OperatorConfig, with_platform_defaults
 
+from . import health
 from . import status as st
 from .pods import FAILED, PENDING, RUNNING, SUCCEEDED, PodView, parse_time
 from .queueing import QueueView
@@ -128,6 +131,7 @@ def decide(job: Job, pods: Iterable[PodView], now: datetime.datetime, queue: Que
         or _stuck_before_running(job, owned, now)
         or _rank_lost(job, owned, now)
         or _pending_cause(job, owned)
+        or _unhealthy(job, owned, now)
         or _advance_gang(job, pods, owned, now)
     )
 
@@ -307,7 +311,12 @@ def _rank_lost(job: Job, owned: Sequence[PodView], now: datetime.datetime) -> De
 
 
 def _restart_or_fail(
-    job: Job, current: Sequence[PodView], now: datetime.datetime, reason: str, counted: bool = True
+    job: Job,
+    current: Sequence[PodView],
+    now: datetime.datetime,
+    reason: str,
+    counted: bool = True,
+    cause: str = st.RANK_FAILED,
 ) -> Decision:
     """Restart the gang, or fail once backoffLimit counted restarts are spent, quoting the first root cause
     (a later attempt often fails of a symptom: a port still bound, a peer gone)."""
@@ -327,7 +336,7 @@ def _restart_or_fail(
     restarting = st.Transition(
         st.RESTARTING,
         st.RESTARTING,
-        st.RANK_FAILED,
+        cause,
         f"{reason}; restarting the gang (restart {job.attempt + 1 - ignored - (not counted)} of {limit}{note})",
     )
     status: dict[str, Any] = {"restarts": job.attempt + 1}
@@ -356,6 +365,21 @@ def _pending_cause(job: Job, owned: Sequence[PodView]) -> Decision | None:
     if known.get("status") == "True" and known.get("message") == message:
         return None
     return Decision(st.Transition(job.phase or st.PENDING, st.PODS_PENDING, waiting.waiting_reason, message))
+
+
+def _unhealthy(job: Job, owned: Sequence[PodView], now: datetime.datetime) -> Decision | None:
+    """A gang that stopped working without a failed rank (health.py) is restarted, counted, with the finding's
+    reason (Stalled, NodeLost). Pods on a lost node already being deleted are deleted again: gang.delete_pod
+    forces them, since no kubelet will confirm, and the next attempt needs their names."""
+    stranded = tuple(p for p in owned if p.deleting and health.node_lost(p))
+    if stranded:
+        return Decision(delete_pods=stranded)
+    current = _current(job, owned)
+    finding = health.lost_node(current) if job.phase == st.RUNNING else None
+    finding = finding or health.stall(job, now)
+    if finding is None:
+        return None
+    return _restart_or_fail(job, current, now, finding.message, cause=finding.reason)
 
 
 def _condition(job: Job, kind: str) -> Mapping[str, Any]:

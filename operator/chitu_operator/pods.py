@@ -58,6 +58,7 @@ class PodView:
     termination_message: str | None = None
     finished: datetime.datetime | None = None
     conditions: tuple[tuple[str, str], ...] = ()  # (type, status) of the pod's conditions, for podFailurePolicy
+    node_name: str | None = None  # where the scheduler bound it (health.py names a lost node)
 
     @classmethod
     def from_pod(cls, pod: Mapping[str, Any]) -> PodView | None:
@@ -94,6 +95,7 @@ class PodView:
             termination_message=scrub(terminated.get("message")),
             finished=parse_time(terminated.get("finishedAt")),
             conditions=tuple((c["type"], c.get("status", "")) for c in status.get("conditions") or [] if c.get("type")),
+            node_name=(pod.get("spec") or {}).get("nodeName"),
         )
 
     @property
