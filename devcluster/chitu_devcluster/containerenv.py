@@ -8,14 +8,23 @@ order, each value ``$(VAR)``-expanded against what is defined so far and the ser
 Command and args are expanded against the final environment. Then every value naming a cluster
 hostname (``*.svc`` or ``*.svc.cluster.local``) has that hostname replaced by 127.0.0.1, because
 all pods of the dev cluster are local processes sharing the loopback interface.
+
+A pod's IP (status.podIP, the downward API's ``status.podIP``) is this machine's own non-loopback address
+(``pod_ip``): the apiserver refuses loopback and link-local addresses in Endpoints and EndpointSlices, so with
+127.0.0.1 every endpoint write of the controller-manager for a job's Service fails with 422, retried for ever.
 """
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import re
+import socket
 from collections.abc import Callable, Mapping
 
 LOOPBACK = "127.0.0.1"
+# Any routable address: connecting a UDP socket sends nothing, it only makes the kernel pick the source address.
+_ROUTE_PROBE = ("203.0.113.1", 9)
 
 # name -> key/value data (decoded), or None when the object does not exist
 Lookup = Callable[[str], "dict[str, str] | None"]
@@ -46,8 +55,25 @@ def rewrite_cluster_dns(value: str) -> str:
     return _CLUSTER_HOST.sub(LOOPBACK, value)
 
 
+@functools.cache
+def pod_ip() -> str:
+    """The address pods report: the one this machine's default route leaves from, when the apiserver accepts it in
+    Endpoints (not loopback, link-local or unspecified); 127.0.0.1 on a machine without such an address. Pods are
+    local processes, so it reaches them as 127.0.0.1 does."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(_ROUTE_PROBE)
+            address = ipaddress.ip_address(probe.getsockname()[0])
+        except OSError:  # no route at all
+            return LOOPBACK
+    if address.is_loopback or address.is_link_local or address.is_unspecified:
+        return LOOPBACK
+    return str(address)
+
+
 def field_value(pod: dict, path: str) -> str:
-    """The value of a downward-API ``fieldRef`` (pod IPs are the loopback address)."""
+    """The value of a downward-API ``fieldRef`` (the pod's IP is ``pod_ip()``, the host's is the loopback address,
+    where the node agent serves)."""
     meta, spec = pod["metadata"], pod.get("spec", {})
     simple = {
         "metadata.name": meta["name"],
@@ -55,8 +81,8 @@ def field_value(pod: dict, path: str) -> str:
         "metadata.uid": meta["uid"],
         "spec.nodeName": spec.get("nodeName", ""),
         "spec.serviceAccountName": spec.get("serviceAccountName", "default"),
-        "status.podIP": LOOPBACK,
-        "status.podIPs": LOOPBACK,
+        "status.podIP": pod_ip(),
+        "status.podIPs": pod_ip(),
         "status.hostIP": LOOPBACK,
         "status.hostIPs": LOOPBACK,
     }

@@ -12,7 +12,8 @@ Conventions a pod sees (the stand-ins for what a container runtime would give it
 - ``KUBECONFIG`` authenticates as the pod's service account with a TokenRequest token bound to the
   pod (the stand-in for the projected token mount), so RBAC applies; a pod naming no account gets
   an unbound token of ``default``. ``KUBERNETES_SERVICE_HOST``/
-  ``_PORT`` point at the apiserver. ``GLOO_SOCKET_IFNAME=lo``; the pod IP is 127.0.0.1.
+  ``_PORT`` point at the apiserver. ``GLOO_SOCKET_IFNAME=lo``; the pod IP is the machine's own address
+  (``containerenv.pod_ip``: one the apiserver accepts in Endpoints), which reaches the pod as 127.0.0.1 does.
 - The agent's own environment is inherited (caches, PATH) except credentials-like variables
   (KUBECONFIG, AWS_*, CHITU_*, KUBERNETES_*): a pod gets those only through its spec.
 - Annotation ``chitu.dev/simulate-waiting-reason: <Reason>`` (test-only) keeps the container
@@ -43,7 +44,7 @@ from kubernetes.client.exceptions import ApiException
 from chitu_api.names import SIMULATED_GPUS_ENV
 from chitu_api.podpolicy import GPU_RESOURCE
 
-from .containerenv import LOOPBACK, EnvError, container_argv, container_env
+from .containerenv import LOOPBACK, EnvError, container_argv, container_env, pod_ip
 from .kubeconfig import write_kubeconfig
 from .paths import VENV_BIN
 from .processes import write_record
@@ -342,8 +343,8 @@ class PodRunner:
                 "startTime": self.started_at,
                 "hostIP": LOOPBACK,
                 "hostIPs": [{"ip": LOOPBACK}],
-                "podIP": LOOPBACK,
-                "podIPs": [{"ip": LOOPBACK}],
+                "podIP": pod_ip(),
+                "podIPs": [{"ip": pod_ip()}],
                 "conditions": [
                     _condition("PodReadyToStartContainers", True, since=self.started_at),
                     _condition("Initialized", True, since=self.started_at),

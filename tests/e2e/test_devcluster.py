@@ -15,6 +15,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from chitu_devcluster.cluster import DevCluster
+from chitu_devcluster.containerenv import pod_ip
 from chitu_devcluster.identities import OPERATOR_NAMESPACE, OPERATOR_SERVICE_ACCOUNT
 from chitu_devcluster.nodeagent import GPU_RESOURCE, NODE_NAME
 from chitu_devcluster.paths import VENV_BIN
@@ -114,7 +115,7 @@ def test_pod_runs_and_succeeds(cluster, k8s, namespace, tmp_path):
     terminated = pod.status.container_statuses[0].state.terminated
     assert (terminated.exit_code, terminated.reason) == (0, "Completed")
     assert pod.spec.node_name == NODE_NAME  # bound by the real scheduler
-    assert pod.status.pod_ip == "127.0.0.1" and pod.status.start_time
+    assert pod.status.pod_ip == pod_ip() and pod.status.start_time  # an address Endpoints accept
     assert Path(marker.read_text()).parts[-4:-1] == (namespace, "ok", pod.metadata.uid)  # per-pod work dir
 
 
@@ -208,7 +209,7 @@ def test_env_from_secret_config_map_and_field_refs(cluster, k8s, namespace):
         "ROLE": "worker",
         "NOTE": "hi",
         "NODE": NODE_NAME,
-        "POD_IP": "127.0.0.1",
+        "POD_IP": pod_ip(),
         "GREETING": "hello env from 1",
     }
     assert env["POD_UID"] == created.metadata.uid
