@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from batch import Batch
 
 TIER = Path(__file__).resolve().parent
 _E2E_CONFTEST = Path(__file__).resolve().parents[1] / "e2e" / "conftest.py"
@@ -39,15 +40,24 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
     return None if asked else True
 
 
+@pytest.fixture
+def batch(k8s, operator_process, namespace, s3, tmp_path) -> Batch:
+    """Fast-worker jobs in the test's namespace, writing to the test's bucket (batch.py)."""
+    return Batch(k8s, operator_process, namespace, s3.name, tmp_path / "runs.txt")
+
+
 @pytest.fixture(scope="session")
 def reliability_report() -> Iterator[list]:
     """Outcomes of the fault and load tests (batch.Outcome), written as JSON at the end of the session to
-    $CHITU_RELIABILITY_REPORT (make reliability: bench/results/reliability.json)."""
+    $CHITU_RELIABILITY_REPORT (make reliability: bench/results/reliability.json). A session that ran some of the
+    tests replaces their faults' entries and keeps the others'."""
     outcomes: list = []
     yield outcomes
     target = os.environ.get("CHITU_RELIABILITY_REPORT")
     if target and outcomes:
-        entries = [dataclasses.asdict(outcome) for outcome in outcomes]
+        fresh = [dataclasses.asdict(outcome) for outcome in outcomes]
+        kept = json.loads(Path(target).read_text())["faults"] if Path(target).exists() else []
+        entries = [e for e in kept if e["fault"] not in {f["fault"] for f in fresh}] + fresh
         totals = {
             key: sum(entry[key] for entry in entries) for key in ("injected", "jobs", "lost", "duplicates", "stuck")
         }

@@ -10,8 +10,7 @@ import random
 import time
 import uuid
 
-import pytest
-from batch import Batch, dump
+from batch import dump
 from faultproxy import DOWN, FaultProxy
 
 from chitu_devcluster.certs import CertPaths
@@ -19,11 +18,6 @@ from chitu_devcluster.controlplane import admin_tls, http_status
 from chitu_devcluster.waiting import wait_for
 
 BATCH_TIMEOUT = 240
-
-
-@pytest.fixture
-def batch(k8s, operator_process, namespace, s3, tmp_path) -> Batch:
-    return Batch(k8s, operator_process, namespace, s3.name, tmp_path / "runs.txt")
 
 
 def assert_clean(outcome, *, duplicates_allowed: int = 0) -> None:

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from chitu_api.podenv import DEFAULT_MODEL_CACHE
+from chitu_worker.diskspace import NoSpace, writing_into
 from chitu_worker.failures import InvalidInput
 from chitu_worker.storage import ObjectStore, is_s3_uri
 
@@ -49,7 +50,12 @@ def resolve_model(uri: str, store: ObjectStore, cache_root: Path) -> Path:
             return target
         shutil.rmtree(target, ignore_errors=True)  # what an interrupted copy left behind
         start = time.perf_counter()
-        count = store.download_prefix(uri, target)
+        try:
+            with writing_into(cache_root, f"a copy of the model {uri}"):
+                count = store.download_prefix(uri, target)
+        except NoSpace:
+            shutil.rmtree(target, ignore_errors=True)  # a partial copy only takes the space others need
+            raise
         if count == 0:
             raise InvalidInput(MODEL_FIELD, f"no objects under {uri}")
         marker.write_text(json.dumps({"uri": uri, "files": count}) + "\n")

@@ -26,6 +26,7 @@ import torch.distributed as dist
 from chitu_diffusion.engines import check_launch, load_engine
 from chitu_diffusion.parallel.launch import DistributedEnv, init_distributed, leave_gang
 from chitu_worker import outputs
+from chitu_worker.diskspace import writing_into
 from chitu_worker.failures import EXIT_FAILED, exit_code, one_line, write_rank_error_file
 from chitu_worker.filestore import RoutedStore
 from chitu_worker.kube import custom_objects_api, status_publisher
@@ -104,7 +105,10 @@ def run_rank(plan: WorkerPlan, env: DistributedEnv) -> None:
         engine = load_engine(resolve_model(plan.model_uri, store, plan.model_cache), plan.engine)
         for index in pending:
             params = plan.prompts[index]
-            with tempfile.TemporaryDirectory(prefix=f"chitu-prompt-{index:04d}-") as workdir:
+            with (
+                tempfile.TemporaryDirectory(prefix=f"chitu-prompt-{index:04d}-") as workdir,
+                writing_into(Path(tempfile.gettempdir()), f"the outputs of prompt {index}"),
+            ):
                 result = engine.generate(params, workdir, VIDEO_STEM, on_step=reporter.step if leader else None)
                 if leader:  # the engine writes files on rank 0 only
                     prefix = plan.prompt_prefix(index)
