@@ -2,26 +2,31 @@
 
 TypedDicts rather than models: the operator copies them into pod manifests as they are, under their own
 (camelCase) keys. Each key carries its description and bounds for the generated schema; the worker's env names
-carry the reserved-name rule (chitu_api.podenv.RESERVED_ENV) in Python and in CEL.
+carry the reserved-name rule (chitu_api.podenv.RESERVED_ENV) in Python and in CEL, and every shape carries
+Kubernetes' own rules for it (chitu_api.kubernetes_cel), so the apiserver refuses a bad value at apply.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal, NotRequired, Required
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, ConfigDict, Field
 from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
 
+from chitu_api import kubernetes_cel
 from chitu_api.podenv import RESERVED_ENV
 from chitu_api.schema import FREE_FORM, cel, rules
 
-Quantity = Annotated[int | str, Field(json_schema_extra={"x-kubernetes-int-or-string": True})]
-QuantityMap = Annotated[dict[str, Quantity], Field(max_length=32)]
+Quantity = Annotated[int | str, Field(json_schema_extra={"x-kubernetes-int-or-string": True, "maxLength": 64})]
+QuantityMap = Annotated[
+    dict[str, Quantity], Field(max_length=32, json_schema_extra=rules(*kubernetes_cel.quantity_map_rules()))
+]
 
 
 class ResourceRequirements(TypedDict, total=False):
     """A container's requests and limits (core/v1 ResourceRequirements without claims)."""
 
+    __pydantic_config__ = ConfigDict(json_schema_extra=rules(*kubernetes_cel.resource_requirements_rules()))
     requests: Annotated[QuantityMap, Field(description="Minimum amounts, e.g. {cpu: '4', memory: 32Gi}.")]
     limits: Annotated[QuantityMap, Field(description="Maximum amounts; nvidia.com/gpu is set by the operator.")]
 
@@ -35,6 +40,7 @@ def _not_reserved(name: str) -> str:
 class EnvVar(TypedDict):
     """One core/v1 EnvVar of the worker container."""
 
+    __pydantic_config__ = ConfigDict(json_schema_extra=rules(*kubernetes_cel.env_var_rules()))
     name: Required[
         Annotated[
             str,
@@ -47,7 +53,8 @@ class EnvVar(TypedDict):
                         f"!(self in {sorted(RESERVED_ENV)})",
                         "is set by the operator and "
                         f"cannot be overridden (reserved: {', '.join(sorted(RESERVED_ENV))})",
-                    )
+                    ),
+                    kubernetes_cel.env_var_name_rule(),
                 ),
             ),
             AfterValidator(_not_reserved),
@@ -65,6 +72,7 @@ class EnvVar(TypedDict):
 class Toleration(TypedDict, total=False):
     """One core/v1 Toleration of the worker pods."""
 
+    __pydantic_config__ = ConfigDict(json_schema_extra=rules(*kubernetes_cel.toleration_rules()))
     key: Annotated[str, Field(max_length=317, description="The taint key (empty with operator Exists: all).")]
     operator: Annotated[Literal["Exists", "Equal"], Field(description="Exists or Equal (default Equal).")]
     value: Annotated[str, Field(max_length=256, description="The taint value (operator Equal).")]

@@ -17,6 +17,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from chitu_api import kubernetes_cel
 from chitu_api.corev1 import EnvVar, ResourceRequirements, Toleration
 from chitu_api.failurepolicy import PodFailurePolicy
 from chitu_api.names import WORKER_IDENTITY
@@ -268,6 +269,7 @@ class WorkerTemplate(PodTemplateFields):
         max_length=1024,
         description="The worker image (runs "
         "chitu-worker); default: the platform's (chart value jobDefaults.worker.image).",
+        json_schema_extra=rules(kubernetes_cel.image_rule()),
     )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
         "IfNotPresent", description="When the kubelet pulls the image."
@@ -289,14 +291,21 @@ class WorkerTemplate(PodTemplateFields):
         description=f"Left at {WORKER_IDENTITY}, the pods run as the job's own identity <job name>-worker, which "
         "the operator creates with a Role that may read only this job and patch only its status; another name is "
         "yours to create and bind.",
+        json_schema_extra=rules(kubernetes_cel.dns1123_subdomain_rule("worker.serviceAccountName")),
     )
     pod_annotations: dict[str, Annotated[str, Field(max_length=4096)]] = Field(
-        default_factory=dict, max_length=64, description="Annotations on every worker pod."
+        default_factory=dict,
+        max_length=64,
+        description="Annotations on every worker pod.",
+        json_schema_extra=rules(kubernetes_cel.annotation_keys_rule()),
     )
     pod_labels: dict[str, Annotated[str, Field(max_length=63)]] = Field(
         default_factory=dict,
         max_length=64,
-        description="Labels on every worker pod (the operator's chitu.dev/* labels take precedence).",
+        description="Labels on every worker pod (the operator's chitu.dev/* labels cannot be overridden).",
+        json_schema_extra=rules(
+            *kubernetes_cel.label_map_rules("worker.podLabels"), kubernetes_cel.owned_labels_rule()
+        ),
     )
     command: tuple[Annotated[str, Field(max_length=4096)], ...] = Field(
         (), max_length=64, description="Advanced / testing: replaces the container command (default [chitu-worker])."
@@ -306,12 +315,23 @@ class WorkerTemplate(PodTemplateFields):
 class CredentialsSecretRef(ContractModel):
     """A Secret in the job's namespace holding the S3 keys."""
 
-    name: str = Field(min_length=1, max_length=253, description="The Secret's name.")
+    name: str = Field(
+        min_length=1,
+        max_length=253,
+        description="The Secret's name.",
+        json_schema_extra=rules(kubernetes_cel.dns1123_subdomain_rule("the Secret's name")),
+    )
     access_key_id_key: str = Field(
-        "AWS_ACCESS_KEY_ID", max_length=253, description="The key holding the access key id."
+        "AWS_ACCESS_KEY_ID",
+        max_length=253,
+        description="The key holding the access key id.",
+        json_schema_extra=rules(kubernetes_cel.config_key_rule()),
     )
     secret_access_key_key: str = Field(
-        "AWS_SECRET_ACCESS_KEY", max_length=253, description="The key holding the secret access key."
+        "AWS_SECRET_ACCESS_KEY",
+        max_length=253,
+        description="The key holding the secret access key.",
+        json_schema_extra=rules(kubernetes_cel.config_key_rule()),
     )
 
 
@@ -416,15 +436,24 @@ class Scheduling(ContractModel):
     """Pod placement; may change only while the job is suspended (so a queue such as Kueue can place it)."""
 
     node_selector: dict[str, Annotated[str, Field(max_length=256)]] = Field(
-        default_factory=dict, max_length=64, description="Node labels the worker pods require."
+        default_factory=dict,
+        max_length=64,
+        description="Node labels the worker pods require.",
+        json_schema_extra=rules(*kubernetes_cel.label_map_rules("scheduling.nodeSelector")),
     )
     tolerations: tuple[Toleration, ...] = Field((), max_length=32, description="Taints the worker pods tolerate.")
-    priority_class_name: str = Field("", max_length=253, description="The worker pods' PriorityClass.")
+    priority_class_name: str = Field(
+        "",
+        max_length=253,
+        description="The worker pods' PriorityClass.",
+        json_schema_extra=rules(kubernetes_cel.dns1123_subdomain_rule("scheduling.priorityClassName", optional=True)),
+    )
     queue_name: str = Field(
         "",
         max_length=63,
         description="A Kueue LocalQueue: the gang waits, with no pod, until "
         "Kueue admits it whole (same as the job label kueue.x-k8s.io/queue-name; docs/kueue.md).",
+        json_schema_extra=rules(kubernetes_cel.label_value_rule("scheduling.queueName")),
     )
     affinity: KubeObject | None = Field(None, description="core/v1 Affinity of the worker pods.")
     scheduler_name: str = Field("", max_length=253, description="The scheduler of the worker pods (e.g. volcano).")

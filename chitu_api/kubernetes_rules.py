@@ -34,6 +34,10 @@ DNS1123_SUBDOMAIN_RE = re.compile(rf"^{_DNS1123_LABEL}(\.{_DNS1123_LABEL})*$")
 _QUALIFIED_NAME = "([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]"
 QUALIFIED_NAME_RE = re.compile(f"^{_QUALIFIED_NAME}$")
 LABEL_VALUE_RE = re.compile(f"^({_QUALIFIED_NAME})?$")
+# A whole qualified name (label or annotation key) in one expression, for renderings without code (CEL):
+# its characters, and the lengths of its parts (prefix <= 253, name <= 63).
+QUALIFIED_KEY_RE = re.compile(rf"^({_DNS1123_LABEL}(\.{_DNS1123_LABEL})*/)?{_QUALIFIED_NAME}$")
+QUALIFIED_KEY_LENGTHS_RE = re.compile(f"^([^/]{{1,{DNS1123_SUBDOMAIN_MAX}}}/)?[^/]{{1,{QUALIFIED_NAME_MAX}}}$")
 ENV_VAR_NAME_RE = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 CONFIG_KEY_RE = re.compile(r"^[-._a-zA-Z0-9]+$")  # keys of Secrets and ConfigMaps
 PORT_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")  # IANA_SVC_NAME, plus the rules below

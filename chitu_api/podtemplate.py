@@ -16,7 +16,8 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from chitu_api.schema import FREE_FORM, ContractModel
+from chitu_api import kubernetes_cel
+from chitu_api.schema import FREE_FORM, ContractModel, rules
 
 #: A core/v1 object kept as written (a Volume, a VolumeMount, an EnvFromSource, a Toleration, ...).
 KubeObject = Annotated[dict[str, Any], Field(json_schema_extra=FREE_FORM)]
@@ -27,7 +28,12 @@ QuantityText = Annotated[str, Field(max_length=64, pattern=r"^([+-]?[0-9.]+)([eE
 class LocalObjectReference(ContractModel):
     """A Secret in the job's namespace, by name."""
 
-    name: str = Field(min_length=1, max_length=253, description="The Secret's name.")
+    name: str = Field(
+        min_length=1,
+        max_length=253,
+        description="The Secret's name.",
+        json_schema_extra=rules(kubernetes_cel.dns1123_subdomain_rule("the Secret's name")),
+    )
 
 
 class PodTemplateFields(ContractModel):

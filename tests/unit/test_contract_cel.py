@@ -19,6 +19,7 @@ import pytest
 import yaml
 from celpy import celtypes
 
+from chitu_api import kubernetes_rules
 from chitu_api.generationjob import InvalidSpec, parse_spec
 from chitu_diffusion.flex_cache.registry import strategy_names
 
@@ -26,8 +27,27 @@ REPO = Path(__file__).resolve().parents[2]
 CRD = yaml.safe_load((REPO / "crds" / "generationjob.yaml").read_text())
 SPEC_SCHEMA = CRD["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
 VALIDATIONS = "x-kubernetes-validations"
-# Kubernetes' CEL strings extension, which cel-python lacks.
-K8S_FUNCTIONS = {"trim": lambda text: celtypes.StringType(str(text).strip())}
+
+
+def _is_quantity(text) -> celtypes.BoolType:
+    try:
+        kubernetes_rules.parse_quantity(str(text))
+    except ValueError:
+        return celtypes.BoolType(False)
+    return celtypes.BoolType(True)
+
+
+# Kubernetes' CEL extensions that cel-python lacks: strings (trim, lowerAscii) and quantities, the latter through
+# kubernetes_rules.parse_quantity (tests/e2e/test_kubernetes_rules_apiserver.py checks it against the apiserver's
+# parser). A method call reaches its function with the receiver first.
+K8S_FUNCTIONS = {
+    "trim": lambda text: celtypes.StringType(str(text).strip()),
+    "lowerAscii": lambda text: celtypes.StringType(str(text).lower()),
+    "isQuantity": _is_quantity,
+    "quantity": lambda text: kubernetes_rules.parse_quantity(str(text)),
+    "compareTo": lambda left, right: celtypes.IntType((left > right) - (left < right)),
+    "isInteger": lambda amount: celtypes.BoolType(amount == amount.to_integral_value()),
+}
 BASE = {
     "model": {"uri": "/models/wan"},
     "prompt": "a cat",
@@ -177,11 +197,90 @@ def grid() -> list[dict]:
     ]
     specs += [with_changes(output={"endpoint": url}) for url in ("http://s3:8333", "https://s3", "s3:8333", "")]
     specs += [
+        with_changes(output={"credentialsSecretRef": reference})
+        for reference in (
+            {"name": "Bad"},
+            {"name": "s3-creds"},
+            {"name": "s3", "accessKeyIdKey": "a/b"},
+            {"name": "s3", "secretAccessKeyKey": ".."},
+        )
+    ]
+    specs += [
         with_changes(worker={"image": "w", "env": [{"name": "EXTRA", "value": "1"}, {"name": name}]})
         for name in ("OTHER", "WORLD_SIZE", "POD_NAME", "CHITU_MODEL_CACHE", "MASTER_PORT")
     ]
     specs += [with_changes(worker=None), with_changes(runPolicy={"backoffLimit": 101})]
-    return specs
+    return (
+        specs
+        + [with_changes(worker={"image": "w", **worker}) for worker in POD_LEVEL_WORKERS]
+        + [with_changes(scheduling=scheduling) for scheduling in POD_LEVEL_SCHEDULING]
+    )
+
+
+#: Values the worker pods carry (issue 14's hanging cases among them): each refused or accepted alike by the CRD's
+#: rules (chitu_api.kubernetes_cel) and by parse_spec (chitu_api.kubernetes_rules, podpolicy).
+POD_LEVEL_WORKERS = [
+    *(
+        {"resources": resources}
+        for resources in (
+            {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": 1, "memory": "2Gi"}},
+            {"requests": {"cpu": "abc"}},
+            {"requests": {"cpu": "-1"}},
+            {"limits": {"memory": "1 Gi"}},
+            {"limits": {"memory": "1.5Gi", "ephemeral-storage": "1e3", "hugepages-2Mi": "2Mi"}},
+            {"requests": {"cpu": "2"}, "limits": {"cpu": "1999m"}},
+            {"requests": {"cpu": "2"}, "limits": {"cpu": "2000m"}},
+            {"requests": {"memory": "1Gi"}, "limits": {"memory": "1000Mi"}},
+            {"limits": {"bogus": 1}},
+            {"requests": {"Bogus": 1}},
+            {"requests": {"example.com/foo": "500m"}},
+            {"limits": {"requests.example.com/foo": 1}},
+            {"limits": {"example.com/foo": "500m"}},
+            {"requests": {"example.com/foo": 1}},
+            {"requests": {"example.com/foo": 1}, "limits": {"example.com/foo": 2}},
+            {"requests": {"example.com/foo": 2}, "limits": {"example.com/foo": 2}},
+            {"requests": {"nvidia.com/gpu": 4}, "limits": {"nvidia.com/gpu": 2}},  # the operator sets both
+        )
+    ),
+    *({"env": [{"name": name, "value": "1"}]} for name in ("A=B", "1A", "MY_VAR", "my.var-1", ".", "..a", "A B")),
+    {"env": [{"name": "A", "value": "x", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]},
+    {"env": [{"name": "A", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]},
+    *({"serviceAccountName": name} for name in ("Bad_Name", "runner", "a.b-c", "a" * 254)),
+    *(
+        {"podLabels": labels}
+        for labels in (
+            {"a=b": "x"},
+            {"a": "x y"},
+            {"example.com/team": "video"},
+            {"a": "x" * 64},
+            {"a" * 64: "x"},
+            {"chitu.dev/rank": "1"},
+            {"app.kubernetes.io/managed-by": "me"},
+            {"a/b/c": "x"},
+        )
+    ),
+    *({"podAnnotations": annotations} for annotations in ({"A/b": "x y"}, {"a b": "x"}, {"example.com/Note": "1"})),
+    *({"image": image} for image in (" w", "w ", "registry.local/w:1")),
+    *({"imagePullSecrets": [{"name": name}]} for name in ("Bad", "regcred")),
+]
+POD_LEVEL_SCHEDULING = [
+    *(
+        {"tolerations": [toleration]}
+        for toleration in (
+            {"key": "a b", "operator": "Exists"},
+            {"operator": "Equal", "value": "x"},
+            {"operator": "Exists"},
+            {"key": "a", "operator": "Exists", "value": "x"},
+            {"key": "a", "tolerationSeconds": 3},
+            {"key": "a", "value": "b", "effect": "NoExecute", "tolerationSeconds": 3},
+            {"key": "a", "value": "x y"},
+            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+        )
+    ),
+    *({"priorityClassName": name} for name in ("Hi", "high", "")),
+    *({"nodeSelector": selector} for selector in ({"a": "x/y"}, {"a=b": "x"}, {"example.com/gpu": "h100"})),
+    *({"queueName": name} for name in ("q q", "team-a")),
+]
 
 
 GRID = grid()
@@ -246,3 +345,23 @@ def test_transition_rules(old_changes, new_changes, rejected_at):
     old = defaulted(SPEC_SCHEMA, with_changes(**old_changes))
     new = defaulted(SPEC_SCHEMA, with_changes(**{**old_changes, **new_changes}))
     assert apiserver_rejection(SPEC_SCHEMA, new, old, transition=True) == rejected_at
+
+
+@pytest.mark.parametrize(
+    "spec, field",
+    [
+        # valueFrom is a free-form core/v1 EnvVarSource in the CRD
+        (
+            with_changes(worker={"image": "w", "env": [{"name": "A", "valueFrom": {"fieldRef": {"fieldPath": "x"}}}]}),
+            "spec.worker.env[0].valueFrom.fieldRef.fieldPath",
+        ),
+        # the platform's policy (operator configuration), not the CRD's: volume types, control characters
+        (with_changes(model={"uri": "/m", "volume": {"hostPath": {"path": "/"}}}), "spec.model.volume"),
+        (with_changes(prompt="a\x07cat"), "spec.prompt"),
+    ],
+)
+def test_what_the_crd_leaves_to_the_operator(spec, field):
+    """Accepted at apply, refused by parse_spec (the job fails InvalidSpec at once): free-form core/v1 objects and
+    the platform's configurable policy are not in the CRD's schema."""
+    assert apiserver_rejection(SPEC_SCHEMA, defaulted(SPEC_SCHEMA, spec)) is None
+    assert python_rejection(spec) == field
