@@ -1,6 +1,6 @@
 """``chitu-operator``: run the GenerationJob operator (kopf) against a cluster.
 
-    chitu-operator [--kubeconfig PATH] [--namespace NS | --all-namespaces] [--liveness URL]
+    chitu-operator [--kubeconfig PATH] [--namespace NS ... | --all-namespaces] [--liveness URL]
                    [--log-format plain|json] [--verbose]
 
 Standalone (no kopf peering): run exactly one replica (the chart's Deployment uses the Recreate
@@ -42,7 +42,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--kubeconfig", metavar="PATH", help="kubeconfig to use (default: in-cluster service account, then $KUBECONFIG)"
     )
     scope = parser.add_mutually_exclusive_group()
-    scope.add_argument("--namespace", "-n", metavar="NS", help="serve GenerationJobs of this namespace only")
+    scope.add_argument(
+        "--namespace", "-n", metavar="NS", action="append", help="serve GenerationJobs of this namespace (repeatable)"
+    )
     scope.add_argument("--all-namespaces", "-A", action="store_true", help="serve every namespace (the default)")
     parser.add_argument("--liveness", metavar="URL", help="kopf's liveness probe, e.g. http://0.0.0.0:8081/healthz")
     parser.add_argument(
@@ -131,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     kopf.run(
         standalone=True,
         clusterwide=not args.namespace,
-        namespaces=[args.namespace] if args.namespace else (),
+        namespaces=args.namespace or (),
         liveness_endpoint=args.liveness,
         memo=memo,
     )

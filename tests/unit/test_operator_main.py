@@ -14,11 +14,12 @@ def test_arguments_and_defaults():
     args = main.parse_args(["--kubeconfig", "/k", "--namespace", "jobs", "--liveness", "http://0.0.0.0:8080/healthz"])
     assert (args.kubeconfig, args.namespace, args.liveness, args.log_format) == (
         "/k",
-        "jobs",
+        ["jobs"],
         "http://0.0.0.0:8080/healthz",
         "plain",
     )
     assert main.parse_args([]).namespace is None  # all namespaces
+    assert main.parse_args(["-n", "a", "--namespace", "b"]).namespace == ["a", "b"]  # the chart's watchNamespaces
     with pytest.raises(SystemExit):
         main.parse_args(["--namespace", "a", "--all-namespaces"])
 
