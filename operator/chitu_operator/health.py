@@ -62,9 +62,11 @@ def lost_node(current: Iterable[PodView]) -> Finding | None:
     )
 
 
-def stall(job: Job, now: datetime.datetime) -> Finding | None:
-    """A Running gang whose rank 0 has reported nothing for stallTimeoutSeconds."""
-    if job.phase != st.RUNNING:
+def stall(job: Job, current: Iterable[PodView], now: datetime.datetime) -> Finding | None:
+    """A Running gang whose rank 0 has reported nothing for stallTimeoutSeconds while its pod runs (a rank 0 that
+    finished has nothing more to report: its gang is done, however long ago, say while the operator was down)."""
+    reporter = next((p for p in current if p.rank == 0), None)
+    if job.phase != st.RUNNING or reporter is None or reporter.phase != RUNNING or reporter.deleting:
         return None
     limit = job.spec.run_policy.stall_timeout_seconds
     progress = job.status.get("progress") or {}

@@ -376,7 +376,7 @@ def _unhealthy(job: Job, owned: Sequence[PodView], now: datetime.datetime) -> De
         return Decision(delete_pods=stranded)
     current = _current(job, owned)
     finding = health.lost_node(current) if job.phase == st.RUNNING else None
-    finding = finding or health.stall(job, now)
+    finding = finding or health.stall(job, current, now)
     if finding is None:
         return None
     return _restart_or_fail(job, current, now, finding.message, cause=finding.reason)

@@ -55,6 +55,14 @@ def test_the_clock_starts_with_the_attempt_not_with_an_older_attempts_report():
     assert decide(running(30, None), [pod(0), pod(1)], NOW) == WAIT
 
 
+def test_a_finished_reporter_is_not_stalled():
+    """Rank 0 succeeded long ago (the operator was down meanwhile): the gang finishes, it is not restarted."""
+    assert decide(running(3000, 2000), [pod(0, "Succeeded"), pod(1, "Succeeded")], NOW).transition.phase == (
+        st.SUCCEEDED
+    )
+    assert decide(running(3000, 2000), [pod(0, "Succeeded"), pod(1)], NOW) == WAIT
+
+
 def test_a_stall_past_the_backoff_limit_fails_the_job():
     decision = decide(running(300, 100, restarts=2), [pod(0, attempt=2), pod(1, attempt=2)], NOW)
     assert decision.transition.phase == st.FAILED
@@ -98,5 +106,5 @@ def test_pod_view_reads_the_node_name():
 @pytest.mark.parametrize("value", [5, 604801])
 def test_stall_timeout_bounds_name_the_field(value):
     spec = {"model": {"uri": "/m"}, "prompt": "a", "worker": {"image": "w"}, "output": {"uri": "s3://videos/p"}}
-    with pytest.raises(InvalidSpec, match="stallTimeoutSeconds|stall_timeout_seconds"):
+    with pytest.raises(InvalidSpec, match=r"^spec\.runPolicy\.stallTimeoutSeconds: "):
         parse_spec({**spec, "runPolicy": {"stallTimeoutSeconds": value}})
