@@ -2,12 +2,14 @@
 
 lint; values refused by values.schema.json with a message naming the value; `helm template` at the apiserver's
 real version applied as a server-side dry run; install -> a job Succeeded -> upgrade with changed values (the
-operator restarts with the new configuration) -> uninstall leaving no chart resources and a working cluster; and
-the documented CRD upgrade path (`helm show crds | kubectl apply --server-side`, then `helm upgrade`).
+operator restarts with the new configuration) -> uninstall leaving no chart resources and a working cluster; the
+documented CRD upgrade path (`helm show crds | kubectl apply --server-side`, then `helm upgrade`); and the
+namespace-scoped mode (watchNamespaces): Roles instead of a ClusterRole, checked with `kubectl auth can-i --list`,
+a job in the watched namespace Succeeded and one in another namespace left alone.
 
-Each release serves only its test's namespace (watchNamespace) and leaves the dev cluster's shared ClusterRole
-chitu-worker and user roles alone (rbac.createWorkerClusterRole, rbac.createUserClusterRoles = false: fixed names
-the session's release owns), so it can share the session's cluster.
+Each release serves only its test's namespace (watchNamespaces, so the namespace-scoped mode) and leaves the dev
+cluster's shared ClusterRole chitu-worker and user roles alone (rbac.createWorkerClusterRole,
+rbac.createUserClusterRoles = false: fixed names the session's release owns), so it can share the session's cluster.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ def kube(cluster) -> SimpleNamespace:
         rbac=client.RbacAuthorizationV1Api(api),
         custom=client.CustomObjectsApi(api),
         extensions=client.ApiextensionsV1Api(api),
+        admission=client.AdmissionregistrationV1Api(api),
     )
 
 
@@ -72,7 +75,7 @@ def release_values(namespace: str, bucket: str, cluster) -> list[str]:
         "--namespace",
         namespace,
         "--set",
-        f"watchNamespace={namespace}",
+        f"watchNamespaces={{{namespace}}}",
         "--set",
         "rbac.createWorkerClusterRole=false",
         "--set",
@@ -100,6 +103,16 @@ def chart_objects(kube, namespace: str, release: str) -> list[str]:
             ("ServiceAccount", kube.core.list_namespaced_service_account(namespace, label_selector=selector).items),
             ("ClusterRole", kube.rbac.list_cluster_role(label_selector=selector).items),
             ("ClusterRoleBinding", kube.rbac.list_cluster_role_binding(label_selector=selector).items),
+            ("Role", kube.rbac.list_role_for_all_namespaces(label_selector=selector).items),
+            ("RoleBinding", kube.rbac.list_role_binding_for_all_namespaces(label_selector=selector).items),
+            (
+                "ValidatingAdmissionPolicy",
+                kube.admission.list_validating_admission_policy(label_selector=selector).items,
+            ),
+            (
+                "ValidatingAdmissionPolicyBinding",
+                kube.admission.list_validating_admission_policy_binding(label_selector=selector).items,
+            ),
         )
         for item in items
     ]
@@ -121,6 +134,9 @@ def test_chart_lints_and_refuses_bad_values_naming_them(helm):
         ("livenessPort=http", "at '/livenessPort': got string, want integer"),
         ("jobDefaults.output.uri=http://x", "at '/jobDefaults/output/uri'"),
         ("jobDefalts.worker.image=x", "additional properties 'jobDefalts' not allowed"),
+        ("watchNamespaces={Bad_NS}", "at '/watchNamespaces/0'"),
+        ("policy.secretNames={Bad_Name}", "at '/policy/secretNames/0'"),
+        ("admissionPolicy.validationActions={Block}", "at '/admissionPolicy/validationActions/0'"),
     ):
         done = subprocess.run([helm, "template", "x", str(CHART), "--set", flag], capture_output=True, text=True)
         assert done.returncode != 0 and message in done.stderr, (flag, done.stderr)
@@ -240,7 +256,7 @@ def test_crd_upgrade_path_of_the_notes(cluster, helm, kube, namespace, tmp_path)
         "--namespace",
         namespace,
         "--set",
-        f"watchNamespace={namespace}",
+        f"watchNamespaces={{{namespace}}}",
         "--set",
         "rbac.createWorkerClusterRole=false",
         "--set",
@@ -267,6 +283,92 @@ def test_crd_upgrade_path_of_the_notes(cluster, helm, kube, namespace, tmp_path)
         run(cluster, "kubectl", "apply", "--server-side", "--force-conflicts", "-f", "-", stdin=original)
     served = kube.extensions.read_custom_resource_definition(CRD_NAME).spec.versions[0]
     assert "UpgradeCheck" not in [c.name for c in served.additional_printer_columns]
+
+
+def rendered(helm: str, *flags: str) -> list[dict]:
+    done = subprocess.run([helm, "template", "x", str(CHART), "-n", "rel", *flags], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+def test_rendered_scope_admission_policy_and_pod_policy(helm):
+    """Cluster-scoped by default; watchNamespaces -> Roles in each (and the Lease's in the release namespace), a
+    ClusterRole of cluster-scoped reads only, --namespace per namespace, the admission policy bound to them; the
+    Secret allow-list reaches the operator's configuration and the policy; admissionPolicy.enabled=false removes it."""
+    default = {(doc["kind"], doc["metadata"]["name"]) for doc in rendered(helm)}
+    assert {("ClusterRole", "x-chitu-operator"), ("ValidatingAdmissionPolicy", "x-chitu-job-references")} <= default
+    assert not any(kind in ("Role", "RoleBinding") for kind, _ in default)
+
+    docs = rendered(helm, "--set", "watchNamespaces={a,b}", "--set", "policy.secretNames={s3-creds}")
+    roles = {(doc["kind"], doc["metadata"].get("namespace"), doc["metadata"]["name"]) for doc in docs}
+    assert {("Role", ns, "x-chitu-operator") for ns in ("a", "b")} <= roles
+    assert ("Role", "rel", "x-chitu-operator-leader") in roles
+    cluster_roles = [doc for doc in docs if doc["kind"] == "ClusterRole" and "operator" in doc["metadata"]["name"]]
+    assert [role["metadata"]["name"] for role in cluster_roles] == ["x-chitu-operator-cluster-reads"]
+    assert all(
+        rule["verbs"] == ["get", "list", "watch"] or rule["verbs"] == ["get"] for rule in cluster_roles[0]["rules"]
+    )
+    deployment = next(doc for doc in docs if doc["kind"] == "Deployment")
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--namespace=a" in args and "--namespace=b" in args and "--all-namespaces" not in args
+    binding = next(doc for doc in docs if doc["kind"] == "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"][0]["values"] == ["a", "b"]
+    config = yaml.safe_load(next(doc for doc in docs if doc["kind"] == "ConfigMap")["data"]["config.yaml"])
+    assert config["policy"] == {"secretNames": ["s3-creds"]}
+    policy = next(doc for doc in docs if doc["kind"] == "ValidatingAdmissionPolicy")
+    assert any('["s3-creds"]' in check["expression"] for check in policy["spec"]["validations"])
+
+    off = {doc["kind"] for doc in rendered(helm, "--set", "admissionPolicy.enabled=false")}
+    assert not off & {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
+
+
+def can_i_list(cluster, user: str, namespace: str) -> set[str]:
+    """The resources `kubectl auth can-i --list` shows for ``user`` in ``namespace`` (any verb)."""
+    done = run(cluster, "kubectl", "auth", "can-i", "--list", f"--as={user}", "-n", namespace)
+    return {line.split()[0] for line in done.stdout.splitlines()[1:] if line.strip() and not line.startswith(" ")}
+
+
+#: What any authenticated identity may do (Kubernetes' bootstrap roles): discovery and self reviews.
+EVERYONE = {
+    "selfsubjectaccessreviews.authorization.k8s.io",
+    "selfsubjectrulesreviews.authorization.k8s.io",
+    "selfsubjectreviews.authentication.k8s.io",
+    "clustertrustbundles.certificates.k8s.io",
+}
+CLUSTER_READS = {
+    "customresourcedefinitions.apiextensions.k8s.io",
+    "priorityclasses.scheduling.k8s.io",
+    "resourceflavors.kueue.x-k8s.io",
+    "workloadpriorityclasses.kueue.x-k8s.io",
+}
+
+
+def test_namespace_scoped_mode(cluster, helm, kube, namespace, s3, tiny_model_dir):
+    """watchNamespaces=[namespace]: the operator holds Roles there and only cluster-scoped reads elsewhere (can-i
+    --list), runs a job of its namespace to Succeeded, and never touches a job of another namespace."""
+    other = f"e2e-other-{uuid.uuid4().hex[:6]}"
+    kube.core.create_namespace({"metadata": {"name": other}})
+    release = f"e2e-{uuid.uuid4().hex[:6]}"
+    try:
+        run(cluster, helm, "install", release, str(CHART), *release_values(namespace, s3.name, cluster), "--wait")
+        operator = f"system:serviceaccount:{namespace}:{release}-chitu-operator"
+        assert not [
+            b for b in kube.rbac.list_cluster_role_binding().items if b.metadata.name == f"{release}-chitu-operator"
+        ]
+        elsewhere = can_i_list(cluster, operator, other) - EVERYONE
+        assert elsewhere == CLUSTER_READS, elsewhere
+        here = can_i_list(cluster, operator, namespace) - EVERYONE - CLUSTER_READS
+        assert {"pods", "services", "serviceaccounts", "generationjobs.chitu.dev", "leases.coordination.k8s.io"} <= here
+        assert "namespaces" not in here and "secrets" not in here
+
+        submit_tiny_job(cluster, kube, other, tiny_model_dir, "elsewhere")
+        job = submit_tiny_job(cluster, kube, namespace, tiny_model_dir, "watched")
+        assert wait_phase(kube, namespace, job) == "Succeeded"
+        ignored = kube.custom.get_namespaced_custom_object(GROUP, VERSION, other, PLURAL, "elsewhere")
+        assert "status" not in ignored and not kube.core.list_namespaced_pod(other).items
+    finally:
+        run(cluster, helm, "uninstall", release, "--namespace", namespace, "--wait", check=False)
+        kube.core.delete_namespace(other, propagation_policy="Background")
 
 
 def submit_tiny_job(cluster, kube, namespace: str, model: Path, name: str) -> str:

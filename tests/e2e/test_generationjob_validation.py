@@ -113,6 +113,128 @@ def test_invalid_specs_are_rejected_naming_the_field(k8s, namespace, changes, ex
     assert expected in rejection(k8s, namespace, with_spec(**changes))
 
 
+def worker_with(**fields) -> dict:
+    return with_spec(worker={"image": "w", **fields})
+
+
+# Values the worker pods carry (issue 14's hanging cases): refused at apply by Kubernetes' own rules, rendered as
+# CEL from chitu_api.kubernetes_rules (chitu_api.kubernetes_cel), each naming the field.
+POD_LEVEL_REFUSALS = [
+    (
+        worker_with(env=[{"name": "A=B", "value": "x"}]),
+        'spec.worker.env[0].name: Invalid value: "A=B": must be a valid',
+    ),
+    (worker_with(resources={"requests": {"cpu": "abc"}}), "spec.worker.resources.requests: Invalid value: amounts"),
+    (worker_with(resources={"limits": {"memory": "-1Gi"}}), "spec.worker.resources.limits: Invalid value: amounts"),
+    (
+        worker_with(resources={"requests": {"cpu": "2"}, "limits": {"cpu": "1500m"}}),
+        "spec.worker.resources.requests: Invalid value: requests must be <= limits",
+    ),
+    (
+        worker_with(resources={"requests": {"memory": "1Gi"}, "limits": {"memory": "1000Mi"}}),
+        "spec.worker.resources.requests: Invalid value: requests must be <= limits",
+    ),
+    (worker_with(resources={"limits": {"bogus": 1}}), "spec.worker.resources.limits: Invalid value: resource names"),
+    (
+        worker_with(resources={"limits": {"example.com/dongle": "500m"}}),
+        "spec.worker.resources.limits: Invalid value: extended resources (vendor.com/thing) must be whole numbers",
+    ),
+    (
+        worker_with(resources={"requests": {"example.com/dongle": 1}}),
+        "spec.worker.resources.requests: Invalid value: an extended resource",
+    ),
+    (
+        worker_with(serviceAccountName="Bad_Name"),
+        'spec.worker.serviceAccountName: Invalid value: "Bad_Name": worker.serviceAccountName must be a DNS-1123',
+    ),
+    (worker_with(podLabels={"a=b": "x"}), "spec.worker.podLabels: Invalid value: worker.podLabels keys must each"),
+    (worker_with(podLabels={"team": "a b"}), "spec.worker.podLabels: Invalid value: worker.podLabels values must"),
+    (worker_with(podLabels={"chitu.dev/rank": "7"}), "spec.worker.podLabels: Invalid value: labels starting with"),
+    (worker_with(podAnnotations={"bad key": "x"}), "spec.worker.podAnnotations: Invalid value: annotation keys"),
+    (worker_with(image="w "), 'spec.worker.image: Invalid value: "w ": must be an image reference'),
+    (worker_with(imagePullSecrets=[{"name": "Reg_Cred"}]), "spec.worker.imagePullSecrets[0].name: Invalid value"),
+    (
+        worker_with(env=[{"name": "A", "value": "x", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]),
+        "spec.worker.env[0].valueFrom: Invalid value: valueFrom may not be set together with value",
+    ),
+    (
+        with_spec(output={"uri": "s3://videos/x", "credentialsSecretRef": {"name": "Bad_Name"}}),
+        'spec.output.credentialsSecretRef.name: Invalid value: "Bad_Name"',
+    ),
+    (
+        with_spec(scheduling={"tolerations": [{"key": "a b", "operator": "Exists"}]}),
+        "spec.scheduling.tolerations[0].key: Invalid value: key must be a qualified name",
+    ),
+    (
+        with_spec(scheduling={"tolerations": [{"value": "x"}]}),
+        "spec.scheduling.tolerations[0].operator: Invalid value: operator must be Exists when key is empty",
+    ),
+    (
+        with_spec(scheduling={"tolerations": [{"key": "a", "tolerationSeconds": 5}]}),
+        "spec.scheduling.tolerations[0].effect: Invalid value: effect must be NoExecute",
+    ),
+    (
+        with_spec(scheduling={"priorityClassName": "High"}),
+        'spec.scheduling.priorityClassName: Invalid value: "High": scheduling.priorityClassName must be a DNS-1123',
+    ),
+    (
+        with_spec(scheduling={"nodeSelector": {"gpu": "h100/80g"}}),
+        "spec.scheduling.nodeSelector: Invalid value: scheduling.nodeSelector values must each be a label value",
+    ),
+]
+
+
+@pytest.mark.parametrize("manifest, expected", POD_LEVEL_REFUSALS, ids=[e.split(":")[0] for _, e in POD_LEVEL_REFUSALS])
+def test_pod_level_values_are_refused_at_apply(k8s, namespace, manifest, expected):
+    assert expected in rejection(k8s, namespace, manifest)
+
+
+def test_valid_pod_level_values_are_accepted(k8s, namespace):
+    create(
+        k8s,
+        namespace,
+        with_spec(
+            worker={
+                "image": "registry.local/chitu/worker:1",
+                "env": [{"name": "MY.VAR-1", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+                "resources": {
+                    "requests": {"cpu": "500m", "memory": "1Gi", "example.com/dongle": 2},
+                    "limits": {"cpu": 1, "memory": "1024Mi", "example.com/dongle": "2", "nvidia.com/gpu": 1},
+                },
+                "podLabels": {"example.com/team": "video", "tier": ""},
+                "podAnnotations": {"Example.com/Note": "any text"},
+                "serviceAccountName": "runner.v2",
+                "imagePullSecrets": [{"name": "regcred"}],
+            },
+            scheduling={
+                "tolerations": [
+                    {"operator": "Exists"},
+                    {"key": "nvidia.com/gpu", "value": "h100", "effect": "NoExecute", "tolerationSeconds": 30},
+                ],
+                "priorityClassName": "high",
+                "nodeSelector": {"example.com/gpu": "h100"},
+                "queueName": "team-a",
+            },
+        ),
+        dry_run=True,
+    )
+
+
+def test_kubectl_apply_refuses_a_pod_level_value_naming_the_field(cluster, namespace):
+    """What a user sees: `kubectl apply` exits non-zero with the apiserver's message naming the field."""
+    manifest = worker_with(resources={"requests": {"cpu": "2"}, "limits": {"cpu": "1"}})
+    done = subprocess.run(
+        ["kubectl", "apply", "-n", namespace, "-f", "-"],
+        input=yaml.safe_dump(manifest),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **cluster.env()},
+    )
+    assert done.returncode != 0
+    assert "spec.worker.resources.requests: Invalid value: requests must be <= limits" in done.stderr, done.stderr
+
+
 def test_prompt_lists_must_hold_non_blank_texts(k8s, namespace):
     manifest = with_spec(prompts=["a cat", "  "])
     del manifest["spec"]["prompt"]
@@ -156,6 +278,7 @@ def test_defaults_are_filled_in(k8s, namespace):
         "cleanPodPolicy": "Running",
         "suspend": False,
         "restartBackoffSeconds": 10,
+        "stallTimeoutSeconds": 1800,
     }
     assert spec["worker"]["serviceAccountName"] == "chitu-worker" and spec["model"]["mountPath"] == "/models"
 

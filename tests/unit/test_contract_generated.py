@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from chitu_api.crd import render_crd
-from chitu_operator.rbac import build_operator_cluster_role, build_worker_cluster_role
+from chitu_operator.rbac import OPERATOR_RULES, Rule, build_operator_cluster_role, build_worker_cluster_role
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "chitu"
@@ -96,3 +96,32 @@ def test_operator_pod_is_hardened_by_default():
     assert values["leaderElection"]["enabled"] is True and "- --leader-elect" in deployment
     assert "type: Recreate" in deployment and "replicas: {{ .Values.replicas }}" in deployment
     assert "toYaml .Values.securityContext" in deployment and "toYaml .Values.podSecurityContext" in deployment
+
+
+def test_namespace_scoped_rules_split_the_operator_rules_by_scope(generator, monkeypatch):
+    """The namespace-scoped chart grants every operator rule but `namespaces` (all-namespaces mode only): pods and
+    the rest through Roles, cluster-scoped reads through a ClusterRole, the leader Lease in the release namespace."""
+    grouped = generator.operator_rules_by_scope()
+    assert sorted((rule for rules in grouped.values() for rule in rules), key=OPERATOR_RULES.index) == list(
+        OPERATOR_RULES
+    )
+    resources = {scope: {r for rule in rules for r in rule.resources} for scope, rules in grouped.items()}
+    assert resources["all-namespaces"] == {"namespaces"} and resources["lease"] == {"leases"}
+    assert {"pods", "services", "serviceaccounts", "roles", "rolebindings"} <= resources["namespaced"]
+    assert resources["cluster-scoped"] == {
+        "customresourcedefinitions",
+        "priorityclasses",
+        "resourceflavors",
+        "workloadpriorityclasses",
+    }
+    for scope in generator.SCOPED_FILES:
+        rendered = yaml.safe_load((CHART / "files" / f"operator-{scope}-rules.yaml").read_text())
+        assert rendered == [rule.manifest() for rule in grouped[scope]]
+        assert (
+            f'Files.Get "files/operator-{scope}-rules.yaml"'
+            in (CHART / "templates" / "clusterrole-operator.yaml").read_text()
+        )
+    mixed = Rule("pods and PriorityClasses", ("",), ("pods", "priorityclasses"), ("get",))
+    monkeypatch.setattr(generator, "OPERATOR_RULES", (*OPERATOR_RULES, mixed))
+    with pytest.raises(ValueError, match="mixes resources of scopes"):
+        generator.operator_rules_by_scope()

@@ -40,12 +40,18 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{/*
 The operator's configuration document (chitu_api.operatorconfig.OperatorConfig): values.yaml's jobDefaults as
 they are (its sections are the document's: worker, model, output; "" and {} mean "not set"), with the worker
-image defaulting to the chart's own version.
+image defaulting to the chart's own version, and values.yaml's policy as its policy section.
 */}}
 {{- define "chitu.operatorConfig" -}}
 {{- $config := deepCopy .Values.jobDefaults -}}
+{{- with .Values.policy }}{{ $_ := set $config "policy" (deepCopy .) }}{{ end -}}
 {{- $worker := $config.worker | default dict -}}
 {{- $_ := set $worker "image" ($worker.image | default (printf "ghcr.io/chitu/worker:%s" .Chart.AppVersion)) -}}
 {{- $_ := set $config "worker" $worker -}}
 {{- toYaml $config -}}
+{{- end -}}
+
+{{/* The namespaces the operator serves, as a JSON list ([] = every namespace: the chart is cluster-scoped). */}}
+{{- define "chitu.watchedNamespaces" -}}
+{{- toJson (.Values.watchNamespaces | default list | uniq) -}}
 {{- end -}}
