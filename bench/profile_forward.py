@@ -183,6 +183,25 @@ def vae_decode_split(frames: int, height: int, width: int) -> dict:
     return result
 
 
+def vae_cudnn_benchmark(frames: int, height: int, width: int) -> dict:
+    """Whole decode seconds with cuDNN's algorithm search off, then on (its first call pays the search)."""
+    torch.manual_seed(0)
+    vae = build_wan21_vae()
+    z = torch.randn(1, 16, (frames - 1) // 4 + 1, height // 8, width // 8, device="cuda").bfloat16()
+    result = {}
+    with torch.no_grad():
+        for benchmark in (False, True):
+            torch.backends.cudnn.benchmark = benchmark
+            for run in ("first", "second"):
+                torch.cuda.synchronize()
+                start = time.perf_counter()
+                vae.decode(z, return_dict=False)
+                torch.cuda.synchronize()
+                result[f"benchmark_{str(benchmark).lower()}_{run}_s"] = time.perf_counter() - start
+    torch.backends.cudnn.benchmark = False
+    return result
+
+
 def mp4_encode(frames: int, height: int, width: int) -> dict:
     import numpy as np
 
@@ -215,6 +234,7 @@ def main() -> None:
         ("fp8_kernels", check_fp8_kernels),
         ("vae_decode", lambda: vae_decode_split(args.frames, args.height, args.width)),
         ("mp4_encode", lambda: mp4_encode(args.frames, args.height, args.width)),
+        ("vae_cudnn_benchmark", lambda: vae_cudnn_benchmark(args.frames, args.height, args.width)),
     ]
     steps = [step for step in steps if step[0] in args.checks.split(",")]
     for name, fn in steps:

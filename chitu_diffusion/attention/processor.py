@@ -5,8 +5,8 @@ swap only the core `attention_fn(q, k, v) -> out` (layout (B, tokens, heads, hea
 faster kernel (FA3) on one GPU and Ulysses / ring / DiTango attention under context parallelism, without
 editing the model. An `attention_fn` with a `stage(x)` method gets each input as soon as it is computed, v first,
 then k, then q, and receives what `stage` returned: a distributed core starts moving v while k and q are still
-being normalised and rotated. Cross-attention keeps diffusers' own processor (512 text tokens: not worth a
-custom path).
+being normalised and rotated (one fused pass each on CUDA: fused/qk_norm_rope.py). Cross-attention keeps
+diffusers' own processor (512 text tokens: not worth a custom path).
 """
 
 from __future__ import annotations
@@ -16,19 +16,13 @@ from collections.abc import Callable
 import torch
 from diffusers.models.transformers.transformer_wan import _get_qkv_projections
 
+from chitu_diffusion.fused.qk_norm_rope import norm_rope
+
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _as_is(x: torch.Tensor) -> torch.Tensor:
     return x
-
-
-def apply_rotary(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
-    """Wan's interleaved RoPE. x: (B, L, H, D); freqs: (1, L, 1, D)."""
-    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)  # (B, L, H, D/2) each
-    cos, sin = freqs_cos[..., 0::2], freqs_sin[..., 1::2]
-    rotated = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)  # (B, L, H, D/2, 2)
-    return rotated.flatten(-2).type_as(x)
 
 
 class WanSelfAttnProcessor:
@@ -50,15 +44,10 @@ class WanSelfAttnProcessor:
         query, key, value = _get_qkv_projections(attn, hidden_states, None)  # (B, L, C) each
         stage = getattr(self.attention_fn, "stage", _as_is)
         value = stage(value.unflatten(2, (attn.heads, -1)))  # (B, L, H, D); may move while k and q are prepared
-        key = stage(self._heads_with_rope(attn, attn.norm_k(key), rotary_emb))
-        query = self._heads_with_rope(attn, attn.norm_q(query), rotary_emb)
+        key = stage(norm_rope(key, attn.norm_k, attn.heads, rotary_emb))
+        query = norm_rope(query, attn.norm_q, attn.heads, rotary_emb)
         out = self.attention_fn(stage(query), key, value)  # (B, L, H, D)
         return attn.to_out[1](attn.to_out[0](out.flatten(2, 3).type_as(hidden_states)))
-
-    @staticmethod
-    def _heads_with_rope(attn: torch.nn.Module, x: torch.Tensor, rotary_emb) -> torch.Tensor:
-        x = x.unflatten(2, (attn.heads, -1))  # (B, L, H, D)
-        return x if rotary_emb is None else apply_rotary(x, *rotary_emb)
 
 
 def set_self_attention(
