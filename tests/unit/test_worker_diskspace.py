@@ -14,9 +14,12 @@ from chitu_worker.failures import EXIT_FAILED, exit_code, one_line
 
 
 def test_a_write_to_a_full_device_names_the_folder(tmp_path):
-    with pytest.raises(NoSpace) as caught, writing_into(tmp_path, "the outputs of prompt 3"):
-        with open("/dev/full", "wb") as full:
-            full.write(b"\0" * 4096)
+    with (
+        pytest.raises(NoSpace) as caught,
+        writing_into(tmp_path, "the outputs of prompt 3"),
+        open("/dev/full", "wb") as full,  # every write: ENOSPC
+    ):
+        full.write(b"\0" * 4096)
     line = one_line(caught.value)
     assert line.startswith(f"NoSpace: no space left in {tmp_path} (writing the outputs of prompt 3): [Errno 28]")
     assert "bytes free there now" in line
