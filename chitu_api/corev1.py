@@ -18,17 +18,27 @@ from chitu_api.podenv import RESERVED_ENV
 from chitu_api.schema import FREE_FORM, cel, rules
 
 Quantity = Annotated[int | str, Field(json_schema_extra={"x-kubernetes-int-or-string": True, "maxLength": 64})]
-QuantityMap = Annotated[
-    dict[str, Quantity], Field(max_length=32, json_schema_extra=rules(*kubernetes_cel.quantity_map_rules()))
-]
+QuantityMap = Annotated[dict[str, Quantity], Field(max_length=32)]
 
 
 class ResourceRequirements(TypedDict, total=False):
     """A container's requests and limits (core/v1 ResourceRequirements without claims)."""
 
     __pydantic_config__ = ConfigDict(json_schema_extra=rules(*kubernetes_cel.resource_requirements_rules()))
-    requests: Annotated[QuantityMap, Field(description="Minimum amounts, e.g. {cpu: '4', memory: 32Gi}.")]
-    limits: Annotated[QuantityMap, Field(description="Maximum amounts; nvidia.com/gpu is set by the operator.")]
+    requests: Annotated[
+        QuantityMap,
+        Field(
+            description="Minimum amounts, e.g. {cpu: '4', memory: 32Gi}.",
+            json_schema_extra=rules(*kubernetes_cel.quantity_map_rules("requests")),
+        ),
+    ]
+    limits: Annotated[
+        QuantityMap,
+        Field(
+            description="Maximum amounts; nvidia.com/gpu is set by the operator.",
+            json_schema_extra=rules(*kubernetes_cel.quantity_map_rules("limits")),
+        ),
+    ]
 
 
 def _not_reserved(name: str) -> str:

@@ -46,7 +46,7 @@ KEYS = (
     "additionalProperties",
     "items",
 )
-RULE_KEYS = ("rule", "message", "fieldPath")
+RULE_KEYS = ("rule", "message", "messageExpression", "fieldPath")
 DROPPED = ("title",)  # pydantic's, from the field name: the description says more
 NULL = {"type": "null"}
 INT_OR_STRING = [{"type": "integer"}, {"type": "string"}]

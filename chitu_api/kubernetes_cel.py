@@ -36,9 +36,21 @@ CONFIG_KEY_TEXT = f"at most {k8s.DNS1123_SUBDOMAIN_MAX} letters, digits, '-', '_
 QUANTITY_TEXT = "a quantity >= 0 such as '500m', '2' or '1Gi' (a number with an optional suffix)"
 
 
-def literal(pattern: re.Pattern[str]) -> str:
-    """A regex as a CEL string literal (backslashes and quotes escaped)."""
-    return "'" + pattern.pattern.replace("\\", "\\\\").replace("'", "\\'") + "'"
+def literal(text: re.Pattern[str] | str) -> str:
+    """A regex or a text as a CEL string literal (backslashes and quotes escaped)."""
+    text = text.pattern if isinstance(text, re.Pattern) else text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def every_key(check: str, what: str, requirement: str) -> dict[str, str]:
+    """On a map: `check` (CEL over the key `k` and its value `self[k]`) holds for every key; the message names the
+    first key it fails for ('worker.podLabels["a=b"]: ...')."""
+    culprit = f"self.filter(k, !({check}))[0]"
+    return cel(
+        f"self.all(k, {check})",
+        f"{what}: every key {requirement}",
+        message_expression=f"{literal(what + '[')} + {culprit} + {literal(']: ' + requirement)}",
+    )
 
 
 def dns1123_subdomain(subject: str) -> str:
@@ -105,24 +117,25 @@ def config_key_rule() -> dict[str, str]:
 def label_map_rules(what: str) -> tuple[dict[str, str], ...]:
     """On a map of labels (node selector, pod labels): every key a qualified name, every value a label value."""
     return (
-        cel(f"self.all(k, {qualified_name('k')})", f"{what} keys must each be {QUALIFIED_NAME_TEXT}"),
-        cel(f"self.all(k, {label_value('self[k]')})", f"{what} values must each be a label value: {LABEL_VALUE_TEXT}"),
+        every_key(qualified_name("k"), what, f"must be a label key, {QUALIFIED_NAME_TEXT}"),
+        every_key(label_value("self[k]"), what, f"must have a label value: {LABEL_VALUE_TEXT}"),
     )
 
 
 def owned_labels_rule() -> dict[str, str]:
     """On pod labels: the operator's own labels (podpolicy.OWNED_LABEL_PREFIXES) cannot be overridden."""
     owned = " || ".join(f"k.startsWith('{prefix}')" for prefix in OWNED_LABEL_PREFIXES)
-    return cel(
-        f"self.all(k, !({owned}))",
-        f"labels starting with {', '.join(OWNED_LABEL_PREFIXES)} are the operator's and cannot be overridden",
+    return every_key(
+        f"!({owned})",
+        "worker.podLabels",
+        f"is the operator's: labels starting with {', '.join(OWNED_LABEL_PREFIXES)} cannot be overridden",
     )
 
 
 def annotation_keys_rule() -> dict[str, str]:
     """On a map of annotations: keys are qualified names, checked lower-cased (as the apiserver does)."""
-    return cel(
-        f"self.all(k, {qualified_name('k.lowerAscii()')})", f"annotation keys must each be {QUALIFIED_NAME_TEXT}"
+    return every_key(
+        qualified_name("k.lowerAscii()"), "worker.podAnnotations", f"must be an annotation key, {QUALIFIED_NAME_TEXT}"
     )
 
 
@@ -130,24 +143,27 @@ def image_rule() -> dict[str, str]:
     return cel("self == self.trim()", "must be an image reference without leading or trailing whitespace")
 
 
-def quantity_map_rules() -> tuple[dict[str, str], ...]:
-    """On requests or limits: resource names, amounts that parse as non-negative quantities, whole extended ones."""
+def quantity_map_rules(what: str) -> tuple[dict[str, str], ...]:
+    """On requests or limits (`what`): resource names, amounts that parse as non-negative quantities, whole
+    extended ones."""
     standard = sorted(k8s.STANDARD_CONTAINER_RESOURCES)
     return (
-        cel(
-            f"self.all(k, k in {standard} || k.startsWith('{k8s.HUGEPAGES_PREFIX}') || "
-            f"(k.contains('/') && !k.startsWith('requests.') && {qualified_name('k')}))",
-            f"resource names must each be one of {', '.join(standard)}, {k8s.HUGEPAGES_PREFIX}<size>, or a fully "
+        every_key(
+            f"k in {standard} || k.startsWith('{k8s.HUGEPAGES_PREFIX}') || "
+            f"(k.contains('/') && !k.startsWith('requests.') && {qualified_name('k')})",
+            what,
+            f"must be a resource name: one of {', '.join(standard)}, {k8s.HUGEPAGES_PREFIX}<size>, or a fully "
             "qualified name such as 'nvidia.com/gpu'",
         ),
-        cel(
-            f"self.all(k, {is_quantity('self[k]')} && {quantity('self[k]')}.compareTo(quantity('0')) >= 0)",
-            f"amounts must each be {QUANTITY_TEXT}",
+        every_key(
+            f"{is_quantity('self[k]')} && {quantity('self[k]')}.compareTo(quantity('0')) >= 0",
+            what,
+            f"must be {QUANTITY_TEXT}",
         ),
-        cel(
-            f"self.all(k, !{is_extended_resource('k')} || !{is_quantity('self[k]')} || "
-            f"{quantity('self[k]')}.isInteger())",
-            "extended resources (vendor.com/thing) must be whole numbers",
+        every_key(
+            f"!{is_extended_resource('k')} || !{is_quantity('self[k]')} || {quantity('self[k]')}.isInteger()",
+            what,
+            "must be a whole number: an extended resource (vendor.com/thing)",
         ),
     )
 

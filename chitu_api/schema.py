@@ -35,10 +35,16 @@ class ContractModel(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True, extra="ignore")
 
 
-def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
+def cel(
+    rule: str, message: str, field_path: str | None = None, message_expression: str | None = None
+) -> dict[str, str]:
     """One `x-kubernetes-validations` entry. `field_path` (".a.b", relative to the rule's object) is where the
-    apiserver reports a failure of a rule that spans fields, so the error names the field to change."""
+    apiserver reports a failure of a rule that spans fields, so the error names the field to change.
+    `message_expression`: CEL computing the message (say, naming the map key at fault); `message` stays the
+    fallback when it cannot be evaluated."""
     entry = {"rule": rule, "message": message}
+    if message_expression is not None:
+        entry["messageExpression"] = message_expression
     if field_path is not None:
         entry["fieldPath"] = field_path
     return entry

@@ -124,8 +124,14 @@ POD_LEVEL_REFUSALS = [
         worker_with(env=[{"name": "A=B", "value": "x"}]),
         'spec.worker.env[0].name: Invalid value: "A=B": must be a valid',
     ),
-    (worker_with(resources={"requests": {"cpu": "abc"}}), "spec.worker.resources.requests: Invalid value: amounts"),
-    (worker_with(resources={"limits": {"memory": "-1Gi"}}), "spec.worker.resources.limits: Invalid value: amounts"),
+    (
+        worker_with(resources={"requests": {"cpu": "abc"}}),
+        "spec.worker.resources.requests: Invalid value: requests[cpu]: must be a quantity >= 0",
+    ),
+    (
+        worker_with(resources={"limits": {"memory": "-1Gi"}}),
+        "spec.worker.resources.limits: Invalid value: limits[memory]: must be a quantity >= 0",
+    ),
     (
         worker_with(resources={"requests": {"cpu": "2"}, "limits": {"cpu": "1500m"}}),
         "spec.worker.resources.requests: Invalid value: requests must be <= limits",
@@ -134,10 +140,13 @@ POD_LEVEL_REFUSALS = [
         worker_with(resources={"requests": {"memory": "1Gi"}, "limits": {"memory": "1000Mi"}}),
         "spec.worker.resources.requests: Invalid value: requests must be <= limits",
     ),
-    (worker_with(resources={"limits": {"bogus": 1}}), "spec.worker.resources.limits: Invalid value: resource names"),
+    (
+        worker_with(resources={"limits": {"bogus": 1}}),
+        "spec.worker.resources.limits: Invalid value: limits[bogus]: must be a resource name",
+    ),
     (
         worker_with(resources={"limits": {"example.com/dongle": "500m"}}),
-        "spec.worker.resources.limits: Invalid value: extended resources (vendor.com/thing) must be whole numbers",
+        "spec.worker.resources.limits: Invalid value: limits[example.com/dongle]: must be a whole number",
     ),
     (
         worker_with(resources={"requests": {"example.com/dongle": 1}}),
@@ -147,10 +156,22 @@ POD_LEVEL_REFUSALS = [
         worker_with(serviceAccountName="Bad_Name"),
         'spec.worker.serviceAccountName: Invalid value: "Bad_Name": worker.serviceAccountName must be a DNS-1123',
     ),
-    (worker_with(podLabels={"a=b": "x"}), "spec.worker.podLabels: Invalid value: worker.podLabels keys must each"),
-    (worker_with(podLabels={"team": "a b"}), "spec.worker.podLabels: Invalid value: worker.podLabels values must"),
-    (worker_with(podLabels={"chitu.dev/rank": "7"}), "spec.worker.podLabels: Invalid value: labels starting with"),
-    (worker_with(podAnnotations={"bad key": "x"}), "spec.worker.podAnnotations: Invalid value: annotation keys"),
+    (
+        worker_with(podLabels={"a=b": "x"}),
+        "spec.worker.podLabels: Invalid value: worker.podLabels[a=b]: must be a label key",
+    ),
+    (
+        worker_with(podLabels={"team": "a b"}),
+        "spec.worker.podLabels: Invalid value: worker.podLabels[team]: must have a label value",
+    ),
+    (
+        worker_with(podLabels={"chitu.dev/rank": "7"}),
+        "spec.worker.podLabels: Invalid value: worker.podLabels[chitu.dev/rank]: is the operator's",
+    ),
+    (
+        worker_with(podAnnotations={"bad key": "x"}),
+        "spec.worker.podAnnotations: Invalid value: worker.podAnnotations[bad key]: must be an annotation key",
+    ),
     (worker_with(image="w "), 'spec.worker.image: Invalid value: "w ": must be an image reference'),
     (worker_with(imagePullSecrets=[{"name": "Reg_Cred"}]), "spec.worker.imagePullSecrets[0].name: Invalid value"),
     (
@@ -179,7 +200,7 @@ POD_LEVEL_REFUSALS = [
     ),
     (
         with_spec(scheduling={"nodeSelector": {"gpu": "h100/80g"}}),
-        "spec.scheduling.nodeSelector: Invalid value: scheduling.nodeSelector values must each be a label value",
+        "spec.scheduling.nodeSelector: Invalid value: scheduling.nodeSelector[gpu]: must have a label value",
     ),
 ]
 

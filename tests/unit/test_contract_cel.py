@@ -365,3 +365,31 @@ def test_what_the_crd_leaves_to_the_operator(spec, field):
     the platform's configurable policy are not in the CRD's schema."""
     assert apiserver_rejection(SPEC_SCHEMA, defaulted(SPEC_SCHEMA, spec)) is None
     assert python_rejection(spec) == field
+
+
+def _message_rules(schema: dict, path: str = "spec"):
+    """(path, rule) of every rule computing its message (chitu_api.kubernetes_cel.every_key)."""
+    for rule in schema.get(VALIDATIONS, []):
+        if "messageExpression" in rule:
+            yield path, rule
+    for key, child in schema.get("properties", {}).items():
+        yield from _message_rules(child, f"{path}.{key}")
+    if "items" in schema:
+        yield from _message_rules(schema["items"], f"{path}[]")
+
+
+def test_message_expressions_name_the_first_key_at_fault():
+    """Where a map rule fails on the grid, its computed message is '<what>[<first bad key>]: <requirement>'."""
+    checked = set()
+    for spec in GRID:
+        value = defaulted(SPEC_SCHEMA, spec)
+        for path, rule in _message_rules(SPEC_SCHEMA):
+            for item in _at(value, path):
+                if item is None or holds(rule["rule"], item):
+                    continue
+                what, requirement = rule["message"].split(": every key ", 1)
+                culprit = next(key for key in item if not holds(rule["rule"], {key: item[key]}))
+                message = program(rule["messageExpression"]).evaluate({"self": celpy.json_to_cel(item)})
+                assert str(message) == f"{what}[{culprit}]: {requirement}"
+                checked.add((path, rule["rule"]))
+    assert checked == {(path, rule["rule"]) for path, rule in _message_rules(SPEC_SCHEMA)}
