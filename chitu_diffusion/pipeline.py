@@ -14,12 +14,13 @@ Everything is seeded from one CPU generator, so the same seed gives the same noi
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from diffusers import WanPipeline
+from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from chitu_diffusion.metrics import StageTimer
@@ -121,6 +122,20 @@ def denoise(
     return latents
 
 
+def _denormalise(vae: torch.nn.Module, latents: torch.Tensor) -> torch.Tensor:
+    """Normalised latents -> the VAE's latent space, on its device and dtype (as WanPipeline)."""
+    z = latents.to(vae.device, vae.dtype)
+    mean = torch.tensor(vae.config.latents_mean, device=z.device, dtype=z.dtype).view(1, -1, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std, device=z.device, dtype=z.dtype).view(1, -1, 1, 1, 1)
+    return z * std + mean
+
+
+def _to_frames(pipe: WanPipeline, video: torch.Tensor) -> np.ndarray:
+    """(1, 3, F, H, W) pixels in [-1, 1] -> (F, H, W, 3) uint8 RGB, as WanPipeline post-processes."""
+    frames = pipe.video_processor.postprocess_video(video, output_type="pt")[0]  # (F, 3, H, W) in [0, 1]
+    return (frames * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
 def decode_latents(
     pipe: WanPipeline, latents: torch.Tensor, vae_decode: Callable[[torch.Tensor], torch.Tensor] | None = None
 ) -> np.ndarray:
@@ -128,10 +143,26 @@ def decode_latents(
     `vae_decode` (VAE-space latents -> (1, 3, F, H, W) pixels) replaces the whole-frame decode, e.g. with a gang's
     split decode (parallel/vae_decode.py)."""
     vae = pipe.vae
-    z = latents.to(vae.device, vae.dtype)
-    mean = torch.tensor(vae.config.latents_mean, device=z.device, dtype=z.dtype).view(1, -1, 1, 1, 1)
-    std = torch.tensor(vae.config.latents_std, device=z.device, dtype=z.dtype).view(1, -1, 1, 1, 1)
     vae_decode = vae_decode or (lambda x: vae.decode(x, return_dict=False)[0])
-    video = vae_decode(z * std + mean)  # (1, 3, F, H, W) in [-1, 1]
-    frames = pipe.video_processor.postprocess_video(video, output_type="pt")[0]  # (F, 3, H, W) in [0, 1]
-    return (frames * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()  # (F, H, W, 3)
+    return _to_frames(pipe, vae_decode(_denormalise(vae, latents)))
+
+
+def decode_latent_chunks(pipe: WanPipeline, latents: torch.Tensor) -> Iterator[np.ndarray]:
+    """`decode_latents` one latent frame at a time: (f, H, W, 3) uint8 chunks as the Wan VAE's causal decoder
+    makes them (1 frame, then 4 per latent frame), so an mp4 encoder can work on the first frames while the GPU
+    decodes the rest. The computation is `AutoencoderKLWan._decode`'s loop with its causal feature cache (diffusers
+    keeps that loop inside `decode` and concatenates before returning); a unit test holds the two equal."""
+    vae = pipe.vae
+    z = vae.post_quant_conv(_denormalise(vae, latents))
+    vae.clear_cache()
+    try:
+        for index in range(z.shape[2]):
+            vae._conv_idx = [0]
+            pixels = vae.decoder(
+                z[:, :, index : index + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx, first_chunk=index == 0
+            )
+            if vae.config.patch_size is not None:
+                pixels = unpatchify(pixels, patch_size=vae.config.patch_size)
+            yield _to_frames(pipe, pixels.clamp(-1.0, 1.0))
+    finally:
+        vae.clear_cache()

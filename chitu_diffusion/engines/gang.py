@@ -115,14 +115,14 @@ class ParallelEngine(Engine):
             self._precision_check(params, sample, None)
         return None
 
-    def _decode(self, latents: torch.Tensor) -> np.ndarray | None:
+    def _decode_chunks(self, latents: torch.Tensor) -> Iterator[np.ndarray]:
         """Rank 0 decodes the whole video, or, with infer.diffusion.parallel_decode, every rank decodes one strip
         and all get the frames (the decode stage's time on rank 0 is then the gang's)."""
         if not self.config.diffusion.parallel_decode:
-            return super()._decode(latents) if self.groups.rank == 0 else None
+            return super()._decode_chunks(latents) if self.groups.rank == 0 else iter(())
         vae = self.pipe.vae
         whole = lambda z: vae.decode(z, return_dict=False)[0]  # noqa: E731
-        return decode_latents(self.pipe, latents, partial(parallel_decode, whole, group=self.groups.world))
+        return iter([decode_latents(self.pipe, latents, partial(parallel_decode, whole, group=self.groups.world))])
 
     def _metrics(self, params, sample: Sample, *args) -> dict:
         metrics = super()._metrics(params, sample, *args)

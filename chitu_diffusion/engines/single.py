@@ -38,7 +38,7 @@ from chitu_diffusion.pipeline import (
     Guide,
     PredictNoise,
     StepCallback,
-    decode_latents,
+    decode_latent_chunks,
     denoise,
     encode_text,
     guided_noise,
@@ -234,12 +234,17 @@ class Engine:
         reset_peak_memory(self.device)
         with timer.stage("total"):
             sample = self.sample(params, timer=timer, on_step=on_step, visualisation_dir=output_dir)
-            with timer.stage("decode"):
-                frames = self._decode(sample.latents)  # (F, H, W, 3) uint8
-            with timer.stage("encode_mp4"):
-                from chitu_diffusion.video import write_mp4  # ffmpeg is needed to write, not to sample
+            from chitu_diffusion.video import Mp4Writer  # ffmpeg is needed to write, not to sample
 
-                video_path = write_mp4(frames, output_dir / f"{name}.mp4", params.fps)
+            with Mp4Writer(output_dir / f"{name}.mp4", params.fps) as writer:
+                with timer.stage("decode"):  # the encoder works on earlier frames meanwhile
+                    chunks = []
+                    for chunk in self._decode_chunks(sample.latents):  # (f, H, W, 3) uint8
+                        writer.write(chunk)
+                        chunks.append(chunk)
+                with timer.stage("encode_mp4"):  # what the encoder still had to do after the last frame
+                    video_path = writer.close()
+            frames = np.concatenate(chunks)
         metrics = self._metrics(params, sample, timer, video_path, frames.shape)
         if self.checks_precision:
             metrics["precision_check"] = self._precision_check(params, sample, frames)
@@ -247,9 +252,15 @@ class Engine:
         logger.info("wrote %s and %s in %.2f s", video_path, metrics_path, timer.stages["total"])
         return GenerationResult(video_path, metrics_path, sample.extra_paths, metrics)
 
+    def _decode_chunks(self, latents: torch.Tensor) -> Iterator[np.ndarray]:
+        """Frames (f, H, W, 3) uint8 of the denoised latents, in the order the VAE makes them (`ParallelEngine`:
+        its gang's way)."""
+        return decode_latent_chunks(self.pipe, latents)
+
     def _decode(self, latents: torch.Tensor) -> np.ndarray | None:
-        """Frames (F, H, W, 3) uint8 of the denoised latents (`ParallelEngine`: its gang's way)."""
-        return decode_latents(self.pipe, latents)
+        """All frames (F, H, W, 3) uint8 of the denoised latents; None where this process gets no frames."""
+        chunks = list(self._decode_chunks(latents))
+        return np.concatenate(chunks) if chunks else None
 
     def _precision_check(self, params: DiffusionUserParams, sample: Sample, frames: np.ndarray | None) -> dict | None:
         """The same request and seed with the bf16 layers and kernel put back, compared with `sample`. A gang's

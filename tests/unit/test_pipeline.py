@@ -3,6 +3,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 from diffusers.hooks import HookRegistry
@@ -16,6 +17,7 @@ from chitu_diffusion.flex_cache.registry import requires_ring_attention, strateg
 from chitu_diffusion.flex_cache.strategy import none as no_cache_traits
 from chitu_diffusion.models.random_init import build_random_pipeline
 from chitu_diffusion.parallel.degrees import LayoutError, ParallelLayout
+from chitu_diffusion.pipeline import decode_latent_chunks, decode_latents
 from chitu_diffusion.task import DiffusionUserParams
 from chitu_diffusion.video import read_mp4
 
@@ -94,6 +96,15 @@ def test_matches_diffusers_wan_pipeline_bitwise(tiny_pipeline):
         output_type="latent",
     ).frames
     assert torch.equal(ours, theirs)
+
+
+def test_chunked_decode_is_diffusers_decode(tiny_pipeline):
+    """generate decodes latent frame by latent frame (for the mp4 encoder to start early): the same bits as
+    diffusers' whole `vae.decode`, whose loop it follows."""
+    latents = tiny_pipeline.sample(request()).latents
+    chunks = list(decode_latent_chunks(tiny_pipeline.pipe, latents))
+    assert [len(chunk) for chunk in chunks] == [1, 4, 4]  # 9 frames: 1, then 4 per latent frame
+    assert np.array_equal(np.concatenate(chunks), decode_latents(tiny_pipeline.pipe, latents))
 
 
 def test_random_seed_is_recorded(tiny_pipeline, tmp_path):
