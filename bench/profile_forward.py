@@ -183,6 +183,33 @@ def vae_decode_split(frames: int, height: int, width: int) -> dict:
     return result
 
 
+def norm_rope_kernel(frames: int, height: int, width: int) -> dict:
+    """The fused q/k RMSNorm + RoPE (fused/qk_norm_rope.py) against the modules, compiled, on one block's shape."""
+    from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
+
+    from chitu_diffusion.fused.qk_norm_rope import fusable, norm_rope, norm_rope_reference
+
+    torch.manual_seed(0)
+    heads, head_dim = 12, 128
+    norm = torch.nn.RMSNorm(heads * head_dim, eps=1e-6).cuda().bfloat16()
+    latents = torch.randn(1, 16, (frames - 1) // 4 + 1, height // 8, width // 8, device="cuda")
+    freqs = WanRotaryPosEmbed(head_dim, (1, 2, 2), 1024).cuda()(latents)
+    x = torch.randn(1, freqs[0].shape[1], 3 * heads * head_dim, device="cuda").bfloat16()[..., : heads * head_dim]
+    result = {"fusable": fusable(x, norm, heads, freqs)}
+    reference_fn = torch.compile(norm_rope_reference, fullgraph=True)
+    for name, fn in (("compiled_reference", reference_fn), ("fused", norm_rope)):
+        out = fn(x, norm, heads, freqs)
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(20):
+            fn(x, norm, heads, freqs)
+        torch.cuda.synchronize()
+        result[f"{name}_ms"] = (time.perf_counter() - start) / 20 * 1000
+        result[name] = out
+    result["rel_l2"] = rel_l2(result.pop("fused"), result.pop("compiled_reference"))
+    return result
+
+
 def vae_cudnn_benchmark(frames: int, height: int, width: int) -> dict:
     """Whole decode seconds with cuDNN's algorithm search off, then on (its first call pays the search)."""
     torch.manual_seed(0)
@@ -234,6 +261,7 @@ def main() -> None:
         ("fp8_kernels", check_fp8_kernels),
         ("vae_decode", lambda: vae_decode_split(args.frames, args.height, args.width)),
         ("mp4_encode", lambda: mp4_encode(args.frames, args.height, args.width)),
+        ("norm_rope", lambda: norm_rope_kernel(args.frames, args.height, args.width)),
         ("vae_cudnn_benchmark", lambda: vae_cudnn_benchmark(args.frames, args.height, args.width)),
     ]
     steps = [step for step in steps if step[0] in args.checks.split(",")]
