@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from importlib import metadata
 from pathlib import Path
@@ -212,6 +213,8 @@ def run_chitu(args: argparse.Namespace, mode: str, model_dir: Path, videos_dir: 
             memory.append([])
         if torch.cuda.is_available():
             memory[-1].append(torch.cuda.memory_allocated() / 2**30)
+            if done % 10 == 0 or done == total:  # in the log too: a mode that runs out of memory returns no JSON
+                print(f"{mode} step {done}/{total}: {memory[-1][-1]:.2f} GiB allocated", file=sys.stderr, flush=True)
 
     results = [engine.generate(params, videos_dir, f"{mode}-{index}", on_step=record_memory) for index in range(videos)]
     if results[0] is None:  # a gang rank other than 0: it denoised (and decoded its strip); rank 0 reports
