@@ -5,12 +5,15 @@ test adds its outcome to the reliability report.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import subprocess
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -108,6 +111,52 @@ def test_a_full_scratch_folder_fails_the_job_naming_it(batch, s3, tmp_path, reli
     stored = s3.client.list_objects_v2(Bucket=s3.name).get("Contents", [])
     assert not stored, [o["Key"] for o in stored]  # nothing half-written (or whole) was uploaded
     assert not scratch.exists() or not any(scratch.iterdir())  # the tmpfs was the pod's own
+
+
+def test_the_real_worker_names_a_full_scratch_folder(tiny_model_dir, tmp_path):
+    """The same with chitu-worker and the engine (a local --job-file run, no cluster): the tiny model's video fits
+    the 4 KiB tmpfs, its metrics.json does not; exit 1 with NoSpace naming the folder, nothing in the output."""
+    if not unshare_works():
+        pytest.skip("unprivileged user namespaces (unshare --user --mount) are not available here")
+    scratch, output, job = tmp_path / "scratch", tmp_path / "out", tmp_path / "job.json"
+    scratch.mkdir()
+    spec = {
+        "model": {"uri": str(tiny_model_dir)},
+        "prompt": "A cat walking on grass",
+        "generation": {"steps": 2, "height": 32, "width": 32, "frames": 5, "seed": 1},
+        "parallelism": {"gpusPerPod": 0},
+    }
+    job.write_text(
+        json.dumps(
+            {
+                "apiVersion": "chitu.dev/v1alpha1",
+                "kind": "GenerationJob",
+                "spec": spec,
+                "metadata": {"name": "full-disk"},
+            }
+        )
+    )
+    worker = [str(Path(sys.executable).with_name("chitu-worker")), "--job-file", str(job), "--output", str(output)]
+    run = subprocess.run(
+        [
+            "unshare",
+            "--user",
+            "--map-root-user",
+            "--mount",
+            "sh",
+            "-c",
+            'mount -t tmpfs -o size=4k chitu-scratch "$TMPDIR" && exec "$0" "$@"',
+            *worker,
+        ],
+        env={**os.environ, "TMPDIR": str(scratch), "CHITU_TERMINATION_LOG": str(tmp_path / "termination-log")},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 1, run.stderr[-3000:]
+    reason = (tmp_path / "termination-log").read_text()
+    assert reason.startswith(f"NoSpace: no space left in {scratch} (writing the outputs of prompt 0): [Errno 28]")
+    assert not output.exists() or not any(output.rglob("*.*"))
 
 
 def test_apiserver_unreachable_when_the_worker_finishes(batch, reliability_report):
