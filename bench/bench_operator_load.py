@@ -20,12 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import statistics
 import sys
 import tempfile
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -42,7 +43,10 @@ NAMESPACE = "load"
 BUCKET = "load"
 SECRET = "s3-creds"
 FINISHED = ("Succeeded", "Failed")
-METRIC_LINE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>[0-9.e+]+)$")
+METRIC_LINE = re.compile(
+    r"^(?P<name>apiserver_request_total|apiserver_request_duration_seconds_sum)"
+    r"\{(?P<labels>[^}]*)\} (?P<value>[0-9.e+-]+)$"
+)
 
 # chitu-worker without the engine (uploads and reports through the worker's own code): the operator is measured.
 FAST_WORKER = Path(__file__).resolve().parents[1] / "tests" / "reliability" / "fastworker.py"
@@ -73,17 +77,22 @@ def job_manifest(index: int, prompts: int, endpoint: str, runs: Path) -> dict:
     }
 
 
-def request_counters(kube: KubeClients) -> Counter:
-    """apiserver_request_total by (verb, resource/subresource, code)."""
+def request_counters(kube: KubeClients) -> tuple[Counter, Counter]:
+    """apiserver_request_total by (verb, resource/subresource, code), and the seconds the apiserver spent
+    serving them (apiserver_request_duration_seconds_sum) by (verb, resource/subresource)."""
     response = kube.core.api_client.call_api("/metrics", "GET", auth_settings=["BearerToken"], _preload_content=False)
     text = (response[0] if isinstance(response, tuple) else response).data.decode()
     counters: Counter = Counter()
+    seconds: Counter = Counter()
     for line in text.splitlines():
         if match := METRIC_LINE.match(line):
             labels = dict(re.findall(r'(\w+)="([^"]*)"', match["labels"]))
             resource = labels.get("resource", "") + (f"/{labels['subresource']}" if labels.get("subresource") else "")
-            counters[(labels.get("verb", ""), resource, labels.get("code", ""))] += float(match["value"])
-    return counters
+            if match["name"] == "apiserver_request_total":
+                counters[(labels.get("verb", ""), resource, labels.get("code", ""))] += float(match["value"])
+            else:
+                seconds[(labels.get("verb", ""), resource)] += float(match["value"])
+    return counters, seconds
 
 
 class Recorder:
@@ -137,6 +146,14 @@ def all_finished(kube: KubeClients, jobs: int) -> bool:
     return len(listed) == jobs and all((job.get("status") or {}).get("phase") in FINISHED for job in listed)
 
 
+def by_call_key(delta: Counter) -> Counter:
+    """Request counts by (verb, resource/subresource), all codes together."""
+    calls: Counter = Counter()
+    for (verb, resource, _), count in delta.items():
+        calls[(verb, resource)] += count
+    return calls
+
+
 def percentiles(values: list[float]) -> dict[str, float | None]:
     if not values:
         return {"n": 0, "p50": None, "p99": None, "max": None}
@@ -150,7 +167,7 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
     }
 
 
-def run(jobs: int, prompts: int, timeout: float, state_dir: Path) -> dict:
+def run(jobs: int, prompts: int, timeout: float, state_dir: Path, operator_log: Path | None = None) -> dict:
     cluster = DevCluster.up(state_dir, with_operator=True)
     try:
         kube = KubeClients.from_api_client(cluster.api_client())
@@ -191,6 +208,8 @@ def run(jobs: int, prompts: int, timeout: float, state_dir: Path) -> dict:
         time.sleep(2)  # the last status patches and events land in the counters
         after = request_counters(kube)
         recorder.stop.set()
+        if operator_log:
+            shutil.copyfile(cluster.procs.log_path("operator"), operator_log)
         return summarize(
             kube, s3, recorder, before, after, runs, cluster, jobs=jobs, prompts=prompts, applied=applied, wall=wall
         )
@@ -202,8 +221,8 @@ def summarize(
     kube,
     s3,
     recorder: Recorder,
-    before: Counter,
-    after: Counter,
+    before: tuple[Counter, Counter],
+    after: tuple[Counter, Counter],
     runs: Path,
     cluster: DevCluster,
     *,
@@ -227,16 +246,15 @@ def summarize(
     lost = [uri for uri in reported if uri.removeprefix(f"s3://{BUCKET}/") not in stored]
     run_counts = Counter(runs.read_text().split("\n")[:-1])
     phases = Counter((job.get("status") or {}).get("phase") for job in listed)
-    delta = after - before
+    delta = after[0] - before[0]
+    served_seconds = after[1] - before[1]
     requests = sum(delta.values())
     client_errors = {
         f"{verb} {resource} {code}": count
         for (verb, resource, code), count in sorted(delta.items())
         if code.startswith("4")
     }
-    by_call: defaultdict[str, float] = defaultdict(float)
-    for (verb, resource, _), count in delta.items():
-        by_call[f"{verb} {resource}"] += count
+    by_call = {f"{verb} {resource}": count for (verb, resource), count in by_call_key(delta).items()}
     log = cluster.procs.log_path("operator").read_text(errors="replace")
     return {
         "benchmark": "operator_load",
@@ -267,6 +285,13 @@ def summarize(
         "api_4xx_per_job": round(sum(client_errors.values()) / jobs, 2),
         "api_4xx": client_errors,
         "api_requests_by_call_per_job": {k: round(v / jobs, 2) for k, v in sorted(by_call.items()) if v >= jobs / 10},
+        # Mean time the apiserver took to serve one call (not counting the wait in the client): compared with the
+        # reaction latency, it tells whether the apiserver or the operator's own pace dominates.
+        "apiserver_mean_ms_by_call": {
+            f"{verb} {resource}": round(1000 * served_seconds[(verb, resource)] / count, 1)
+            for (verb, resource), count in sorted(by_call_key(delta).items())
+            if count >= jobs / 10 and verb != "WATCH"
+        },
         "operator_tracebacks": log.count("Traceback"),
     }
 
@@ -277,9 +302,10 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--output", type=Path, default=RESULTS / "operator_load.json")
+    parser.add_argument("--operator-log", type=Path, help="keep a copy of the operator's log here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="chitu-load-") as state:
-        result = run(args.jobs, args.prompts, args.timeout, Path(state))
+        result = run(args.jobs, args.prompts, args.timeout, Path(state), args.operator_log)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 

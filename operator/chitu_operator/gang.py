@@ -16,6 +16,7 @@ import datetime
 import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,9 @@ from .status import FINISHED_PHASES, SUCCEEDED
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_CHARS = 1024
+# Creations of all jobs share these threads (kopf's handler threads wait on them): a burst of new jobs does
+# not open more connections to the apiserver than this.
+_CREATORS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="create")
 
 
 @dataclass(frozen=True)
@@ -73,25 +77,31 @@ def ensure_gang(
     platform: WorkerDefaults = DEFAULT_PLATFORM,
     placement: q.QueueView | None = None,
 ) -> None:
-    """The job's worker identity and NetworkPolicy (first attempt: they live as long as the job), the Service
-    and the given ranks' pods of the current attempt, each owned by the job."""
-    owned: list[tuple[Callable[..., Any], dict[str, Any]]] = []
+    """The job's worker identity, NetworkPolicy and Service (first attempt: they live as long as the job, and a
+    restart does not ask for them again), then the given ranks' pods of the current attempt, each owned by the
+    job. Objects are created concurrently in three rounds, each needing the one before: what stands alone
+    (ServiceAccount, Role, NetworkPolicy, Service); the RoleBinding (the apiserver checks its Role exists); the
+    pods (the worker's token must reach its job when it starts)."""
+    rounds: list[list[tuple[Callable[..., Any], dict[str, Any]]]] = [[], [], []]
     if job.attempt == 0:
         if job.spec.worker.service_account_name == WORKER_IDENTITY:
             creators = {
-                "ServiceAccount": kube.core.create_namespaced_service_account,
-                "Role": kube.rbac.create_namespaced_role,
-                "RoleBinding": kube.rbac.create_namespaced_role_binding,
+                "ServiceAccount": (0, kube.core.create_namespaced_service_account),
+                "Role": (0, kube.rbac.create_namespaced_role),
+                "RoleBinding": (1, kube.rbac.create_namespaced_role_binding),
             }
-            owned += [(creators[manifest["kind"]], manifest) for manifest in build_worker_identity(job)]
-        owned.append((kube.networking.create_namespaced_network_policy, build_network_policy(job)))
-    owned.append((kube.core.create_namespaced_service, build_service(job)))
-    owned += [
+            for manifest in build_worker_identity(job):
+                stage, create = creators[manifest["kind"]]
+                rounds[stage].append((create, manifest))
+        rounds[0].append((kube.networking.create_namespaced_network_policy, build_network_policy(job)))
+        rounds[0].append((kube.core.create_namespaced_service, build_service(job)))
+    rounds[2] = [
         (kube.core.create_namespaced_pod, build_pod(job, rank, job.attempt, platform, placement)) for rank in ranks
     ]
-    for create, manifest in owned:
-        kopf.adopt(manifest, owner=body)
-        _create(create, job.namespace, manifest)
+    for creations in rounds:
+        for _, manifest in creations:
+            kopf.adopt(manifest, owner=body)
+        _create_all(creations, job.namespace)
 
 
 def carry_out(
@@ -205,6 +215,14 @@ def delete_job(kube: KubeClients, namespace: str, name: str, uid: str) -> None:
     _ignore(
         (404, 409), kube.custom.delete_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name, body=options
     )
+
+
+def _create_all(creations: list[tuple[Callable[..., Any], dict[str, Any]]], namespace: str) -> None:
+    """Create each object concurrently; once all calls returned, raise the first error (in the given order)."""
+    calls = [_CREATORS.submit(_create, create, namespace, manifest) for create, manifest in creations]
+    wait(calls)
+    for call in calls:
+        call.result()
 
 
 def _create(create: Callable[..., Any], namespace: str, manifest: dict[str, Any]) -> None:

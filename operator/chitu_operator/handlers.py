@@ -10,7 +10,12 @@
   runs out, then deletes the job; the garbage collector removes its pods and Service.
 
 kopf's finalizer sits on a job only while one of the timers serves it (kopf needs it to stop them
-cleanly); deletion then cascades through ownerReferences and the real garbage collector.
+cleanly); deletion then cascades through ownerReferences and the real garbage collector. kopf adds it in the
+cycle that starts the timer, with a JSON patch conditioned on the job's resourceVersion: the reconcile writes
+nothing before the finalizer is seen, so its status patch cannot make kopf's fail (422) and be redone.
+
+A tick whose previous writes (status patch, pods created or deleted) have not come back through the watches
+yet waits (expectations.py): deciding on the stale view would repeat them (409s, 404s).
 
 There is deliberately no on.create/on.update handler: kopf keeps state for those on the object (a copy of the
 whole spec in a `last-handled-configuration` annotation, handler progress in others), which a spec of more
@@ -35,7 +40,17 @@ import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from chitu_api.generationjob import InvalidSpec
-from chitu_api.names import FINALIZER, GROUP, JOB_NAME_LABEL, OPERATOR_PREFIX, PLURAL, ROLE_LABEL, VERSION, WORKER_ROLE
+from chitu_api.names import (
+    FINALIZER,
+    GROUP,
+    JOB_NAME_LABEL,
+    OPERATOR_PREFIX,
+    PLURAL,
+    ROLE_LABEL,
+    VERSION,
+    WORKER_ROLE,
+    pod_name,
+)
 
 from . import gang, lifecycle
 from . import status as st
@@ -93,6 +108,12 @@ def reconcile(
     now = _now()
     meta = body.metadata
     pods = tuple(worker_pods.get((meta.namespace, meta.name), ()))
+    if body.status.get("phase") in st.FINISHED_PHASES:
+        return  # kopf stops this timer once it sees the job finished; a tick in between must not finish it again
+    if FINALIZER not in (meta.get("finalizers") or ()):
+        return  # kopf's finalizer patch is on its way (see the module docstring)
+    if not memo.expectations.satisfied(meta.uid, body.status, pods):
+        return  # the previous tick's writes are not back yet
     with memo.metrics.reconcile_seconds.time():
         queue = None
         try:
@@ -111,15 +132,31 @@ def reconcile(
             raise kopf.TemporaryError(f"{_api_error(err)}; retrying in {delay:.0f} s", delay=delay) from None
         _record(body, patch, decision, now, logger)
         patch.status.update(st.derived_patch(body.status, meta.get("generation")))
+    memo.expectations.expect(
+        meta.uid,
+        status=patch.get("status") or {},
+        created=[pod_name(meta.name, rank) for rank in decision.create_ranks] if job else (),
+        deleted=[pod.uid for pod in decision.delete_pods],
+    )
     _count(memo, (meta.namespace, meta.name), job, decision, now)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 def observe_job(
-    event: Mapping[str, Any], namespace: str, name: str, status: Mapping[str, Any], memo: kopf.Memo, **_: Any
+    event: Mapping[str, Any],
+    namespace: str,
+    name: str,
+    uid: str,
+    status: Mapping[str, Any],
+    memo: kopf.Memo,
+    **_: Any,
 ) -> None:
-    """Every job event feeds the phase gauge and the prompts counter (metrics.py)."""
-    memo.metrics.observe_job((namespace, name), status, deleted=event.get("type") == "DELETED")
+    """Every job event feeds the phase gauge and the prompts counter (metrics.py); a finished or deleted job
+    has no more expectations to wait for."""
+    deleted = event.get("type") == "DELETED"
+    memo.metrics.observe_job((namespace, name), status, deleted=deleted)
+    if deleted or status.get("phase") in st.FINISHED_PHASES:
+        memo.expectations.forget(uid)
 
 
 def _count(memo: kopf.Memo, key: tuple[str, str], job: Job | None, decision: Decision, now: datetime.datetime) -> None:

@@ -25,10 +25,12 @@ from . import (
     handlers,  # noqa: F401  (registers the handlers with kopf)
     leader,
 )
+from .expectations import Expectations
 from .gang import KubeClients
 from .leader import LeaseConfig
 from .metrics import OperatorMetrics
 
+CONNECTIONS = 32  # kopf's handler threads (min(32, CPUs + 4)) and gang's 16 creators at most
 CONFIG_ENV = "CHITU_OPERATOR_CONFIG"  # the chart hands the configuration over as YAML text (configmap-operator.yaml)
 
 # "plain" is kopf's full text format (time, logger, level) with the object's namespace/name as prefix;
@@ -76,22 +78,29 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-class _DropTimerSuccess(logging.Filter):
-    """kopf logs "Timer 'reconcile' succeeded." on every tick of every job: keep everything else."""
+class _DropRoutineSuccess(logging.Filter):
+    """kopf logs "Timer 'reconcile' succeeded." on every tick of every job and "Handler 'observe_job'
+    succeeded." on every event of every job: keep everything else."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.getMessage().startswith("Timer ") and record.getMessage().endswith(" succeeded."))
+        message = record.getMessage()
+        return not (message.startswith(("Timer ", "Handler 'observe_job'")) and message.endswith(" succeeded."))
 
 
 def connect(kubeconfig: str | None) -> client.ApiClient:
-    """The API client for the operator's own calls, from the same credentials kopf logs in with."""
+    """The API client for the operator's own calls, from the same credentials kopf logs in with; its connection
+    pool holds a connection for each thread that calls (kopf's handler threads and gang's creators), so none is
+    opened and dropped per call."""
+    configuration = client.Configuration()
     if kubeconfig:
-        return config.new_client_from_config(config_file=kubeconfig)
-    try:
-        config.load_incluster_config()
-        return client.ApiClient()
-    except config.ConfigException:
-        return config.new_client_from_config()
+        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    else:
+        try:
+            config.load_incluster_config(client_configuration=configuration)
+        except config.ConfigException:
+            config.load_kube_config(client_configuration=configuration)
+    configuration.connection_pool_maxsize = CONNECTIONS
+    return client.ApiClient(configuration)
 
 
 def operator_config(path: str | None) -> OperatorConfig:
@@ -109,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_prefix=args.log_format == "plain",
         log_refkey="object" if args.log_format == "json" else None,
     )
-    logging.getLogger("kopf.objects").addFilter(_DropTimerSuccess())
+    logging.getLogger("kopf.objects").addFilter(_DropRoutineSuccess())
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig  # what kopf.login_with_kubeconfig reads
     api = connect(args.kubeconfig)
@@ -129,6 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics=metrics,
         config=operator_config(args.config),
         gpu_clock={},
+        expectations=Expectations(),
     )
     kopf.run(
         standalone=True,

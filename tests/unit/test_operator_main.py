@@ -24,12 +24,13 @@ def test_arguments_and_defaults():
         main.parse_args(["--namespace", "a", "--all-namespaces"])
 
 
-def test_timer_successes_are_not_logged_but_everything_else_is():
+def test_routine_successes_are_not_logged_but_everything_else_is():
     def record(message: str) -> logging.LogRecord:
         return logging.LogRecord("kopf.objects", logging.INFO, __file__, 1, message, None, None)
 
-    drop = main._DropTimerSuccess()
+    drop = main._DropRoutineSuccess()
     assert not drop.filter(record("Timer 'reconcile' succeeded."))
+    assert not drop.filter(record("Handler 'observe_job' succeeded."))  # every event of every job
     assert drop.filter(record("Handler 'create_gang' succeeded."))
     assert drop.filter(record("Timer 'reconcile' failed temporarily: boom"))
 
