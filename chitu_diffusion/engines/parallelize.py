@@ -64,7 +64,7 @@ def _compile_blocks(transformer: torch.nn.Module) -> None:
     blocks = getattr(transformer, "blocks", [])
     if any(getattr(block, "_compiled_call_impl", None) is not None for block in blocks):
         return  # compiled by an earlier request; dynamo re-guards on the hooks now attached
-    # fullgraph=False: the distributed attention core and FlexCache decisions are kept out of the graphs.
+    # fullgraph=False: the distributed attention core is kept out of the graphs (FlexCache strategies add no break).
     transformer.compile_repeated_blocks(fullgraph=False)
 
 

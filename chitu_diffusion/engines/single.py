@@ -161,7 +161,9 @@ class Engine:
         if self.compile:
             use_compile_cache(compile_cache_dir(settings.compile_cache_dir, self.model_dir))
             if self.compiles_at_load:
-                # fullgraph=False: FlexCache hooks inside the blocks make data-dependent choices dynamo must break on.
+                # FlexCache strategies add no graph break (their decisions are taken outside the blocks:
+                # tests/unit/test_flexcache_compile.py); fullgraph=False so a kernel dynamo cannot trace runs
+                # eagerly instead of failing the load.
                 self.transformer.compile_repeated_blocks(fullgraph=False)
 
     def _set_self_attention(self, kernel) -> None:

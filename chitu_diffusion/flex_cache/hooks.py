@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import inspect
 
 import torch
@@ -59,19 +58,13 @@ def current_step(context: CacheContext) -> int:
     return int(context.step_index)
 
 
-@functools.cache
-def _parameter_index(module_cls: type[torch.nn.Module], name: str) -> int:
-    params = list(inspect.signature(module_cls.forward).parameters)[1:]  # drop `self`
+def parameter_index(module: torch.nn.Module, name: str) -> int:
+    """Position of `name` among `module.forward`'s arguments; resolve it when attaching a hook, not in the
+    forward: `inspect` breaks a dynamo graph."""
+    params = list(inspect.signature(type(module).forward).parameters)[1:]  # drop `self`
     if name not in params:
-        raise ValueError(f"{module_cls.__name__}.forward has no parameter {name!r} (has {', '.join(params)})")
+        raise ValueError(f"{type(module).__name__}.forward has no parameter {name!r} (has {', '.join(params)})")
     return params.index(name)
-
-
-def forward_argument(module: torch.nn.Module, name: str, args: tuple, kwargs: dict):
-    """The value passed for `module.forward`'s parameter `name`, whether given by position or by keyword."""
-    if name in kwargs:
-        return kwargs[name]
-    return args[_parameter_index(type(module), name)]
 
 
 def tensor_bytes(tensor: torch.Tensor | None) -> int:

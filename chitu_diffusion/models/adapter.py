@@ -19,8 +19,12 @@ class ModelAdapter:
     blocks_attr: str  # ModuleList of the repeated DiT blocks
     self_attention_attr: str  # per block
     cross_attention_attr: str  # per block
-    modulation_arg: str  # block forward argument carrying the timestep modulation (TeaCache's signal)
-    hidden_states_arg: str = "hidden_states"
+    #: submodule computing the blocks' timestep modulation (TeaCache's signal), called before the blocks
+    modulation_module: str
+    modulation_output: int  # which item of that submodule's output tuple the blocks receive as modulation
+    #: first submodule called after the blocks, with the block stack's output as its first argument
+    stack_output_module: str
+    hidden_states_arg: str = "hidden_states"  # block forward argument carrying the tokens
     #: published TeaCache rescale polynomials (highest degree first), keyed by `variant()`
     teacache_coefficients: dict[str, tuple[float, ...]] = field(default_factory=dict)
     #: the published "fast" TeaCache threshold that goes with those polynomials, keyed by `variant()`
@@ -42,7 +46,11 @@ WAN21 = ModelAdapter(
     blocks_attr="blocks",
     self_attention_attr="attn1",
     cross_attention_attr="attn2",
-    modulation_arg="temb",  # WanTransformerBlock.forward(hidden_states, encoder_hidden_states, temb, rotary_emb)
+    # condition_embedder returns (temb, timestep_proj, text, image); the blocks get timestep_proj as `temb`,
+    # unflattened to (B, 6, C). The blocks' output goes through `norm_out(hidden_states.float())` next.
+    modulation_module="condition_embedder",
+    modulation_output=1,
+    stack_output_module="norm_out",
     # TeaCache4Wan2.1 with use_ret_steps=True, whose signal is the per-block time projection e0 (diffusers'
     # `timestep_proj`, the blocks' `temb`); the use_ret_steps=False polynomials watch the time embedding `e`.
     teacache_coefficients={

@@ -22,7 +22,8 @@ def test_reset_clears_state_and_a_rerun_repeats_the_request(transformer):
         first_log = strategy.log.summary()["decisions"]
         strategy.reset()
         assert strategy.log.records == []
-        assert all(hook.state_manager._state_cache == {} for hook in strategy.hooks)
+        assert strategy.step_hook.state_manager._state_cache == {}  # no branch's outputs survive
+        assert all(hook.attention.output is None for hook in strategy.hooks)
         assert strategy.meter.current == 0 and strategy.extra_memory_bytes() == 0
         assert torch.equal(denoise(transformer, STEPS), first)
         assert strategy.log.summary()["decisions"] == first_log

@@ -4,8 +4,10 @@ import dataclasses
 
 import pytest
 import torch
+from diffusers.hooks import ModelHook
 from flexcache_loop import STEPS, decisions, denoise, make_strategy, run
 
+from chitu_diffusion.flex_cache.hooks import attach_hook, detach_hooks
 from chitu_diffusion.flex_cache.strategy.teacache.teacache import FALLBACK_COEFFICIENTS, TeaCacheConfig
 from chitu_diffusion.models.adapter import WAN21
 
@@ -56,12 +58,23 @@ def test_warmup_and_cooldown_steps_always_compute(transformer):
     assert summary["units_reused"] > 0
 
 
+class _InputRecorder(ModelHook):
+    """Records a module's first argument as the hooks attached after this one leave it."""
+
+    def __init__(self, seen: list):
+        super().__init__()
+        self.seen = seen
+
+    def pre_forward(self, module, *args, **kwargs):
+        self.seen.append(args[0])
+        return args, kwargs
+
+
 def test_each_branch_reuses_its_own_residual(transformer):
     stack_in, stack_out = [], []  # block-stack input and output of every transformer call, in call order
-    handles = [
-        transformer.blocks[0].register_forward_pre_hook(lambda module, args: stack_in.append(args[0])),
-        transformer.norm_out.register_forward_pre_hook(lambda module, args: stack_out.append(args[0])),
-    ]
+    handle = transformer.blocks[0].register_forward_pre_hook(lambda module, args: stack_in.append(args[0]))
+    # attached before TeaCache, so it runs inside TeaCache's hook on norm_out and sees the residual applied
+    attach_hook(transformer.norm_out, _InputRecorder(stack_out), "test_stack_output")
     strategy = make_strategy("teacache", 1.0, transformer=transformer)
     strategy.apply(transformer)
     try:
@@ -69,8 +82,8 @@ def test_each_branch_reuses_its_own_residual(transformer):
         log = strategy.log.summary()["decisions"]
     finally:
         strategy.remove(transformer)
-        for handle in handles:
-            handle.remove()
+        detach_hooks(transformer, "test_stack_output")
+        handle.remove()
     assert len(log) == len(stack_in) == len(stack_out) == 2 * STEPS
     residual, reused = {}, 0
     for record, x, y in zip(log, stack_in, stack_out, strict=False):

@@ -10,7 +10,15 @@ number of steps: a longer range for cross-attention than for self-attention (the
 
 Unit: one attention module call (each block's self- and cross-attention) for one (step, branch). A unit
 computes when its cached output is `range` or more steps old, and always in warmup, cooldown and outside the
-middle window. Decisions depend only on the step schedule, so every rank takes the same ones.
+middle window. Decisions depend only on the step schedule and the attention kind, so every block of a kind
+decides alike and every rank takes the same decisions.
+
+Compile-friendly by construction: the decisions for one (step, branch) are taken once, in a hook on the
+transformer, before its forward and outside the compiled blocks (`PABStepHook`). Inside a block, the attention
+hook (`PABAttentionHook`) only reads them from one shared `PABPlan` as Python constants, so dynamo specialises
+each block on (self computes?, cross computes?): at most four variants of the one code object all blocks share,
+no graph break, no recompile per step or per block. The attention hook swaps a per-module output slot that the
+transformer hook fills with this branch's cached output before the forward and reads back after it.
 
 Monotonicity in `cache_ratio`: ranges grow with the ratio; between two forced computes the compute steps of a
 longer range come no earlier than those of a shorter one, so a higher ratio never reuses less.
@@ -20,9 +28,10 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
+from diffusers.hooks import ModelHook
 from diffusers.hooks.hooks import BaseState, StateManager
 
 from chitu_diffusion.flex_cache.base import Decision, FlexCacheStrategy
@@ -69,57 +78,90 @@ class PABConfig:
         return edge, num_steps - edge
 
 
+@dataclass
+class PABPlan:
+    """The in-flight transformer call's decisions, per attention kind (the block's attribute name): True
+    computes, False broadcasts. Written by `PABStepHook` outside the compiled blocks, read inside them."""
+
+    computes: dict[str, bool] = field(default_factory=dict)
+
+
+class PABAttentionHook(ModelHook):
+    """One attention module: compute (and leave the output in `output`) or return `output` unchanged.
+
+    Traced by dynamo inside the compiled block; everything it reads is the shared plan's constant for its kind
+    and its own output slot, a tensor attribute dynamo treats as an input (no guard on which tensor it is).
+    """
+
+    def __init__(self, plan: PABPlan, kind: str) -> None:
+        super().__init__()
+        self.plan = plan
+        self.kind = kind
+        self.output: torch.Tensor | None = None  # (B, L, C) this branch's cached output, for one forward
+
+    def new_forward(self, module: torch.nn.Module, *args, **kwargs):
+        if self.plan.computes[self.kind]:
+            self.output = self.fn_ref.original_forward(*args, **kwargs)  # (B, L, C)
+        return self.output
+
+
 class PABState(BaseState):
-    """One attention module's state for one branch."""
+    """One branch's state: the kept output of every attention module and the step each kind last computed."""
 
     def __init__(self) -> None:
-        self.output: torch.Tensor | None = None  # (B, L, C) the last computed attention output
-        self.computed_step: int | None = None
+        self.outputs: dict[str, list[torch.Tensor | None]] = {}  # kind -> per block (B, L, C), None if not kept
+        self.computed_step: dict[str, int] = {}
 
     def reset(self) -> None:
         self.__init__()
 
 
-class PABAttentionHook(StatefulHook):
-    """Computes or broadcasts one attention module's output, per branch."""
+class PABStepHook(StatefulHook):
+    """On the transformer: decide every kind for this (step, branch), run the forward, keep what may be reused."""
 
-    def __init__(self, strategy: PAB, unit: str, broadcast_range: int) -> None:
+    def __init__(self, strategy: PAB) -> None:
         super().__init__(StateManager(PABState))
         self.strategy = strategy
-        self.unit = unit
-        self.broadcast_range = broadcast_range
 
-    # Opaque to torch.compile: tracing this per-module, per-step state makes dynamo guard on it and recompile
-    # every block until its limit (seen on H200: recompile_limit hit, blocks fell back to eager). The attention
-    # call inside runs eagerly; its kernel (FA3/cuDNN) gains nothing from compile anyway.
-    @torch.compiler.disable
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
-        context = self.state_manager.context
+        strategy, context = self.strategy, self.state_manager.context
         step, num_steps = current_step(context), context.num_inference_steps
         state: PABState = self.state_manager.get_state()
-        decision = self._decide(state, step, num_steps)
-        self.strategy.log.record(step, context.name, self.unit, decision)
-        if decision.reused:
-            return state.output
-        output = self.fn_ref.original_forward(*args, **kwargs)  # (B, L, C)
-        state.computed_step = step
-        kept = output if self._reusable(step + 1, num_steps) else None  # hold it only if the next step may read it
-        self.strategy.meter.replace(state.output, kept)
-        state.output = kept
+        decisions = {kind: strategy.decide(state, kind, step, num_steps) for kind in strategy.ranges}
+        for hook in strategy.hooks:  # in call order: blocks.0.attn1, blocks.0.attn2, blocks.1.attn1, ...
+            strategy.log.record(step, context.name, hook.unit, decisions[hook.kind])
+        strategy.plan.computes.update({kind: not d.reused for kind, d in decisions.items()})
+        for hook in strategy.hooks:  # a broadcasting kind finds this branch's outputs in its slots
+            reused = decisions[hook.kind].reused
+            hook.attention.output = state.outputs[hook.kind][hook.index] if reused else None
+        try:
+            output = self.fn_ref.original_forward(*args, **kwargs)
+            for kind, decision in decisions.items():
+                if not decision.reused:
+                    self._keep(state, kind, step, num_steps)
+        finally:
+            for hook in strategy.hooks:
+                hook.attention.output = None  # the slots hold nothing between forwards
         return output
 
-    def _reusable(self, step: int, num_steps: int) -> bool:
-        start, end = self.strategy.config.window(num_steps)
-        forced = self.strategy.params.forced_compute(step, num_steps)
-        return self.broadcast_range > 1 and start <= step < end and forced is None
+    def _keep(self, state: PABState, kind: str, step: int, num_steps: int) -> None:
+        """After a computing forward: hold the fresh outputs only if the next step may read them."""
+        strategy = self.strategy
+        keep = strategy.reusable(kind, step + 1, num_steps)
+        kept = state.outputs.setdefault(kind, [None] * len(strategy.hooks_of(kind)))
+        for hook in strategy.hooks_of(kind):
+            fresh = hook.attention.output if keep else None
+            strategy.meter.replace(kept[hook.index], fresh)
+            kept[hook.index] = fresh
+        state.computed_step[kind] = step
 
-    def _decide(self, state: PABState, step: int, num_steps: int) -> Decision:
-        forced = self.strategy.params.forced_compute(step, num_steps)
-        if forced is not None:
-            return Decision(forced)
-        if state.output is None or not self._reusable(step, num_steps):
-            return Decision.COMPUTE
-        return Decision.REUSE if step - state.computed_step < self.broadcast_range else Decision.COMPUTE
+
+@dataclass(frozen=True)
+class _AttachedAttention:
+    unit: str  # "blocks.3.attn2"
+    kind: str  # the block's attribute: "attn1" / "attn2"
+    index: int  # the block's index
+    attention: PABAttentionHook
 
 
 @register_strategy
@@ -131,18 +173,22 @@ class PAB(FlexCacheStrategy):
     def __init__(self, params, adapter, reducer=None):
         super().__init__(params, adapter, reducer)
         self.config = PABConfig.from_ratio(params.cache_ratio)
+        self.ranges = {  # attention kind (the block's attribute) -> broadcast range
+            adapter.self_attention_attr: self.config.self_range,
+            adapter.cross_attention_attr: self.config.cross_range,
+        }
+        self.plan = PABPlan()
         self.meter = CacheMeter()
-        self.hooks: list[PABAttentionHook] = []
+        self.step_hook = PABStepHook(self)
+        self.hooks: list[_AttachedAttention] = []
 
     def apply(self, transformer: torch.nn.Module) -> None:
         for index, block in enumerate(self.adapter.blocks(transformer)):
-            for attr, broadcast_range in (
-                (self.adapter.self_attention_attr, self.config.self_range),
-                (self.adapter.cross_attention_attr, self.config.cross_range),
-            ):
-                hook = PABAttentionHook(self, f"{self.adapter.blocks_attr}.{index}.{attr}", broadcast_range)
-                attach_hook(getattr(block, attr), hook, _HOOK)
-                self.hooks.append(hook)
+            for kind in self.ranges:
+                hook = PABAttentionHook(self.plan, kind)
+                attach_hook(getattr(block, kind), hook, _HOOK)
+                self.hooks.append(_AttachedAttention(f"{self.adapter.blocks_attr}.{index}.{kind}", kind, index, hook))
+        attach_hook(transformer, self.step_hook, _HOOK)
         refresh_registries(transformer)
         logger.info("PAB: %s", self.describe_ratio())
 
@@ -153,9 +199,28 @@ class PAB(FlexCacheStrategy):
 
     def reset(self) -> None:
         super().reset()
-        for hook in self.hooks:
-            hook.state_manager.reset()
+        self.step_hook.state_manager.reset()
+        self.plan.computes.clear()
         self.meter.reset()
+
+    def hooks_of(self, kind: str) -> list[_AttachedAttention]:
+        return [hook for hook in self.hooks if hook.kind == kind]
+
+    def reusable(self, kind: str, step: int, num_steps: int) -> bool:
+        """Whether `kind`'s outputs may be broadcast at `step` (inside the window, not forced, range > 1)."""
+        start, end = self.config.window(num_steps)
+        forced = self.params.forced_compute(step, num_steps)
+        return self.ranges[kind] > 1 and start <= step < end and forced is None
+
+    def decide(self, state: PABState, kind: str, step: int, num_steps: int) -> Decision:
+        """From the schedule alone: forced ends, then broadcast while the kept outputs are under `range` old."""
+        forced = self.params.forced_compute(step, num_steps)
+        if forced is not None:
+            return Decision(forced)
+        held = state.outputs.get(kind)
+        if not held or held[0] is None or not self.reusable(kind, step, num_steps):
+            return Decision.COMPUTE
+        return Decision.REUSE if step - state.computed_step[kind] < self.ranges[kind] else Decision.COMPUTE
 
     def extra_memory_bytes(self) -> int:
         """Peak bytes of attention outputs held for broadcasting during the request."""

@@ -124,8 +124,10 @@ class TeaCacheRecorder:
         state.input_change = change
         return False
 
-    def take_residual(self, state: RecorderState, context: CacheContext, output: torch.Tensor) -> None:
-        residual = (output - state.stack_input).float()  # (B, L, C)
+    def take_residual(
+        self, state: RecorderState, context: CacheContext, stack_input: torch.Tensor, stack_output: torch.Tensor
+    ) -> None:
+        residual = (stack_output - stack_input).float()  # (B, L, C)
         if state.input_change is not None:
             change = relative_l1(residual, state.residual)
             self.samples.append(CalibrationSample(context.name, current_step(context), state.input_change, change))

@@ -8,6 +8,8 @@ Unit: one pass through the block stack for one (step, branch). The signal is the
 `rescale(|m_t - m_prev|_1 / |m_prev|_1)`, where `rescale` is a degree-4 polynomial fitted to predict the
 relative change of the blocks' output, and reuse the cached residual (last block output - first block input)
 while the accumulator stays under the threshold; computing resets it. Warmup and cooldown steps always compute.
+The decision, and its host read of the accumulated change, happens before the blocks run, outside the compiled
+blocks; inside them only a shared flag is read, so they stay compiled (stack.py).
 
 Monotonicity in `cache_ratio`: the modulation depends only on the timestep schedule, never on the latents, so
 the per-step increments are fixed before any decision is taken; we clamp them at >= 0 (a negative predicted
@@ -162,10 +164,13 @@ class TeaCache(FlexCacheStrategy):
             state.accumulated = 0.0
         return decision.reused
 
-    def take_residual(self, state: TeaCacheState, context: CacheContext, output: torch.Tensor) -> None:
+    def take_residual(
+        self, state: TeaCacheState, context: CacheContext, stack_input: torch.Tensor, stack_output: torch.Tensor
+    ) -> None:
         """Keep the fresh residual for the next reuse; at threshold 0 nothing is ever reused, so hold none."""
         if self.config.threshold > 0:
-            residual = output - state.stack_input  # (B, L, C)
+            # In the stack's dtype, as the blocks compute (the model may have cast the output up already).
+            residual = (stack_output - stack_input).to(stack_input.dtype)  # (B, L, C)
             self.meter.replace(state.residual, residual)
             state.residual = residual
 
