@@ -4,7 +4,7 @@ One rule, two renderings: the regexes and bounds are kubernetes_rules' constants
 over a subject (``self``, ``k``, ``self[k]``) for the CRD's ``x-kubernetes-validations``; the Python functions
 there give the operator's second line (an object stored under an older CRD, a local manifest) and the per-value
 messages. tests/unit/test_contract_cel.py evaluates these rules with cel-python against the Python checks on a
-grid, and tests/e2e/test_generationjob_validation.py applies the same cases to the real apiserver.
+grid, and tests/e2e/test_generationjob_validation.py applies such cases to the real apiserver.
 
 Quantities use Kubernetes' CEL quantity library (``isQuantity``, ``quantity(...).compareTo``), which parses as
 the pod's validation does. Map keys carry no length bound in a CRD schema, so every map these rules iterate has
@@ -44,7 +44,7 @@ def literal(text: re.Pattern[str] | str) -> str:
 
 def every_key(check: str, what: str, requirement: str) -> dict[str, str]:
     """On a map: `check` (CEL over the key `k` and its value `self[k]`) holds for every key; the message names the
-    first key it fails for ('worker.podLabels["a=b"]: ...')."""
+    first key it fails for ('worker.podLabels[a=b]: must be a label key, ...')."""
     culprit = f"self.filter(k, !({check}))[0]"
     return cel(
         f"self.all(k, {check})",
