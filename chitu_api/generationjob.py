@@ -24,6 +24,7 @@ from chitu_api.names import WORKER_IDENTITY
 from chitu_api.podpolicy import PodPolicy, pod_value_problems
 from chitu_api.podtemplate import KubeObject, PodTemplateFields
 from chitu_api.schema import FREE_FORM, ContractModel, cel, error_message, immutable, rules
+from chitu_diffusion.config import CompileBlocks, ModelDtype, Precision, PrecisionCheck
 from chitu_diffusion.flex_cache.registry import requires_ring_attention, strategy_names, strategy_problem
 from chitu_diffusion.parallel.degrees import MAX_CFG_DEGREE, RING_ATTENTION_CEL
 from chitu_diffusion.task import FRAME_STRIDE, SPATIAL_STRIDE, frames_problem, spatial_problem
@@ -237,27 +238,12 @@ class Parallelism(ContractModel):
 
 
 class Engine(ContractModel):
-    """Engine settings (chitu_diffusion.config's infer.diffusion.*)."""
+    """Engine settings: these infer.diffusion.* settings, each defined once in chitu_diffusion.config."""
 
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="auto = bfloat16 on CUDA, float32 on CPU."
-    )
-    compile: bool | None = Field(
-        None,
-        description="Regional torch.compile of the repeated DiT blocks; unset = on "
-        "for CUDA, off for CPU. Compiled kernels are kept next to the model when its folder "
-        "is writable, so later pods skip the compile.",
-    )
-    precision: Literal["bf16", "fp8"] = Field(
-        "bf16",
-        description="bf16 = exact; fp8 = FP8 attention and FP8 linear "
-        "layers in the DiT blocks: faster, approximate, opt-in.",
-    )
-    precision_check: bool = Field(
-        False,
-        description="With precision fp8, also make each video in bf16 with the "
-        "same seed and report rel-L2 and PSNR against it in metrics.json (twice the time).",
-    )
+    dtype: ModelDtype
+    compile: CompileBlocks
+    precision: Precision
+    precision_check: PrecisionCheck
 
 
 class WorkerTemplate(PodTemplateFields):

@@ -11,13 +11,45 @@ This module imports neither torch nor diffusers: the operator can validate engin
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from chitu_diffusion.errors import ConfigError
 
 __all__ = ["ConfigError", "DiffusionConfig", "EngineConfig", "InferConfig"]
+
+# The settings a GenerationJob's `spec.engine` exposes too: type, default and description written once, here,
+# and used by DiffusionConfig below and by chitu_api.generationjob.Engine (so the CRD says what the engine does).
+ModelDtype = Annotated[
+    Literal["auto", "float32", "bfloat16", "float16"],
+    Field("auto", description="Model dtype; auto = bfloat16 on CUDA, float32 on CPU."),
+]
+CompileBlocks = Annotated[
+    bool | None,
+    Field(
+        None,
+        description="Regional torch.compile of the repeated DiT blocks; unset = on for CUDA, off for CPU (no "
+        "compiler toolchain needed there). Compiled kernels are kept next to the model when its folder is "
+        "writable, so later processes and pods skip the compile.",
+    ),
+]
+Precision = Annotated[
+    Literal["bf16", "fp8"],
+    Field(
+        "bf16",
+        description="bf16 = exact (the model's dtype); fp8 = FP8 attention and FP8 linear layers in the DiT "
+        "blocks: faster, approximate, opt-in.",
+    ),
+]
+PrecisionCheck = Annotated[
+    bool,
+    Field(
+        False,
+        description="With precision fp8, also make each video in bf16 with the same seed and report rel-L2 and "
+        "PSNR against it in metrics.json (twice the time).",
+    ),
+]
 
 
 class DiffusionConfig(BaseModel):
@@ -27,15 +59,9 @@ class DiffusionConfig(BaseModel):
 
     cp_size: int = Field(1, ge=1, description="context-parallel degree (ulysses x ring); >1 needs torchrun")
     up_limit: int = Field(8, ge=1, description="largest Ulysses degree; the rest of cp_size goes to ring attention")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="model dtype; auto = bfloat16 on CUDA, float32 on CPU"
-    )
+    dtype: ModelDtype
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available, else cpu")
-    compile: bool | None = Field(
-        None,
-        description="regional torch.compile of the repeated DiT blocks; unset = on for CUDA, off for CPU (no "
-        "compiler toolchain needed there)",
-    )
+    compile: CompileBlocks
     attention_backend: Literal["auto", "sdpa", "fa3", "cudnn", "flash", "math"] = Field(
         "auto",
         description="self-attention kernel (chitu_diffusion.attention.kernels): auto = FlashAttention-3 on a Hopper "
@@ -47,16 +73,8 @@ class DiffusionConfig(BaseModel):
         description="where torch.compile's artifacts are kept across processes (chitu_diffusion.compile_cache): "
         "auto = <model folder>/.chitu-compile-cache when writable, else ~/.cache/chitu/compile-cache",
     )
-    precision: Literal["bf16", "fp8"] = Field(
-        "bf16",
-        description="bf16 = exact (the model's dtype); fp8 = FP8 attention and FP8 linear layers in the DiT blocks "
-        "(chitu_diffusion.precision): faster, approximate; opt-in",
-    )
-    precision_check: bool = Field(
-        False,
-        description="with precision=fp8, also make each video in bf16 with the same seed and report rel-L2 and PSNR "
-        "against it in metrics.json (doubles the time)",
-    )
+    precision: Precision
+    precision_check: PrecisionCheck
     parallel_decode: bool = Field(
         False,
         description="in a gang, split the VAE decode across the ranks (strips with a halo, "
