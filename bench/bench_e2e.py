@@ -16,14 +16,16 @@ One-GPU modes: `stock` (WanPipeline's own loop, eager, diffusers' default attent
 fullgraph=True)`); `cachedit` (cache-dit 1.5.3, no cache, its cuDNN attention backend, regional compile);
 `chitu-cold` (`load_engine(...).generate(...)` with defaults, empty compile cache); `chitu` (the same in a fresh
 process with the cache that chitu-cold left: what a new pod sees; it makes two videos, the second is the steady
-state); `chitu-fp8` (engine.precision=fp8); `chitu-pab` (PAB at cache_ratio 0.5). Two-GPU modes (torchrun, 2
+state); `chitu-fp8` (engine.precision=fp8); `chitu-pab` and `chitu-teacache` (PAB / TeaCache at cache_ratio 0.5;
+two videos as `chitu`, so the second runs on every compiled variant their decisions need). Two-GPU modes (torchrun, 2
 ranks): `chitu-cfg2`, `chitu-cfg2-split-decode` (VAE decode split across both ranks), `chitu-ulysses2`,
 `chitu-ring2`, `cachedit-ulysses2`, `cachedit-ulysses2-async`, `cachedit-ring2`. Peers get `--warmup-steps`
 untimed steps first (their compile happens there; reported as warmup_s); chitu's first video is timed as a user
 gets it.
 
 Each mode saves its final latents and frames; the driver reports rel-L2 of the latents and PSNR of the frames
-against `--reference` (the tuned diffusers mode by default) and FP8 / cache modes against `chitu` too.
+against `--reference` (the tuned diffusers mode by default) and FP8 / cache modes against `chitu` too; cache modes
+also report their reuse fraction and their steady-state loop's speed-up over `chitu`'s (`speedup_vs_chitu`).
 
 On the GPU machine (no internet), carry the wheels the image lacks (`.whl/`, git-ignored): diffusers 0.42.1,
 pydantic 2.14.4 + pydantic-core 2.50.5 + annotated-types + typing-inspection, cache-dit 1.5.3, fa3-fwd 0.0.3,
@@ -46,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-ONE_GPU = ["stock", "tuned", "cachedit", "chitu-cold", "chitu", "chitu-fp8", "chitu-pab"]
+ONE_GPU = ["stock", "tuned", "cachedit", "chitu-cold", "chitu", "chitu-fp8", "chitu-pab", "chitu-teacache"]
 TWO_GPU = [
     "chitu-cfg2",
     "chitu-cfg2-split-decode",
@@ -63,11 +65,14 @@ CHITU_OVERRIDES = {
     "chitu": [],
     "chitu-fp8": ["infer.diffusion.precision=fp8"],
     "chitu-pab": [],
+    "chitu-teacache": [],
     "chitu-cfg2": [],
     "chitu-cfg2-split-decode": ["infer.diffusion.parallel_decode=true"],
     "chitu-ulysses2": ["infer.diffusion.cp_size=2"],
     "chitu-ring2": ["infer.diffusion.cp_size=2", "infer.diffusion.up_limit=1"],
 }
+# FlexCache strategy and cache_ratio per chitu mode (the others run without a cache)
+CHITU_CACHES = {"chitu-pab": ("pab", 0.5), "chitu-teacache": ("teacache", 0.5)}
 CACHE_DIT_LAYOUTS = {
     "cachedit": {},
     "cachedit-ulysses2": {"ulysses_size": 2},
@@ -124,6 +129,7 @@ def main() -> None:
             results["failed"][mode] = f"{type(err).__name__}: {err}"
         print(f"{mode}: {time.perf_counter() - started:.1f} s wall; {summary_line(results, mode)}", flush=True)
         compare(results, args)
+        summarise(results)
         write(results, args.out)
     print_table(results)
 
@@ -217,6 +223,19 @@ def compare(results: dict, args: argparse.Namespace) -> None:
             entry[f"psnr_db_vs_{against}"] = psnr(np.load(entry["frames_file"]), ref_frames)
             if "loop_s" in entry and "loop_s" in modes[against]:
                 entry[f"loop_time_vs_{against}"] = entry["loop_s"] / modes[against]["loop_s"]
+                entry[f"speedup_vs_{against}"] = modes[against]["loop_s"] / entry["loop_s"]
+
+
+def summarise(results: dict) -> None:
+    """The headline per mode: loop seconds, speed-up and distance vs chitu, a cache's reuse fraction."""
+    keys = ("loop_s", "speedup_vs_chitu", "rel_l2_vs_chitu", "psnr_db_vs_chitu")
+    results["summary"] = {
+        mode: {
+            **{key: entry[key] for key in keys if key in entry},
+            **({"reuse_fraction": entry["cache"]["reuse_fraction"]} if entry.get("cache") else {}),
+        }
+        for mode, entry in results["modes"].items()
+    }
 
 
 def psnr(frames: np.ndarray, reference: np.ndarray) -> float:
@@ -233,15 +252,20 @@ def summary_line(results: dict, mode: str) -> str:
 
 
 def print_table(results: dict) -> None:
-    print(f"{'mode':26} {'loop s':>8} {'first video s':>14} {'load s':>7} {'rel-L2 ref':>10} {'PSNR ref':>9}")
+    print(
+        f"{'mode':26} {'loop s':>8} {'first video s':>14} {'load s':>7} {'rel-L2 ref':>10} {'PSNR ref':>9} "
+        f"{'reuse':>6} {'x chitu':>8} {'rel-L2 chitu':>12}"
+    )
+    nan = float("nan")
     for mode, entry in results["modes"].items():
         ref = next((k for k in entry if k.startswith("rel_l2_vs_")), None)
         psnr_key = ref.replace("rel_l2", "psnr_db") if ref else None
-        nan = float("nan")
         rel, db = (entry.get(ref, nan), entry.get(psnr_key, nan)) if ref else (nan, nan)
+        reuse = (entry.get("cache") or {}).get("reuse_fraction", nan)
         print(
             f"{mode:26} {entry['loop_s']:8.2f} {entry['stages_s'].get('total', nan):14.2f} "
-            f"{entry['stages_s'].get('load', nan):7.2f} {rel:10.4f} {db:9.2f}"
+            f"{entry['stages_s'].get('load', nan):7.2f} {rel:10.4f} {db:9.2f} {reuse:6.3f} "
+            f"{entry.get('speedup_vs_chitu', nan):8.3f} {entry.get('rel_l2_vs_chitu', nan):12.4f}"
         )
     for mode, reason in results["failed"].items():
         print(f"{mode:26} FAILED {reason[:300]}")
