@@ -137,6 +137,10 @@ class Batch:
     def pods_of(self, name: str) -> list:
         return self.k8s.core.list_namespaced_pod(self.namespace, label_selector=f"{JOB_NAME_LABEL}={name}").items
 
+    def services(self) -> list[str]:
+        """Services left in the namespace (a finished job's headless Service is deleted with it: none expected)."""
+        return [s.metadata.name for s in self.k8s.core.list_namespaced_service(self.namespace).items]
+
     def runs_of(self, job: dict) -> Counter:
         uid = job["metadata"]["uid"]
         return Counter(int(line.split()[1]) for line in self.runs.read_text().splitlines() if line.startswith(uid))

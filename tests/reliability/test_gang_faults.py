@@ -61,11 +61,15 @@ def test_a_hung_rank_is_found_stalled_and_the_gang_restarted(batch, reliability_
     assert_clean(outcome)
     assert outcome.restarts == 1, dump(jobs)
     assert batch.runs_of(jobs[0]) == Counter({0: 1, 1: 1, 2: 1})  # prompt 0 kept, the hung prompt done once
+    assert len(batch.pods_of(name)) == 1 and not batch.services()  # no duplicate pod, no orphaned Service
     assert stalled, "no Stalled event"
-    assert re.match(
-        rf"no progress for \d+ s \(stallTimeoutSeconds {timeout}\): rank 0 \(pod hung-worker-0\)", (stalled[0].message)
+    found = re.match(
+        rf"no progress for (\d+) s \(stallTimeoutSeconds {timeout}\): rank 0 \(pod hung-worker-0\)",
+        (stalled[0].message),
     )
-    assert timeout <= detected_after < timeout + 15  # the operator's tick and the report's second precision
+    assert found and timeout <= int(found[1]) < timeout + 10, stalled[0].message
+    # Seen from here: the report's stamp is cut to whole seconds and this test polls, so up to ~1.5 s early.
+    assert timeout - 2 <= detected_after < timeout + 15
 
 
 def unshare_works() -> bool:
@@ -108,6 +112,7 @@ def test_a_full_scratch_folder_fails_the_job_naming_it(batch, s3, tmp_path, reli
     assert f"NoSpace: no space left in {scratch} (writing prompt 0)" in status["message"], status["message"]
     assert "No space left on device" in status["message"]
     assert not status.get("outputs")
+    assert not batch.services()
     stored = s3.client.list_objects_v2(Bucket=s3.name).get("Contents", [])
     assert not stored, [o["Key"] for o in stored]  # nothing half-written (or whole) was uploaded
     assert not scratch.exists() or not any(scratch.iterdir())  # the tmpfs was the pod's own
@@ -201,3 +206,4 @@ def test_apiserver_unreachable_when_the_worker_finishes(batch, reliability_repor
     assert sorted(o["index"] for o in status["outputs"]) == list(range(prompts))
     assert status["progress"]["promptsDone"] == prompts
     assert batch.runs_of(jobs[0]) == Counter(range(prompts))
+    assert len(batch.pods_of(name)) == 1 and not batch.services()

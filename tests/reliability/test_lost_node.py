@@ -94,6 +94,7 @@ def test_a_lost_node_restarts_the_gang_on_a_node_that_works(batch, reliability_r
     lost = [e for e in events if e.reason == "NodeLost"]
     assert lost and f"was lost with node {SPARE_NODE}" in lost[0].message, [(e.reason, e.message) for e in events]
     assert [p.spec.node_name for p in pods] == [NODE_NAME]  # the old pod is gone, force-deleted
+    assert not batch.services()
     assert pods[0].metadata.labels["chitu.dev/restart-attempt"] == "1"
     runs = batch.runs_of(jobs[0])
     assert set(runs) == set(range(6)) and max(runs.values()) == 1, runs  # finished prompts kept, none twice
