@@ -137,8 +137,11 @@ def test_every_kind_of_reference_is_checked(cluster, user_namespace, spec, field
 
 
 def test_a_job_naming_nothing_and_the_admin_are_accepted(cluster, user_namespace):
-    """What the platform fills in (the default S3 Secret) is its choice; a cluster admin passes every check."""
+    """What the platform fills in (the default S3 Secret) is its choice; a reference without a name names nothing
+    (the operator refuses it, InvalidSpec); a cluster admin passes every check."""
     assert apply_as(cluster, user_namespace, spec_with()).returncode == 0
+    nameless = spec_with(env=[{"name": "A", "valueFrom": {"secretKeyRef": {"key": "k"}}}])
+    assert apply_as(cluster, user_namespace, nameless).returncode == 0
     spec = spec_with(env=[{"name": "API_TOKEN", "valueFrom": {"secretKeyRef": {"name": "api-token", "key": "t"}}}])
     manifest = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "GenerationJob", "metadata": {"name": "p"}, "spec": spec}
     done = kubectl(
