@@ -136,17 +136,19 @@ def _to_frames(pipe: WanPipeline, video: torch.Tensor) -> np.ndarray:
     return (frames * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
+@torch.no_grad()
 def decode_latents(
     pipe: WanPipeline, latents: torch.Tensor, vae_decode: Callable[[torch.Tensor], torch.Tensor] | None = None
 ) -> np.ndarray:
     """Frames (F, H, W, 3) uint8 RGB from normalised latents (1, z_dim, F', H', W'), as WanPipeline decodes.
     `vae_decode` (VAE-space latents -> (1, 3, F, H, W) pixels) replaces the whole-frame decode, e.g. with a gang's
-    split decode (parallel/vae_decode.py)."""
+    split decode (parallel/vae_decode.py). Never records autograd: a video's decode graph is ~130 GiB."""
     vae = pipe.vae
     vae_decode = vae_decode or (lambda x: vae.decode(x, return_dict=False)[0])
     return _to_frames(pipe, vae_decode(_denormalise(vae, latents)))
 
 
+@torch.no_grad()
 def decode_latent_chunks(pipe: WanPipeline, latents: torch.Tensor) -> Iterator[np.ndarray]:
     """`decode_latents` one latent frame at a time: (f, H, W, 3) uint8 chunks as the Wan VAE's causal decoder
     makes them (1 frame, then 4 per latent frame), so an mp4 encoder can work on the first frames while the GPU

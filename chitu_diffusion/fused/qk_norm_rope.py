@@ -126,6 +126,21 @@ def fusable(x: torch.Tensor, norm: torch.nn.Module, heads: int, freqs) -> bool:
     )
 
 
+@torch.library.custom_op("chitu::norm_rope", mutates_args=())
+def _fused_norm_rope(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, heads: int, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor
+) -> torch.Tensor:
+    """The kernel as an operator torch.compile keeps whole: dynamo cannot trace every Triton's launcher (on the
+    H200 image's torch 2.11 it stopped at `triton._C.libtriton.getenv_bool`, which breaks the block's graph)."""
+    return _triton_norm_rope()(x, weight, eps, heads, freqs_cos, freqs_sin)
+
+
+@_fused_norm_rope.register_fake
+def _(x, weight, eps, heads, freqs_cos, freqs_sin):
+    batch, seq_len, channels = x.shape
+    return x.new_empty((batch, seq_len, heads, channels // heads))
+
+
 def norm_rope(
     x: torch.Tensor, norm: torch.nn.Module, heads: int, freqs: tuple[torch.Tensor, torch.Tensor] | None
 ) -> torch.Tensor:
@@ -133,4 +148,4 @@ def norm_rope(
     if not fusable(x, norm, heads, freqs):
         return norm_rope_reference(x, norm, heads, freqs)
     eps = norm.eps if norm.eps is not None else torch.finfo(x.dtype).eps
-    return _triton_norm_rope()(x, norm.weight, eps, heads, *freqs)
+    return _fused_norm_rope(x, norm.weight, eps, heads, *freqs)

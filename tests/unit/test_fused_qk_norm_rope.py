@@ -22,7 +22,7 @@ from chitu_diffusion.fused.qk_norm_rope import fusable, norm_rope, norm_rope_ref
 INTERPRETED_CHECK = r"""
 import json, torch
 from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
-from chitu_diffusion.fused.qk_norm_rope import _triton_norm_rope, norm_rope_reference
+from chitu_diffusion.fused.qk_norm_rope import _fused_norm_rope, _triton_norm_rope, norm_rope_reference
 
 torch.manual_seed(0)
 results = {}
@@ -46,6 +46,12 @@ for heads, head_dim, batch in ((3, 16, 2), (4, 32, 1)):
         "max_ulps": ulps.max().item(),
         "rel_l2": ((fused - reference).norm() / reference.norm()).item(),
     }
+# the operator torch.compile sees: its fake agrees with the kernel, and a graph holds it whole (no break)
+args = (x, norm.weight, norm.eps, heads, *freqs)
+torch.library.opcheck(_fused_norm_rope, args, test_utils=("test_schema", "test_faketensor"))
+compiled = torch.compile(lambda *a: _fused_norm_rope(*a) * 2, backend="aot_eager", fullgraph=True)
+with torch.no_grad():  # as the engine runs: inference only, the operator has no backward
+    results["compiled_equal"] = torch.equal(compiled(*args), _fused_norm_rope(*args) * 2)
 print(json.dumps(results))
 """
 
@@ -58,6 +64,7 @@ def test_the_kernel_computes_norm_then_rope_within_two_bf16_ulps():
     assert run.returncode == 0, run.stderr[-3000:]
     results = json.loads(run.stdout.strip().splitlines()[-1])
     assert results["3x16"]["shape"] == [2, 18, 3, 16]  # heads not a power of two: padded and masked
+    assert results.pop("compiled_equal") is True
     for case in results.values():
         assert case["max_ulps"] <= 2.0, results
         assert case["rel_l2"] < 2**-7, results
