@@ -238,8 +238,17 @@ def run_chitu(args: argparse.Namespace, mode: str, model_dir: Path, videos_dir: 
         "cache": cache_summary(runs[-1].get("cache")),
         "parallel": first.get("parallel"),
         "allocated_gib_per_step": memory,
+        "dynamo": dynamo_counts(),
     }
     return result, samples[-1].latents, frames
+
+
+def dynamo_counts() -> dict:
+    """What dynamo compiled in this process: graphs (one per compiled block variant) and graph breaks by reason.
+    A strategy that keeps the blocks compiled adds a few graphs and no break (tests/unit/test_flexcache_compile.py)."""
+    from torch._dynamo.utils import counters
+
+    return {"unique_graphs": counters["stats"]["unique_graphs"], "graph_breaks": dict(counters["graph_break"])}
 
 
 def cache_summary(report: dict | None) -> dict | None:
