@@ -4,18 +4,23 @@ the dev cluster installs) asks the apiserver's authorizer whether the REQUESTING
 A user allowed to create GenerationJobs but not to read a Secret is refused a job that reads it (env, envFrom,
 volumes, imagePullSecrets, output credentials), naming the field; once allowed to `get` it, the same job is accepted.
 The same holds for ConfigMaps and PersistentVolumeClaims (`get`) and for a ServiceAccount the pods would run as
-(`impersonate`). Users are impersonated (`kubectl --as`) from the admin kubeconfig; no operator runs.
+(`impersonate`). Users are impersonated (`kubectl --as`) from the admin kubeconfig; no operator runs. The
+platform's Secret allow-list (chart value policy.secretNames) is refused at apply too, for every user.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+import uuid
 
 import pytest
 import yaml
 
 from chitu_api.names import GROUP, PLURAL, VERSION
+from chitu_devcluster.paths import free_ports
+from chitu_devcluster.platform import CHART, ensure_helm
+from chitu_devcluster.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -166,3 +171,64 @@ def test_references_are_bounded_by_the_cel_budget(cluster, user_namespace):
     env.append({"name": "EXTRA", "valueFrom": {"secretKeyRef": {"name": "s0", "key": "k"}}})
     done = apply_as(cluster, user_namespace, spec_with(env=env))
     assert done.returncode != 0 and f"may name at most {SLOTS} Secrets" in done.stderr, done.stderr
+
+
+def test_the_platform_secret_allow_list_is_refused_at_apply(cluster, namespace):
+    """A release serving only this namespace (no operator replica) with policy.secretNames: a job naming another
+    Secret is refused for everyone, the cluster admin included, naming the field and the allowed Secrets."""
+    release = f"e2e-{uuid.uuid4().hex[:6]}"
+    helm = str(ensure_helm())
+    values = [
+        f"watchNamespaces={{{namespace}}}",
+        "replicas=0",
+        "rbac.createWorkerClusterRole=false",
+        "rbac.createUserClusterRoles=false",
+        "policy.secretNames={s3-creds}",
+        f"livenessPort={free_ports(1)[0]}",
+    ]
+    flags = [item for value in values for item in ("--set", value)]
+    env = {**os.environ, **cluster.env(), "HOME": str(cluster.state.root)}
+    done = subprocess.run(
+        [helm, "install", release, str(CHART), "-n", namespace, *flags], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    try:
+        other = {
+            "model": {"uri": "/m"},
+            "prompt": "a",
+            "output": {"uri": "s3://videos/x", "credentialsSecretRef": {"name": "other"}},
+        }
+        expected = (
+            "spec.output.credentialsSecretRef.name: Secret other is not one the platform lets jobs use "
+            "(allowed: s3-creds)"
+        )
+        manifest = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "GenerationJob", "metadata": {"name": "p"}}
+
+        def refused() -> bool:  # the apiserver loads a new policy within a few seconds
+            done = kubectl(
+                cluster,
+                "create",
+                "--dry-run=server",
+                "-n",
+                namespace,
+                "-f",
+                "-",
+                stdin=yaml.safe_dump({**manifest, "spec": other}),
+            )
+            return done.returncode != 0 and expected in done.stderr
+
+        wait_for(refused, "the allow-list policy to refuse Secret other", 60, interval=1)
+        allowed = {**other, "output": {"uri": "s3://videos/x", "credentialsSecretRef": {"name": "s3-creds"}}}
+        done = kubectl(
+            cluster,
+            "create",
+            "--dry-run=server",
+            "-n",
+            namespace,
+            "-f",
+            "-",
+            stdin=yaml.safe_dump({**manifest, "spec": allowed}),
+        )
+        assert done.returncode == 0, done.stderr
+    finally:
+        subprocess.run([helm, "uninstall", release, "-n", namespace, "--wait"], env=env, capture_output=True)
