@@ -9,6 +9,9 @@ check returns None when the value is valid, else a message that quotes the value
 The compound checks (a toleration, an env var, a resources block) return ``(subfield, message)`` pairs,
 the subfield relative to the checked object (``limits[cpu]``), so the caller prefixes its own path.
 
+The patterns keep the apiserver's ``^...$`` and are applied with ``fullmatch``: Python's ``$`` also matches before
+a trailing newline, Go's does not (a name followed by a newline is no name).
+
 One deliberate difference: environment variable names follow the portable rule
 (``[-._a-zA-Z][-._a-zA-Z0-9]*``, every apiserver version), not v1.34's relaxed one (any printable ASCII but
 ``=``), so a job accepted here runs on any supported cluster and its names work in a shell.
@@ -91,7 +94,7 @@ def dns1123_label(value: str) -> str | None:
     """A DNS-1123 label (names of Services, pod hostnames, namespaces)."""
     if len(value) > DNS1123_LABEL_MAX:
         return f"{value!r} is longer than {DNS1123_LABEL_MAX} characters (a DNS-1123 label)"
-    if not DNS1123_LABEL_RE.match(value):
+    if not DNS1123_LABEL_RE.fullmatch(value):
         return (
             f"{value!r} is not a DNS-1123 label: lower-case letters, digits and '-', starting and ending "
             f"with a letter or digit (e.g. 'my-name')"
@@ -103,7 +106,7 @@ def dns1123_subdomain(value: str) -> str | None:
     """A DNS-1123 subdomain: the names of Secrets, ConfigMaps, ServiceAccounts, PriorityClasses."""
     if len(value) > DNS1123_SUBDOMAIN_MAX:
         return f"{value!r} is longer than {DNS1123_SUBDOMAIN_MAX} characters (a DNS-1123 subdomain)"
-    if not DNS1123_SUBDOMAIN_RE.match(value):
+    if not DNS1123_SUBDOMAIN_RE.fullmatch(value):
         return (
             f"{value!r} is not a DNS-1123 subdomain: lower-case letters, digits, '-' and '.', starting and "
             f"ending with a letter or digit (e.g. 'example.com')"
@@ -123,7 +126,7 @@ def qualified_name(value: str) -> str | None:
         return f"{value!r} is not a qualified name: the name part is empty"
     if len(name) > QUALIFIED_NAME_MAX:
         return f"{value!r}: the name part is longer than {QUALIFIED_NAME_MAX} characters"
-    if not QUALIFIED_NAME_RE.match(name):
+    if not QUALIFIED_NAME_RE.fullmatch(name):
         return (
             f"{value!r} is not a qualified name: letters, digits, '-', '_' or '.', starting and ending with "
             f"a letter or digit, with an optional DNS-subdomain prefix and '/' (e.g. 'example.com/my-key')"
@@ -135,7 +138,7 @@ def label_value(value: str) -> str | None:
     """A label value: empty, or up to 63 letters, digits, '-', '_', '.' starting and ending alphanumeric."""
     if len(value) > LABEL_VALUE_MAX:
         return f"{value!r} is longer than {LABEL_VALUE_MAX} characters (a label value)"
-    if not LABEL_VALUE_RE.match(value):
+    if not LABEL_VALUE_RE.fullmatch(value):
         return (
             f"{value!r} is not a valid label value: empty, or letters, digits, '-', '_' or '.', starting and "
             f"ending with a letter or digit"
@@ -168,7 +171,7 @@ def annotations(mapping: Mapping[str, str]) -> Problems:
 
 def env_var_name(name: str) -> str | None:
     """An environment variable name (the portable rule: see the module docstring)."""
-    if not ENV_VAR_NAME_RE.match(name):
+    if not ENV_VAR_NAME_RE.fullmatch(name):
         return (
             f"{name!r} is not a valid environment variable name: letters, digits, '_', '-' or '.', not "
             f"starting with a digit (e.g. 'MY_VAR')"
@@ -182,7 +185,7 @@ def config_key(key: str) -> str | None:
     """A key inside a Secret or ConfigMap."""
     if len(key) > DNS1123_SUBDOMAIN_MAX:
         return f"{key!r} is longer than {DNS1123_SUBDOMAIN_MAX} characters (a Secret or ConfigMap key)"
-    if not CONFIG_KEY_RE.match(key) or key in (".", "..") or key.startswith(".."):
+    if not CONFIG_KEY_RE.fullmatch(key) or key in (".", "..") or key.startswith(".."):
         return f"{key!r} is not a valid Secret or ConfigMap key: letters, digits, '-', '_' or '.' (not '..')"
     return None
 
@@ -233,7 +236,7 @@ def parse_quantity(value: int | float | str) -> Decimal:
         raise ValueError(f"{value!r} is not a quantity: a number or a string such as '500m', '2', '1Gi'")
     if isinstance(value, float):  # a JSON number such as 0.5 (YAML `cpu: 0.5`)
         return Decimal(repr(value))
-    match = QUANTITY_RE.match(str(value))
+    match = QUANTITY_RE.fullmatch(str(value))
     if not match or value == "":
         raise ValueError(
             f"{value!r} is not a quantity: a number with an optional suffix (n, u, m, k, M, G, T, "
@@ -344,7 +347,7 @@ def port_number(port: int) -> str | None:
 
 def port_name(name: str) -> str | None:
     """An IANA service name: at most 15 lower-case letters, digits and '-', with a letter, no '--'."""
-    if len(name) > PORT_NAME_MAX or not PORT_NAME_RE.match(name) or "--" in name or not re.search("[a-z]", name):
+    if len(name) > PORT_NAME_MAX or not PORT_NAME_RE.fullmatch(name) or "--" in name or not re.search("[a-z]", name):
         return (
             f"{name!r} is not a port name: at most {PORT_NAME_MAX} lower-case letters, digits and '-', with "
             f"at least one letter, no '--', not starting or ending with '-'"
