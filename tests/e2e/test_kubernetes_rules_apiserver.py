@@ -52,8 +52,9 @@ def agree(k8s, namespace, verdict: str | list | None, change) -> None:
     assert ours == accepted, f"ours: {verdict!r}; apiserver: {message or 'accepted'}"
 
 
-LABEL_KEYS = ["app", "example.com/app", "a/b/c", "Example.com/x", "x" * 63, "x" * 64, "a=b", "-x", "x_", "/x"]
-LABEL_VALUES = ["", "v", "a.b_c-d", "-x", "a" * 63, "a" * 64, "has space", "a/b"]
+# A trailing newline: Python's `$` matched before it, Go's does not (the rules use fullmatch).
+LABEL_KEYS = ["app", "example.com/app", "a/b/c", "Example.com/x", "x" * 63, "x" * 64, "a=b", "-x", "x_", "/x", "app\n"]
+LABEL_VALUES = ["", "v", "a.b_c-d", "-x", "a" * 63, "a" * 64, "has space", "a/b", "v\n"]
 QUANTITIES = [
     "1",
     "500m",
@@ -81,8 +82,9 @@ QUANTITIES = [
     "m",
     "1.2.3",
     "1.G",
+    "1\n",
 ]
-OBJECT_NAMES = ["creds", "a.b", "Bad_Name", "UPPER", "-x", "a..b", "x" * 253, "x" * 254]
+OBJECT_NAMES = ["creds", "a.b", "Bad_Name", "UPPER", "-x", "a..b", "x" * 253, "x" * 254, "creds\n"]
 TOLERATIONS = [
     {"key": "gpu", "operator": "Exists", "effect": "NoSchedule"},
     {"operator": "Exists"},
@@ -105,7 +107,7 @@ RESOURCES = [
     {"limits": {"example.com/dongle": "2"}},
     {"requests": {"example.com/d": "1"}, "limits": {"example.com/d": "2"}},
 ]
-PORT_NAMES = ["http", "rendezvous", "a-1", "1", "a--b", "-a", "Http", "x" * 16]
+PORT_NAMES = ["http", "rendezvous", "a-1", "1", "a--b", "-a", "Http", "x" * 16, "http\n"]
 
 
 @pytest.mark.parametrize("key", LABEL_KEYS)
