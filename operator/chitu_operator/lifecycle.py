@@ -30,6 +30,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from chitu_api.exitcodes import EXIT_REPORT_LOST
 from chitu_api.failurepolicy import FAIL_JOB, IGNORE
 from chitu_api.generationjob import GenerationJobSpec, parse_spec
 from chitu_api.names import KUEUE_QUEUE_LABEL, pod_name
@@ -281,6 +282,9 @@ def _rank_lost(job: Job, owned: Sequence[PodView], now: datetime.datetime) -> De
         return _finish(
             job, current, now, st.FAILED, st.INVALID_INPUT, f"{invalid.failure()} (invalid input: not retried)"
         )
+    if failed and failed[0].exit_code == EXIT_REPORT_LOST:
+        lost = "every output is stored, the next attempt reports them"
+        return _restart_or_fail(job, current, now, failed[0].failure(), counted=False, uncounted_because=lost)
     if failed:
         action = (
             job.spec.run_policy.pod_failure_policy.action(failed[0].exit_code, dict(failed[0].conditions))
@@ -316,7 +320,8 @@ def _restart_or_fail(
     now: datetime.datetime,
     reason: str,
     counted: bool = True,
-    cause: str = st.RANK_FAILED,
+    restart_reason: str = st.RANK_FAILED,
+    uncounted_because: str = "podFailurePolicy Ignore",
 ) -> Decision:
     """Restart the gang, or fail once backoffLimit counted restarts are spent, quoting the first root cause
     (a later attempt often fails of a symptom: a port still bound, a peer gone)."""
@@ -332,11 +337,11 @@ def _restart_or_fail(
             st.BACKOFF_LIMIT_EXCEEDED,
             f"{cause} (backoffLimit {limit} reached after {job.attempt} restarts)",
         )
-    note = "" if counted else ", not counted: podFailurePolicy Ignore"
+    note = "" if counted else f", not counted: {uncounted_because}"
     restarting = st.Transition(
         st.RESTARTING,
         st.RESTARTING,
-        cause,
+        restart_reason,
         f"{reason}; restarting the gang (restart {job.attempt + 1 - ignored - (not counted)} of {limit}{note})",
     )
     status: dict[str, Any] = {"restarts": job.attempt + 1}
@@ -379,7 +384,7 @@ def _unhealthy(job: Job, owned: Sequence[PodView], now: datetime.datetime) -> De
     finding = finding or health.stall(job, current, now)
     if finding is None:
         return None
-    return _restart_or_fail(job, current, now, finding.message, cause=finding.reason)
+    return _restart_or_fail(job, current, now, finding.message, restart_reason=finding.reason)
 
 
 def _condition(job: Job, kind: str) -> Mapping[str, Any]:

@@ -166,8 +166,9 @@ def test_the_real_worker_names_a_full_scratch_folder(tiny_model_dir, tmp_path):
 
 def test_apiserver_unreachable_when_the_worker_finishes(batch, reliability_report):
     """Defect (d): the worker reaches the apiserver through a proxy that goes down as the last prompt runs, for
-    longer than the worker retries its final report (FINISH_SECONDS). The attempt fails (ReportLost), the next
-    attempt finds every prompt in S3 and reports them: Succeeded with all 4 outputs, none generated twice."""
+    longer than the worker retries its final report (FINISH_SECONDS). The attempt fails (ReportLost, exit 5), the
+    next attempt finds every prompt in S3 and reports them: Succeeded with all 4 outputs, none generated twice,
+    even with backoffLimit 0 (a restart that only reports is not counted)."""
     name, prompts, outage = "unreported", 4, 25
     api = urlsplit(batch.cluster.server)
     proxy = FaultProxy((api.hostname, api.port))
@@ -185,7 +186,7 @@ def test_apiserver_unreachable_when_the_worker_finishes(batch, reliability_repor
             seconds_per_prompt=2.0,
             env={"FINISH_SECONDS": "10"},
             command=[*through_proxy, sys.executable, str(FAST_WORKER)],
-            run_policy={"restartBackoffSeconds": 1},
+            run_policy={"restartBackoffSeconds": 1, "backoffLimit": 0},
         )
         last = prompts - 1
         wait_for(lambda: progress(batch, name).get("promptsDone", 0) >= last, "3 prompts reported", 90, interval=0.2)
@@ -201,7 +202,7 @@ def test_apiserver_unreachable_when_the_worker_finishes(batch, reliability_repor
     assert_clean(outcome)
     status = jobs[0]["status"]
     assert stored_while_down == last  # the job did not know about the last prompt while the API was cut off
-    assert outcome.restarts == 1, dump(jobs)  # ReportLost failed the attempt; the next one reported
+    assert outcome.restarts == 1 and status["ignoredRestarts"] == 1, dump(jobs)  # the next attempt reported
     assert "ReportLost" in (status.get("firstFailure") or ""), status.get("firstFailure")
     assert sorted(o["index"] for o in status["outputs"]) == list(range(prompts))
     assert status["progress"]["promptsDone"] == prompts

@@ -108,3 +108,13 @@ def test_stall_timeout_bounds_name_the_field(value):
     spec = {"model": {"uri": "/m"}, "prompt": "a", "worker": {"image": "w"}, "output": {"uri": "s3://videos/p"}}
     with pytest.raises(InvalidSpec, match=r"^spec\.runPolicy\.stallTimeoutSeconds: "):
         parse_spec({**spec, "runPolicy": {"stallTimeoutSeconds": value}})
+
+
+def test_a_lost_final_report_restarts_without_counting():
+    """Exit 5 (ReportLost): every output is stored, the next attempt only reports them; even backoffLimit 0 allows
+    it, so a job whose videos are all in storage never fails for want of a status write."""
+    base = job(st.RUNNING, run_policy={"backoffLimit": 0})
+    decision = decide(base, [pod(0, "Failed", exit_code=5), pod(1, "Succeeded")], NOW)
+    assert decision.transition.phase == st.RESTARTING and decision.transition.reason == st.RANK_FAILED
+    assert "not counted: every output is stored, the next attempt reports them" in decision.transition.message
+    assert decision.status == {"restarts": 1, "firstFailure": decision.status["firstFailure"], "ignoredRestarts": 1}

@@ -4,7 +4,10 @@ it, and a report that cannot be written fails the attempt (the next one reports 
 from __future__ import annotations
 
 import pytest
+from kubernetes.client.exceptions import ApiException
 
+from chitu_api.exitcodes import EXIT_REPORT_LOST
+from chitu_worker.failures import exit_code
 from chitu_worker.progress import ProgressReporter, ReportLost
 
 
@@ -47,3 +50,22 @@ def test_a_report_that_never_lands_fails_the_attempt():
     api.failures = 1000
     with pytest.raises(ReportLost, match=r"final status \(2/2 prompts\) could not be written for 60 s"):
         report.finish(finish_seconds=60, sleep=api.sleep)
+
+
+def test_a_lost_report_exits_with_its_own_code():
+    """Exit 5: the operator restarts the gang without counting it (every output is already stored)."""
+    assert exit_code(ReportLost("x")) == EXIT_REPORT_LOST == 5
+
+
+def test_a_refusal_retrying_cannot_change_is_raised_at_once():
+    """403 (the worker's Role lost): retrying for 120 s, then restarting without counting, would loop for ever."""
+    api = FlakyApi(failures=0)
+    report = reporter(api)
+
+    def forbidden(status: dict) -> None:
+        raise ApiException(status=403, reason="Forbidden")
+
+    report._publish = forbidden
+    with pytest.raises(ApiException, match="Forbidden"):
+        report.finish(sleep=api.sleep)
+    assert api.sleeps == []

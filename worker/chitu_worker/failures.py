@@ -15,9 +15,10 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from chitu_api.exitcodes import EXIT_FAILED, EXIT_GPUS_NOT_VISIBLE, EXIT_INVALID_INPUT
+from chitu_api.exitcodes import EXIT_FAILED, EXIT_GPUS_NOT_VISIBLE, EXIT_INVALID_INPUT, EXIT_REPORT_LOST
 from chitu_diffusion.config import ConfigError
 from chitu_worker.gpus import GpusNotVisible
+from chitu_worker.progress import ReportLost
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,8 @@ class InvalidInput(ValueError):
 def exit_code(exc: BaseException) -> int:
     if isinstance(exc, GpusNotVisible):
         return EXIT_GPUS_NOT_VISIBLE
+    if isinstance(exc, ReportLost):
+        return EXIT_REPORT_LOST
     # The engine's ConfigError is invalid input too: an unsupported combination of settings.
     return EXIT_INVALID_INPUT if isinstance(exc, (InvalidInput, ConfigError)) else EXIT_FAILED
 

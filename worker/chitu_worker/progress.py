@@ -6,8 +6,9 @@ end of every prompt are always published, so the status is exact at prompt bound
 
 A worker that finishes must not exit 0 before its outputs are in the job's status (issue 14 (d): the API was
 unreachable at the end, and the job showed 1/4 prompts though all 4 videos were stored): `finish()` sends the
-final status until the job has it, and raises ReportLost after `finish_seconds`; the attempt then fails and the
-next one, finding every prompt complete in storage, reports them.
+final status until the job has it, and raises ReportLost after `finish_seconds` (exit code 5): the attempt then
+fails, and the next one, finding every prompt complete in storage, reports them (a restart the operator does not
+count against backoffLimit). A refusal that retrying cannot change (401, 403, 404) is raised as it is.
 
 `status.outputs` is a list, and a JSON merge patch replaces lists whole: the reporter keeps the full list,
 starting from the one in the job as fetched, keyed by prompt index, and sends all of it whenever it changed.
@@ -26,6 +27,7 @@ logger = logging.getLogger(__name__)
 Publish = Callable[[dict], None]  # receives the `status` object to merge
 FINISH_SECONDS = 120.0
 FINISH_MAX_DELAY_SECONDS = 15.0
+REFUSED_FOR_GOOD = (401, 403, 404)  # the API's answer, not its absence: another attempt would be refused too
 
 
 class ReportLost(RuntimeError):
@@ -88,6 +90,8 @@ class ProgressReporter:
                 self._outputs_changed = False
                 return
             except Exception as err:
+                if getattr(err, "status", None) in REFUSED_FOR_GOOD:
+                    raise
                 if self._clock() >= deadline:
                     raise ReportLost(
                         f"the final status ({self._done}/{self._prompts_total} prompts) could not be "
