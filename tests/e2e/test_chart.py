@@ -294,7 +294,8 @@ def rendered(helm: str, *flags: str) -> list[dict]:
 def test_rendered_scope_admission_policy_and_pod_policy(helm):
     """Cluster-scoped by default; watchNamespaces -> Roles in each (and the Lease's in the release namespace), a
     ClusterRole of cluster-scoped reads only, --namespace per namespace, the admission policy bound to them; the
-    Secret allow-list reaches the operator's configuration and the policy; admissionPolicy.enabled=false removes it."""
+    Secret allow-list and the volume types reach the operator's configuration and the policy;
+    admissionPolicy.enabled=false removes it."""
     default = {(doc["kind"], doc["metadata"]["name"]) for doc in rendered(helm)}
     assert {("ClusterRole", "x-chitu-operator"), ("ValidatingAdmissionPolicy", "x-chitu-job-references")} <= default
     assert not any(kind in ("Role", "RoleBinding") for kind, _ in default)
@@ -317,6 +318,10 @@ def test_rendered_scope_admission_policy_and_pod_policy(helm):
     assert config["policy"] == {"secretNames": ["s3-creds"]}
     policy = next(doc for doc in docs if doc["kind"] == "ValidatingAdmissionPolicy")
     assert any('["s3-creds"]' in check["expression"] for check in policy["spec"]["validations"])
+
+    host_path = rendered(helm, "--set", "policy.allowHostPath=true", "--set", "policy.volumeTypes={emptyDir}")
+    policy = next(doc for doc in host_path if doc["kind"] == "ValidatingAdmissionPolicy")
+    assert any('["emptyDir","hostPath"]' in check["expression"] for check in policy["spec"]["validations"])
 
     off = {doc["kind"] for doc in rendered(helm, "--set", "admissionPolicy.enabled=false")}
     assert not off & {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}

@@ -96,11 +96,11 @@ def test_a_job_reading_a_secret_its_creator_may_not_read_is_refused_until_allowe
     "spec, field, resource, name",
     [
         (spec_with(envFrom=[{"secretRef": {"name": "db"}}]), "spec.worker.envFrom[].secretRef.name", "secrets", "db"),
-        (
-            spec_with(volumes=[{"name": "keys", "secret": {"secretName": "tls"}}]),
-            "spec.worker.volumes[].secret.secretName",
-            "secrets",
-            "tls",
+        (  # secret volumes are checked alike where the platform allows them (not in the default volume types)
+            spec_with(volumes=[{"name": "settings", "configMap": {"name": "settings"}}]),
+            "spec.worker.volumes[].configMap.name",
+            "configmaps",
+            "settings",
         ),
         (
             spec_with(imagePullSecrets=[{"name": "regcred"}]),
@@ -232,3 +232,34 @@ def test_the_platform_secret_allow_list_is_refused_at_apply(cluster, namespace):
         assert done.returncode == 0, done.stderr
     finally:
         subprocess.run([helm, "uninstall", release, "-n", namespace, "--wait"], env=env, capture_output=True)
+
+
+@pytest.mark.parametrize(
+    "spec, field",
+    [
+        ({"model": {"uri": "/m", "volume": {"hostPath": {"path": "/"}}}, "prompt": "a"}, "spec.model.volume"),
+        (
+            spec_with(volumes=[{"name": "a", "emptyDir": {}}, {"name": "b", "hostPath": {"path": "/"}}]),
+            "spec.worker.volumes[]",
+        ),
+    ],
+)
+def test_volume_types_the_platform_does_not_allow_are_refused_at_apply(cluster, namespace, spec, field):
+    """The chart's policy (values.yaml policy.volumeTypes, allowHostPath; default: the operator's built-in list,
+    files/pod-policy-defaults.yaml) refuses a hostPath volume for every user, the cluster admin included."""
+    manifest = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "GenerationJob", "metadata": {"name": "p"}, "spec": spec}
+    done = kubectl(cluster, "create", "--dry-run=server", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(manifest))
+    assert done.returncode != 0, done.stdout
+    assert f"{field}: hostPath volumes are not allowed here (allowed: configMap, csi, emptyDir" in done.stderr
+    allowed = {"model": {"uri": "/m", "volume": {"persistentVolumeClaim": {"claimName": "models"}}}, "prompt": "a"}
+    done = kubectl(
+        cluster,
+        "create",
+        "--dry-run=server",
+        "-n",
+        namespace,
+        "-f",
+        "-",
+        stdin=yaml.safe_dump({**manifest, "spec": allowed}),
+    )
+    assert done.returncode == 0, done.stderr
