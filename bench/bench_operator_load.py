@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import statistics
 import sys
@@ -35,6 +34,7 @@ from benchlib import commit
 from kubernetes import watch
 
 from chitu_api.names import GROUP, JOB_NAME_LABEL, PLURAL, VERSION
+from chitu_devcluster.apimetrics import RequestCounters, request_counters
 from chitu_devcluster.cluster import DevCluster
 from chitu_operator.gang import KubeClients
 
@@ -43,10 +43,6 @@ NAMESPACE = "load"
 BUCKET = "load"
 SECRET = "s3-creds"
 FINISHED = ("Succeeded", "Failed")
-METRIC_LINE = re.compile(
-    r"^(?P<name>apiserver_request_total|apiserver_request_duration_seconds_sum)"
-    r"\{(?P<labels>[^}]*)\} (?P<value>[0-9.e+-]+)$"
-)
 
 # chitu-worker without the engine (uploads and reports through the worker's own code): the operator is measured.
 FAST_WORKER = Path(__file__).resolve().parents[1] / "tests" / "reliability" / "fastworker.py"
@@ -75,24 +71,6 @@ def job_manifest(index: int, prompts: int, endpoint: str, runs: Path) -> dict:
             "runPolicy": {"backoffLimit": 2},
         },
     }
-
-
-def request_counters(kube: KubeClients) -> tuple[Counter, Counter]:
-    """apiserver_request_total by (verb, resource/subresource, code), and the seconds the apiserver spent
-    serving them (apiserver_request_duration_seconds_sum) by (verb, resource/subresource)."""
-    response = kube.core.api_client.call_api("/metrics", "GET", auth_settings=["BearerToken"], _preload_content=False)
-    text = (response[0] if isinstance(response, tuple) else response).data.decode()
-    counters: Counter = Counter()
-    seconds: Counter = Counter()
-    for line in text.splitlines():
-        if match := METRIC_LINE.match(line):
-            labels = dict(re.findall(r'(\w+)="([^"]*)"', match["labels"]))
-            resource = labels.get("resource", "") + (f"/{labels['subresource']}" if labels.get("subresource") else "")
-            if match["name"] == "apiserver_request_total":
-                counters[(labels.get("verb", ""), resource, labels.get("code", ""))] += float(match["value"])
-            else:
-                seconds[(labels.get("verb", ""), resource)] += float(match["value"])
-    return counters, seconds
 
 
 class Recorder:
@@ -146,14 +124,6 @@ def all_finished(kube: KubeClients, jobs: int) -> bool:
     return len(listed) == jobs and all((job.get("status") or {}).get("phase") in FINISHED for job in listed)
 
 
-def by_call_key(delta: Counter) -> Counter:
-    """Request counts by (verb, resource/subresource), all codes together."""
-    calls: Counter = Counter()
-    for (verb, resource, _), count in delta.items():
-        calls[(verb, resource)] += count
-    return calls
-
-
 def percentiles(values: list[float]) -> dict[str, float | None]:
     if not values:
         return {"n": 0, "p50": None, "p99": None, "max": None}
@@ -190,7 +160,7 @@ def run(jobs: int, prompts: int, timeout: float, state_dir: Path, operator_log: 
         operator_pid = json.loads((cluster.state.pids / "operator.json").read_text())["pid"]
         recorder = Recorder(kube, operator_pid)
         recorder.start()
-        before = request_counters(kube)
+        before = request_counters(kube.core.api_client)
         started = time.monotonic()
 
         def create(index: int) -> None:
@@ -206,7 +176,7 @@ def run(jobs: int, prompts: int, timeout: float, state_dir: Path, operator_log: 
             time.sleep(2)
         wall = time.monotonic() - started
         time.sleep(2)  # the last status patches and events land in the counters
-        after = request_counters(kube)
+        after = request_counters(kube.core.api_client)
         recorder.stop.set()
         if operator_log:
             shutil.copyfile(cluster.procs.log_path("operator"), operator_log)
@@ -221,8 +191,8 @@ def summarize(
     kube,
     s3,
     recorder: Recorder,
-    before: tuple[Counter, Counter],
-    after: tuple[Counter, Counter],
+    before: RequestCounters,
+    after: RequestCounters,
     runs: Path,
     cluster: DevCluster,
     *,
@@ -246,15 +216,10 @@ def summarize(
     lost = [uri for uri in reported if uri.removeprefix(f"s3://{BUCKET}/") not in stored]
     run_counts = Counter(runs.read_text().split("\n")[:-1])
     phases = Counter((job.get("status") or {}).get("phase") for job in listed)
-    delta = after[0] - before[0]
-    served_seconds = after[1] - before[1]
-    requests = sum(delta.values())
-    client_errors = {
-        f"{verb} {resource} {code}": count
-        for (verb, resource, code), count in sorted(delta.items())
-        if code.startswith("4")
-    }
-    by_call = {f"{verb} {resource}": count for (verb, resource), count in by_call_key(delta).items()}
+    delta = RequestCounters.since(before, after)
+    requests = sum(delta.requests.values())
+    client_errors = delta.client_errors()
+    by_call = {f"{verb} {resource}": count for (verb, resource), count in delta.by_call().items()}
     log = cluster.procs.log_path("operator").read_text(errors="replace")
     return {
         "benchmark": "operator_load",
@@ -288,8 +253,8 @@ def summarize(
         # Mean time the apiserver took to serve one call (not counting the wait in the client): compared with the
         # reaction latency, it tells whether the apiserver or the operator's own pace dominates.
         "apiserver_mean_ms_by_call": {
-            f"{verb} {resource}": round(1000 * served_seconds[(verb, resource)] / count, 1)
-            for (verb, resource), count in sorted(by_call_key(delta).items())
+            f"{verb} {resource}": round(1000 * delta.seconds[(verb, resource)] / count, 1)
+            for (verb, resource), count in sorted(delta.by_call().items())
             if count >= jobs / 10 and verb != "WATCH"
         },
         "operator_tracebacks": log.count("Traceback"),

@@ -30,7 +30,7 @@ from typing import Any
 
 from .pods import PodView
 
-EXPIRY_SECONDS = 60.0
+EXPIRY_SECONDS = 300.0  # as Kubernetes' ExpectationsTimeout: a watch minutes behind under load must not expire it
 SHARED_STATUS = ("progress",)  # status keys the worker writes too: what the operator wrote there may be gone
 
 

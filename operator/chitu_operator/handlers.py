@@ -2,10 +2,12 @@
 
 - ``worker_pods`` (index): every worker pod's PodView by (namespace, job name), fed by the pod watch.
 - ``reconcile`` (timer, from creation until the job finishes): decide(job, pods, now), carry it out,
-  record it. A new job (no status yet) gets its worker identity, Service and pods and its initial status
-  the same way. The timer is also how a restarted operator resumes its jobs: kopf respawns it for every
-  unfinished job, and the decision is derived from the cluster (deterministic pod names, the index, the
-  status), so nothing is duplicated and no job is left without a status.
+  record it. It runs on kopf's event loop, so the many ticks with nothing to do cost no thread; only a
+  decision's cluster I/O goes to a thread (with 200 jobs, ticks queued behind the threads that wait on the
+  apiserver for other jobs' creates). A new job (no status yet) gets its worker identity, Service and pods
+  and its initial status the same way. The timer is also how a restarted operator resumes its jobs: kopf
+  respawns it for every unfinished job, and the decision is derived from the cluster (deterministic pod
+  names, the index, the status), so nothing is duplicated and no job is left without a status.
 - ``expire_finished`` (timer, finished jobs with ttlSecondsAfterFinished): first fires when the TTL
   runs out, then deletes the job; the garbage collector removes its pods and Service.
 
@@ -30,6 +32,7 @@ Other API errors are retried with exponential backoff, logged as one line per re
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 from collections.abc import Mapping
@@ -66,6 +69,8 @@ MAX_RETRY_SECONDS = 300.0  # ... up to this
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.finalizer = FINALIZER
+    # The reconcile posts one Event per transition itself (kopf.event): kopf would post each log line too.
+    settings.posting.level = logging.CRITICAL
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=OPERATOR_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=OPERATOR_PREFIX, key="last-handled-configuration"
@@ -86,7 +91,7 @@ def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo | None:
 
 
 @kopf.index("v1", "pods", labels={ROLE_LABEL: WORKER_ROLE, JOB_NAME_LABEL: kopf.PRESENT})
-def worker_pods(namespace: str, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict:
+async def worker_pods(namespace: str, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict:
     view = PodView.from_pod(body)
     return {(namespace, labels[JOB_NAME_LABEL]): view} if view else {}
 
@@ -96,7 +101,7 @@ def _is_unfinished(status: Mapping[str, Any], **_: Any) -> bool:
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=RECONCILE_INTERVAL_SECONDS, backoff=RETRY_SECONDS, when=_is_unfinished)
-def reconcile(
+async def reconcile(
     body: kopf.Body,
     patch: kopf.Patch,
     memo: kopf.Memo,
@@ -118,15 +123,16 @@ def reconcile(
         queue = None
         try:
             job: Job | None = Job.from_body(body, memo.config)
-            queue = gang.read_queue(memo.kube, job) if job.queue_name else None
+            queue = await asyncio.to_thread(gang.read_queue, memo.kube, job) if job.queue_name else None
             decision = lifecycle.decide(job, pods, now, queue.view if queue else None)
         except InvalidSpec as err:
             job, decision = None, lifecycle.reject_invalid(meta.uid, pods, str(err), now)
         try:
-            gang.carry_out(memo.kube, body, job, decision, memo.config.worker, queue)
+            if decision != lifecycle.WAIT or queue:
+                await asyncio.to_thread(gang.carry_out, memo.kube, body, job, decision, memo.config.worker, queue)
         except gang.CreateRefused as refused:
             decision = lifecycle.reject_invalid(meta.uid, pods, str(refused), now, reason=st.CREATE_REFUSED)
-            gang.carry_out(memo.kube, body, None, decision, memo.config.worker)
+            await asyncio.to_thread(gang.carry_out, memo.kube, body, None, decision, memo.config.worker)
         except (ApiException, urllib3.exceptions.HTTPError) as err:
             delay = min(RETRY_SECONDS * 2**retry, MAX_RETRY_SECONDS)
             raise kopf.TemporaryError(f"{_api_error(err)}; retrying in {delay:.0f} s", delay=delay) from None
@@ -142,7 +148,7 @@ def reconcile(
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def observe_job(
+async def observe_job(
     event: Mapping[str, Any],
     namespace: str,
     name: str,
@@ -223,7 +229,7 @@ def _record(
 def _api_error(err: Exception) -> str:
     """One line for the log: an API error's status and reason, or the connection problem."""
     if isinstance(err, ApiException):
-        return f"Kubernetes API error {err.status} {err.reason}"
+        return f"Kubernetes API error {err.status} {err.reason}: {gang.api_message(err)}"
     return f"Kubernetes API unreachable: {type(err).__name__}"
 
 

@@ -72,7 +72,7 @@ def test_a_refused_create_fails_the_job_with_the_apiservers_message():
 
 
 def refusing(status: int, message: str):
-    def create(namespace: str, manifest: dict) -> None:
+    def create(namespace: str, manifest: dict, **options) -> None:
         error = ApiException(status=status, reason="Refused")
         error.body = json.dumps({"kind": "Status", "message": message})
         raise error
