@@ -89,28 +89,35 @@ class Recorder:
         for target in (self._watch_jobs, self._watch_pods, self._sample_rss):
             threading.Thread(target=target, daemon=True).start()
 
+    def _follow(self, on_event, list_call, *args) -> None:
+        """Feed every watch event to ``on_event`` until stopped, watching again after the stream breaks (an
+        overloaded apiserver ends watches with 429s and resets; a lost event only drops a timestamp)."""
+        while not self.stop.is_set():
+            try:
+                for event in watch.Watch().stream(list_call, *args, timeout_seconds=0):
+                    on_event(event["object"])
+                    if self.stop.is_set():
+                        return
+            except Exception:  # any break of the stream: watch again
+                time.sleep(1)
+
     def _watch_jobs(self) -> None:
-        stream = watch.Watch().stream(
-            self.kube.custom.list_namespaced_custom_object, GROUP, VERSION, NAMESPACE, PLURAL, timeout_seconds=0
-        )
-        for event in stream:
-            job = event["object"]
+        def on_job(job: dict) -> None:
             phase = (job.get("status") or {}).get("phase")
             if phase in FINISHED and job["metadata"]["name"] not in self.finished:
                 self.finished[job["metadata"]["name"]] = (time.monotonic(), phase)
-            if self.stop.is_set():
-                return
+
+        self._follow(on_job, self.kube.custom.list_namespaced_custom_object, GROUP, VERSION, NAMESPACE, PLURAL)
 
     def _watch_pods(self) -> None:
-        for event in watch.Watch().stream(self.kube.core.list_namespaced_pod, NAMESPACE, timeout_seconds=0):
-            pod = event["object"]
+        def on_pod(pod) -> None:
             job = (pod.metadata.labels or {}).get(JOB_NAME_LABEL)
             if job:
                 self.first_pod.setdefault(job, time.monotonic())
                 if pod.status and pod.status.phase == "Succeeded":
                     self.pods_done.setdefault(job, time.monotonic())
-            if self.stop.is_set():
-                return
+
+        self._follow(on_pod, self.kube.core.list_namespaced_pod, NAMESPACE)
 
     def _sample_rss(self) -> None:
         while not self.stop.is_set():
