@@ -6,8 +6,10 @@ a precondition, so a decision about an old pod can never delete its same-named s
 
 A create the apiserver refuses for good (403 Forbidden: a PodSecurity violation, a missing PriorityClass;
 422 Invalid) raises CreateRefused with the apiserver's own message, for the job's condition: retrying
-the same create would only repeat the refusal. A quota refusal (403 "exceeded quota") is not final: it is
-raised as the ApiException it is, and the caller retries with backoff.
+the same create would only repeat the refusal. Two 403s are not final and are raised as the ApiException they
+are, for the caller to retry with backoff: a quota refusal ("exceeded quota"), and the operator's own RBAC
+refusing it ('User "..." cannot create ...'), which is the platform's to fix, not the job's, and which a
+restarted apiserver answers until its role cache is loaded ('clusterrole ... "chitu-operator" not found').
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import re
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -102,6 +105,13 @@ def ensure_gang(
         for _, manifest in creations:
             kopf.adopt(manifest, owner=body)
         _create_all(creations, job.namespace)
+
+
+def touches_cluster(decision: Decision, queue: QueuedWorkload | None) -> bool:
+    """Whether carrying ``decision`` out calls the apiserver (a bare transition does not: its status patch is
+    kopf's, after the handler)."""
+    creates = decision.create_ranks or decision.create_workload
+    return bool(decision.delete_pods or decision.delete_service or creates or (queue and queue.workload is not None))
 
 
 def carry_out(
@@ -237,11 +247,23 @@ def _create(create: Callable[..., Any], namespace: str, manifest: dict[str, Any]
         if err.status == 409:
             return
         message = api_message(err)
-        if err.status == 422 or (err.status == 403 and "exceeded quota" not in message):
+        if refused_for_good(err.status, message):
             raise CreateRefused(
                 f"creating {manifest['kind']} {manifest['metadata']['name']} was refused ({err.status}): {message}"
             ) from None
         raise
+
+
+#: the apiserver's RBAC refusal of the requesting user: here, the operator itself
+_OPERATOR_RBAC_REFUSAL = re.compile(r'is forbidden: User ".*" cannot ')
+
+
+def refused_for_good(status: int, message: str) -> bool:
+    """Whether the apiserver will refuse the same create again: it is invalid (422) or forbidden for the job's
+    own sake (403: PodSecurity, an admission policy, a missing PriorityClass), not by quota or the operator's RBAC."""
+    if status == 422:
+        return True
+    return status == 403 and "exceeded quota" not in message and not _OPERATOR_RBAC_REFUSAL.search(message)
 
 
 def api_message(err: ApiException) -> str:

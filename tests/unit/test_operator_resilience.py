@@ -99,6 +99,19 @@ def test_conflicts_are_success_and_quota_is_retried():
         gang._create(refusing(500, "etcd timeout"), "ns", POD)
 
 
+def test_the_operators_own_rbac_refusal_is_retried_not_the_jobs_failure():
+    """Right after an apiserver restart its authorizer refuses every create until the role cache is loaded."""
+    message = (
+        'pods "cats-worker-0" is forbidden: User "system:serviceaccount:chitu-system:chitu-operator" cannot create '
+        'resource "pods" in API group "" in the namespace "ns": RBAC: clusterrole.rbac.authorization.k8s.io '
+        '"chitu-operator" not found'
+    )
+    with pytest.raises(ApiException):  # raised as is (CreateRefused is no ApiException): the caller retries
+        gang._create(refusing(403, message), "ns", POD)
+    with pytest.raises(gang.CreateRefused, match="violates PodSecurity"):
+        gang._create(refusing(403, 'pods "cats-worker-0" is forbidden: violates PodSecurity "restricted"'), "ns", POD)
+
+
 def test_text_from_pods_is_scrubbed_before_status_and_events():
     from chitu_operator.pods import PodView
 
