@@ -15,10 +15,19 @@ def attach_hook(module: torch.nn.Module, hook: ModelHook, name: str) -> None:
 
 
 def detach_hooks(root: torch.nn.Module, name: str) -> None:
-    """Remove hook `name` from `root` and all its submodules, and drop stale child-registry caches."""
+    """Remove hook `name` from `root` and all its submodules, and leave a module that has no hook left as it was
+    before any: diffusers puts the original bound `forward` back into the instance, which dynamo guards on, so a
+    compiled block would otherwise compile again (a new variant per strategy ever attached, up to its limit)."""
     registry = HookRegistry.check_if_exists_or_initialize(root)
     registry.remove_hook(name, recurse=True)
     registry.invalidate_child_registries_cache()
+    for module in root.modules():
+        hooks = getattr(module, "_diffusers_hook", None)
+        if hooks is None or hooks.hooks:
+            continue
+        del module._diffusers_hook
+        if getattr(module.__dict__.get("forward"), "__func__", None) is type(module).forward:
+            del module.forward  # the class's own forward again
 
 
 def refresh_registries(root: torch.nn.Module) -> None:
