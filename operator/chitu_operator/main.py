@@ -30,6 +30,7 @@ from .gang import KubeClients
 from .leader import LeaseConfig
 from .metrics import OperatorMetrics
 
+KOPF_REQUEST_CONNECTIONS = 16  # kopf's concurrent requests besides its watches (patches, events)
 CONNECTIONS = 32  # kopf's handler threads (min(32, CPUs + 4)) and gang's 16 creators at most
 CONFIG_ENV = "CHITU_OPERATOR_CONFIG"  # the chart hands the configuration over as YAML text (configmap-operator.yaml)
 
@@ -139,6 +140,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         config=operator_config(args.config),
         gpu_clock={},
         expectations=Expectations(),
+        # kopf's connections: its watches hold one each (jobs and pods per namespace, namespaces, CRDs), the
+        # rest serve status patches and events.
+        api_connections=KOPF_REQUEST_CONNECTIONS + 2 * len(args.namespace or [None]) + 2,
     )
     kopf.run(
         standalone=True,
