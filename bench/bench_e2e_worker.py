@@ -244,11 +244,19 @@ def run_chitu(args: argparse.Namespace, mode: str, model_dir: Path, videos_dir: 
 
 
 def dynamo_counts() -> dict:
-    """What dynamo compiled in this process: graphs (one per compiled block variant) and graph breaks by reason.
-    A strategy that keeps the blocks compiled adds a few graphs and no break (tests/unit/test_flexcache_compile.py)."""
+    """What dynamo compiled in this process: graphs, graph breaks by reason, frames compiled (each recompile is
+    one more). A strategy that keeps the blocks compiled adds a few graphs and no break
+    (tests/unit/test_flexcache_compile.py); frames at the recompile limit mean later variants ran eagerly (the
+    mode's log then holds dynamo's "hit config.recompile_limit" warning; TORCH_LOGS=recompiles says why)."""
+    from torch._dynamo import config
     from torch._dynamo.utils import counters
 
-    return {"unique_graphs": counters["stats"]["unique_graphs"], "graph_breaks": dict(counters["graph_break"])}
+    return {
+        "unique_graphs": counters["stats"]["unique_graphs"],
+        "graph_breaks": dict(counters["graph_break"]),
+        "frames": dict(counters["frames"]),
+        "recompile_limit": config.recompile_limit,
+    }
 
 
 def cache_summary(report: dict | None) -> dict | None:
