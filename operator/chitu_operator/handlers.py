@@ -173,6 +173,8 @@ async def reconcile(
             await _in_thread(_CHANGES, gang.carry_out, memo.kube, body, None, decision, memo.config.worker)
         except (ApiException, urllib3.exceptions.HTTPError) as err:
             delay = min(RETRY_SECONDS * 2**retry, MAX_RETRY_SECONDS)
+            if isinstance(err, ApiException) and err.status == 403:  # quota, or the operator's own RBAC
+                _record(body, patch, _create_retried(body.status, err), now, logger)
             raise kopf.TemporaryError(f"{_api_error(err)}; retrying in {delay:.0f} s", delay=delay) from None
         _record(body, patch, decision, now, logger)
         patch.status.update(st.derived_patch(body.status, meta.get("generation")))
@@ -262,6 +264,17 @@ def _record(
             transition.message,
         )
     patch.status.update(decision.status)
+
+
+def _create_retried(status: Mapping[str, Any], err: ApiException) -> Decision:
+    """A create the apiserver refused but may accept later (gang.refused_for_good: a quota, the operator's RBAC)
+    is retried with backoff, and said on the job once per cause: condition PodsPending with the apiserver's
+    message, so `kubectl describe` shows why nothing starts, not only the operator's log."""
+    message = f"creating the gang's objects was refused (403), retried with backoff: {gang.api_message(err)}"
+    known = next((c for c in status.get("conditions") or [] if c.get("type") == st.PODS_PENDING), {})
+    if known.get("status") == "True" and known.get("message") == message:
+        return lifecycle.WAIT
+    return Decision(st.Transition(status.get("phase") or st.PENDING, st.PODS_PENDING, st.CREATE_RETRIED, message))
 
 
 async def _in_thread(executor: ThreadPoolExecutor, call: Callable[..., Any], *args: Any) -> Any:

@@ -36,6 +36,7 @@ DEADLINE_EXCEEDED = "DeadlineExceeded"
 PRE_RUNNING_DEADLINE_EXCEEDED = "PreRunningDeadlineExceeded"
 INVALID_SPEC = "InvalidSpec"
 CREATE_REFUSED = "CreateRefused"  # the apiserver refused a pod or another object the job needs (403, 422)
+CREATE_RETRIED = "CreateRetried"  # PodsPending: a refusal that may pass later (quota, the operator's RBAC)
 JOB_SUCCEEDED = "JobSucceeded"
 JOB_SUSPENDED = "JobSuspended"
 JOB_RESUMED = "JobResumed"

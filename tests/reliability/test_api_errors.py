@@ -56,6 +56,12 @@ def test_a_job_whose_pods_cannot_be_created_logs_one_line_per_backoff(batch, clu
     # Backoff 5 s, doubling: tries at 0, 5, 15 s in the 30 s watched (one more if the apiserver is slow to answer).
     assert 1 <= len(retries) <= 4, lines
     assert all("exceeded quota" in line for line in retries), retries  # the apiserver's reason, on one line
+    # ... and on the job, once: `kubectl describe` shows why nothing starts
+    status = k8s.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "no-room").get("status", {})
+    pending = [c for c in status.get("conditions", []) if c["type"] == "PodsPending"]
+    assert [(c["status"], c["reason"]) for c in pending] == [("True", "CreateRetried")], status
+    assert "exceeded quota" in pending[0]["message"], pending
+    assert sum("CreateRetried" in line for line in lines) == 1, lines
     log = cluster.procs.log_path("operator").read_text(errors="replace")
     assert "Traceback" not in log, log[-4000:]
 
