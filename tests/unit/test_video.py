@@ -15,6 +15,20 @@ def _gradient(frames=9, height=64, width=48):
     return video
 
 
+@pytest.fixture
+def dying_encoder(monkeypatch):
+    """imageio-ffmpeg's writer replaced by an encoder that dies after two frames, leaving half a file."""
+
+    def failing_writer(path, *args, **kwargs):
+        Path(path).write_bytes(b"half a video")
+        yield
+        for _ in range(2):
+            yield
+        raise BrokenPipeError("ffmpeg died")
+
+    monkeypatch.setattr("imageio_ffmpeg.write_frames", failing_writer)
+
+
 def test_round_trip_keeps_count_size_fps_and_content(tmp_path):
     frames = _gradient()
     path = write_mp4(frames, tmp_path / "clip.mp4", fps=16)
@@ -29,15 +43,7 @@ def test_rejects_non_rgb_uint8(tmp_path):
         write_mp4(_gradient().astype(np.float32), tmp_path / "clip.mp4", fps=16)
 
 
-def test_failure_mid_stream_leaves_no_file(tmp_path, monkeypatch):
-    def failing_writer(path, *args, **kwargs):  # an encoder that dies after two frames
-        Path(path).write_bytes(b"half a video")
-        yield
-        for _ in range(2):
-            yield
-        raise BrokenPipeError("ffmpeg died")
-
-    monkeypatch.setattr("imageio_ffmpeg.write_frames", failing_writer)
+def test_failure_mid_stream_leaves_no_file(tmp_path, dying_encoder):
     with pytest.raises(BrokenPipeError):
         write_mp4(_gradient(), tmp_path / "clip.mp4", fps=16)
     assert list(tmp_path.iterdir()) == []
@@ -62,15 +68,7 @@ def test_an_error_while_frames_are_produced_leaves_no_file(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_an_encoder_failure_reaches_the_caller_and_leaves_no_file(tmp_path, monkeypatch):
-    def failing_writer(path, *args, **kwargs):  # an encoder that dies after two frames
-        Path(path).write_bytes(b"half a video")
-        yield
-        for _ in range(2):
-            yield
-        raise BrokenPipeError("ffmpeg died")
-
-    monkeypatch.setattr("imageio_ffmpeg.write_frames", failing_writer)
+def test_an_encoder_failure_reaches_the_caller_and_leaves_no_file(tmp_path, dying_encoder):
     writer = Mp4Writer(tmp_path / "clip.mp4", fps=16)
     writer.write(_gradient(frames=1))
     writer.write(_gradient(frames=4))
