@@ -23,7 +23,7 @@ import torch
 from diffusers import WanPipeline
 
 from chitu_diffusion.attention.kernels import get_kernel, resolve_backend
-from chitu_diffusion.attention.processor import set_self_attention
+from chitu_diffusion.attention.processor import set_cross_attention, set_self_attention
 from chitu_diffusion.compile_cache import compile_cache_dir, use_compile_cache
 from chitu_diffusion.config import ConfigError, EngineConfig
 from chitu_diffusion.engines.checks import check_output_name, check_request, check_single_process
@@ -156,6 +156,9 @@ class Engine:
         self.bf16_kernel = get_kernel(backend)  # also the bf16 reference of a precision check
         if self.precision.attention_kernel is not None or backend != "sdpa":  # sdpa: keep diffusers' processor
             self._set_self_attention(self.precision.attention_kernel or self.bf16_kernel)
+        if backend != "sdpa":  # cross-attention stays bf16: 512 keys, 2% of the attention work
+            adapter = self.adapter
+            set_cross_attention(self.transformer, adapter.blocks_attr, adapter.cross_attention_attr, self.bf16_kernel)
         self.attention_backend = backend
         self.compile = settings.resolved_compile(self.device.type)
         if self.compile:

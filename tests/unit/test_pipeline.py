@@ -8,7 +8,7 @@ import pytest
 import torch
 from diffusers.hooks import HookRegistry
 
-from chitu_diffusion.attention.processor import WanSelfAttnProcessor
+from chitu_diffusion.attention.processor import WanCrossAttnProcessor, WanSelfAttnProcessor
 from chitu_diffusion.compile_cache import INDUCTOR_CACHE_ENV
 from chitu_diffusion.config import ConfigError, EngineConfig
 from chitu_diffusion.engines import generate, load_engine
@@ -192,6 +192,7 @@ def test_compile_and_attention_backend_settings(monkeypatch, tmp_path):
     assert not Engine(build_random_pipeline(), EngineConfig()).compile  # unset: off on CPU
     assert engine.attention_backend == "math"
     assert all(type(block.attn1.processor) is WanSelfAttnProcessor for block in pipe.transformer.blocks)
+    assert all(type(block.attn2.processor) is WanCrossAttnProcessor for block in pipe.transformer.blocks)
     with pytest.raises(ConfigError, match=r"infer\.diffusion\.attention_backend"):
         EngineConfig.from_overrides(["infer.diffusion.attention_backend=warp-drive"])
     with pytest.raises(ConfigError, match="fa3 needs a CUDA GPU"):
@@ -199,11 +200,14 @@ def test_compile_and_attention_backend_settings(monkeypatch, tmp_path):
 
 
 def test_math_attention_backend_matches_default():
-    """The pluggable self-attention processor changes the kernel, not the model: same video within fp32 noise."""
+    """The pluggable self- and cross-attention processors change the kernel, not the model: same video within fp32
+    noise (sdpa keeps diffusers' own processors, so this compares ours against them)."""
     math_config = EngineConfig.from_overrides(["infer.diffusion.attention_backend=math"])
     math_engine = Engine(build_random_pipeline(), math_config)
     default_engine = Engine(build_random_pipeline())
     assert default_engine.attention_backend == "sdpa"
+    assert type(default_engine.transformer.blocks[0].attn2.processor) is not WanCrossAttnProcessor
+    assert type(math_engine.transformer.blocks[0].attn2.processor) is WanCrossAttnProcessor
     reference = default_engine.sample(request(flexcache=None)).latents
     latents = math_engine.sample(request(flexcache=None)).latents
     assert (latents - reference).norm() / reference.norm() < 1e-5
