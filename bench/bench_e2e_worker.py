@@ -232,6 +232,7 @@ def run_chitu(args: argparse.Namespace, mode: str, model_dir: Path, videos_dir: 
         "loop_s": runs[-1]["timings_s"]["denoise"],
         "warmup_s": warmup_s,
         "videos": [run["timings_s"] for run in runs],
+        "first_steps_s": [run["dit_step_s"][:3] for run in runs],  # where a first video's extra time goes
         "peak_memory_bytes": first["peak_memory"]["bytes"],
         "engine_config": first["engine_config"],
         "runtime": first["runtime"],
@@ -251,7 +252,10 @@ def dynamo_counts() -> dict:
     from torch._dynamo import config
     from torch._dynamo.utils import counters
 
+    from torch._dynamo.utils import compile_times
+
     return {
+        "compile_times": compile_times(repr="str", aggregate=True),  # dynamo/inductor phases, incl. cache loads
         "unique_graphs": counters["stats"]["unique_graphs"],
         "graph_breaks": dict(counters["graph_break"]),
         "frames": dict(counters["frames"]),

@@ -7,7 +7,7 @@ says what is left to fuse beyond attention and GEMMs. Also: FA3 FP8 attention an
 their reference math on the GPU, the VAE decode of a whole frame vs one rank's strip (what a 2-GPU split
 decodes), and the mp4 encode.
 
-    python bench/profile_forward.py --out /tmp/profile.json [--variants tuned,chitu,chitu-fullgraph,fp8]
+    python bench/profile_forward.py --out /tmp/profile.json [--variants tuned,chitu,chitu+xattn+rows,fp8]
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch._functorch.config
 import torch._inductor.config
 from benchlib import commit, rel_l2
 
@@ -48,31 +49,48 @@ def inputs(frames: int, height: int, width: int):
 
 
 def build_variant(name: str):
-    """A fresh transformer set up like the variant (weights seeded identically)."""
+    """A fresh transformer set up like the variant (weights seeded identically). A name is a base (`tuned`, `chitu`:
+    today's engine in bf16, `fp8`, `fp8-attention-only`, `fp8-linear-only`) and `+feature`s: `xattn` (cross-attention
+    through FA3 too), `rows` (fused/row_reductions.py), `mk` (inductor's multi-kernel: both reduction kinds, the
+    faster picked at run time), `cdt` (coordinate-descent tuning of Triton block sizes)."""
+    from torch._inductor.choices import InductorChoices
+    from torch._inductor.virtualized import V
+
+    from chitu_diffusion.attention.processor import set_cross_attention
+    from chitu_diffusion.fused.gelu_epilogue import fuse_gelu_epilogues
+    from chitu_diffusion.fused.row_reductions import WideRowChoices
+
+    base, *features = name.split("+")
+    unknown = set(features) - {"xattn", "rows", "mk", "cdt"}
+    if unknown:
+        raise ValueError(f"unknown variant features {sorted(unknown)}")
+    torch._dynamo.reset()  # nothing compiled for an earlier variant may serve this one
+    torch._inductor.config.coordinate_descent_tuning = "cdt" in features
+    torch._inductor.config.triton.multi_kernel = int("mk" in features)
+    V.set_choices_handler(WideRowChoices() if "rows" in features else InductorChoices())
     torch.manual_seed(0)
     transformer = build_wan21_1_3b_transformer()
-    # "-cdt": inductor tunes its Triton kernels' block sizes (coordinate descent) instead of using heuristics
-    torch._inductor.config.coordinate_descent_tuning = name.endswith("-cdt")
-    name = name.removesuffix("-cdt")
-    if name == "tuned":
+    if base == "tuned":
         transformer.set_attention_backend("_flash_3")
         transformer.compile_repeated_blocks(fullgraph=True)
         return transformer
     kernel = get_kernel("fa3")
-    if name.startswith("fp8"):
+    if base.startswith("fp8"):
         from chitu_diffusion.precision.apply import apply_precision
 
         plan = apply_precision(transformer.blocks, "fp8", torch.device("cuda"))
-        if name != "fp8-linear-only":
+        if base != "fp8-linear-only":
             kernel = plan.attention_kernel
-        if name == "fp8-attention-only":
+        if base == "fp8-attention-only":
             plan.restore()
-    if name == "chitu-gelu":
-        from chitu_diffusion.fused.gelu_epilogue import fuse_gelu_epilogues
-
+    elif base == "chitu":
         fuse_gelu_epilogues(transformer.blocks)
+    else:
+        raise ValueError(f"unknown variant {base!r}")
     set_self_attention(transformer, "blocks", "attn1", kernel)
-    transformer.compile_repeated_blocks(fullgraph=name != "chitu")  # chitu today compiles with fullgraph=False
+    if "xattn" in features:
+        set_cross_attention(transformer, "blocks", "attn2", get_kernel("fa3"))
+    transformer.compile_repeated_blocks(fullgraph=False)  # as the engine
     return transformer
 
 
@@ -247,7 +265,7 @@ def mp4_encode(frames: int, height: int, width: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--variants", default="tuned,chitu,chitu-fullgraph,fp8,fp8-attention-only,fp8-linear-only")
+    parser.add_argument("--variants", default="tuned,chitu,chitu+xattn+rows,fp8,fp8+xattn+rows")
     parser.add_argument("--frames", type=int, default=81)
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--width", type=int, default=832)
@@ -255,6 +273,9 @@ def main() -> None:
     parser.add_argument("--checks", default="fp8_kernels,vae_decode,mp4_encode")
     args = parser.parse_args()
     results: dict = {"weights": "random bf16", "commit": commit(), "versions": versions(), "variants": {}}
+    # every variant compiles from scratch: inductor's cache key does not see the choices handler
+    torch._inductor.config.fx_graph_cache = False
+    torch._functorch.config.enable_autograd_cache = False
     forward_args = inputs(args.frames, args.height, args.width)
     reference = None
     steps = [
