@@ -250,9 +250,7 @@ def dynamo_counts() -> dict:
     (tests/unit/test_flexcache_compile.py); frames at the recompile limit mean later variants ran eagerly (the
     mode's log then holds dynamo's "hit config.recompile_limit" warning; TORCH_LOGS=recompiles says why)."""
     from torch._dynamo import config
-    from torch._dynamo.utils import counters
-
-    from torch._dynamo.utils import compile_times
+    from torch._dynamo.utils import compile_times, counters
 
     return {
         "compile_times": compile_times(repr="str", aggregate=True),  # dynamo/inductor phases, incl. cache loads
