@@ -30,6 +30,8 @@ from chitu_diffusion.engines.checks import check_output_name, check_request, che
 from chitu_diffusion.flex_cache.base import FlexCacheStrategy
 from chitu_diffusion.flex_cache.registry import get_strategy
 from chitu_diffusion.fused.gelu_epilogue import fuse_gelu_epilogues
+from chitu_diffusion.fused.qkv_projection import fuse_qkv_projections
+from chitu_diffusion.fused.row_reductions import use_wide_row_reductions
 from chitu_diffusion.metrics import StageTimer, peak_memory, reset_peak_memory, versions, write_metrics
 from chitu_diffusion.models.adapter import adapter_for
 from chitu_diffusion.models.loading import load_wan_pipeline
@@ -38,6 +40,7 @@ from chitu_diffusion.pipeline import (
     Guide,
     PredictNoise,
     StepCallback,
+    batched_guided_noise,
     decode_latent_chunks,
     denoise,
     encode_text,
@@ -109,6 +112,10 @@ class Engine:
         self.device = self.transformer.device
         self.model_dir = Path(model_dir) if model_dir is not None else None
         self.load_s: float | None = None
+        #: both CFG branches in one forward of batch 2 when no FlexCache strategy is attached: on a GPU the same
+        #: function in fewer, fuller kernel grids (pipeline.batched_guided_noise); on the CPU the branches stay
+        #: separate forwards, as WanPipeline's, so the CPU result is diffusers' to the bit
+        self.batches_cfg = self.device.type == "cuda"
         self._configure_transformer()
 
     @staticmethod
@@ -153,6 +160,7 @@ class Engine:
         self.precision = apply_precision(blocks, settings.precision, self.device)
         if settings.precision == "bf16" and self.device.type == "cuda":
             fuse_gelu_epilogues(blocks)  # exact: the FFN's GELU in its GEMM's epilogue
+            fuse_qkv_projections(blocks, (self.adapter.self_attention_attr, self.adapter.cross_attention_attr))
         self.bf16_kernel = get_kernel(backend)  # also the bf16 reference of a precision check
         if self.precision.attention_kernel is not None or backend != "sdpa":  # sdpa: keep diffusers' processor
             self._set_self_attention(self.precision.attention_kernel or self.bf16_kernel)
@@ -163,6 +171,7 @@ class Engine:
         self.compile = settings.resolved_compile(self.device.type)
         if self.compile:
             use_compile_cache(compile_cache_dir(settings.compile_cache_dir, self.model_dir))
+            use_wide_row_reductions()  # 1536-wide norms in one pass (fused/row_reductions.py)
             if self.compiles_at_load:
                 # FlexCache strategies add no graph break (their decisions are taken outside the blocks:
                 # tests/unit/test_flexcache_compile.py); fullgraph=False so a kernel dynamo cannot trace runs
@@ -191,9 +200,14 @@ class Engine:
         self, params: DiffusionUserParams, predict_noise: PredictNoise
     ) -> Iterator[tuple[Guide, FlexCacheStrategy]]:
         """The guide of the denoising loop and the request's FlexCache strategy, attached for this request only.
-        Both CFG branches on this device; `ParallelEngine` swaps in its gang's layout here."""
+        Both CFG branches on this device, in one batch where `batches_cfg` allows; `ParallelEngine` swaps in its
+        gang's layout here."""
         with attached(get_strategy(params.cache.strategy)(params.cache, self.adapter), self.transformer) as strategy:
-            yield partial(guided_noise, predict_noise, params.guidance_scale), strategy
+            batched = self.batches_cfg and params.do_classifier_free_guidance and strategy.name == "none"
+            yield (
+                partial(batched_guided_noise if batched else guided_noise, predict_noise, params.guidance_scale),
+                strategy,
+            )
 
     @torch.no_grad()
     def sample(

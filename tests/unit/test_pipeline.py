@@ -7,14 +7,16 @@ import numpy as np
 import pytest
 import torch
 from diffusers.hooks import HookRegistry
+from torch._inductor.virtualized import V
 
 from chitu_diffusion.attention.processor import WanCrossAttnProcessor, WanSelfAttnProcessor
-from chitu_diffusion.compile_cache import INDUCTOR_CACHE_ENV
+from chitu_diffusion.compile_cache import CHOICES_FOLDER, INDUCTOR_CACHE_ENV
 from chitu_diffusion.config import ConfigError, EngineConfig
 from chitu_diffusion.engines import generate, load_engine
 from chitu_diffusion.engines.single import Engine
 from chitu_diffusion.flex_cache.registry import requires_ring_attention, strategy_names
 from chitu_diffusion.flex_cache.strategy import none as no_cache_traits
+from chitu_diffusion.fused.row_reductions import WideRowChoices
 from chitu_diffusion.models.random_init import build_random_pipeline
 from chitu_diffusion.parallel.degrees import LayoutError, ParallelLayout
 from chitu_diffusion.pipeline import decode_latent_chunks, decode_latents
@@ -131,6 +133,30 @@ def test_cfg_runs_both_branches(tiny_pipeline):
     assert [d["branch"] for d in decisions] == ["cond", "uncond"] * STEPS
 
 
+def test_cfg_batch_is_the_same_function_in_half_the_forwards(tiny_pipeline, monkeypatch):
+    """A GPU engine stacks both branches into one forward when no strategy is attached: the same latents within
+    fp32 noise, one forward per step, both branches still in the log; a strategy keeps them apart."""
+    reference = tiny_pipeline.sample(request(guidance_scale=5.0))
+    monkeypatch.setattr(tiny_pipeline, "batches_cfg", True)
+    batches = []
+    handle = tiny_pipeline.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: batches.append(kwargs["hidden_states"].shape[0]), with_kwargs=True
+    )
+    try:
+        batched = tiny_pipeline.sample(request(guidance_scale=5.0))
+        assert batches == [2] * STEPS
+        assert [d["branch"] for d in batched.cache["summary"]["decisions"]] == ["cond", "uncond"] * STEPS
+        assert (batched.latents - reference.latents).norm() / reference.latents.norm() < 1e-5
+        batches.clear()
+        tiny_pipeline.sample(request(guidance_scale=5.0, flexcache_params=dict(strategy="teacache", cache_ratio=0.0)))
+        assert set(batches) == {1}
+        batches.clear()
+        tiny_pipeline.sample(request(guidance_scale=1.0))
+        assert batches == [1] * STEPS
+    finally:
+        handle.remove()
+
+
 @pytest.mark.parametrize("strategy", SINGLE_DEVICE_STRATEGIES)
 def test_strategy_hooks_are_removed_after_each_request(tiny_pipeline, strategy):
     params = request(num_inference_steps=5, flexcache_params=dict(strategy=strategy, cache_ratio=1.0))
@@ -176,7 +202,15 @@ def test_name_must_be_a_plain_file_stem(tiny_pipeline, tmp_path, name):
         tiny_pipeline.generate(request(), tmp_path, name=name)
 
 
-def test_compile_and_attention_backend_settings(monkeypatch, tmp_path):
+@pytest.fixture
+def inductor_choices():
+    """The engine installs its inductor choices for the process; put back what was there after the test."""
+    previous = V.choices
+    yield
+    V.set_choices_handler(previous)
+
+
+def test_compile_and_attention_backend_settings(monkeypatch, tmp_path, inductor_choices):
     compiled = []
     pipe = build_random_pipeline()
     monkeypatch.setattr(type(pipe.transformer), "compile_repeated_blocks", lambda self, **kw: compiled.append(kw))
@@ -188,7 +222,9 @@ def test_compile_and_attention_backend_settings(monkeypatch, tmp_path):
     ]
     engine = Engine(pipe, EngineConfig.from_overrides(settings))
     assert compiled == [{"fullgraph": False}]
-    assert os.environ[INDUCTOR_CACHE_ENV] == str(tmp_path / "compiled") and (tmp_path / "compiled").is_dir()
+    assert os.environ[INDUCTOR_CACHE_ENV] == str(tmp_path / "compiled" / CHOICES_FOLDER)
+    assert (tmp_path / "compiled" / CHOICES_FOLDER).is_dir()
+    assert isinstance(V.choices, WideRowChoices)  # the kernels that folder holds are built with these choices
     assert not Engine(build_random_pipeline(), EngineConfig()).compile  # unset: off on CPU
     assert engine.attention_backend == "math"
     assert all(type(block.attn1.processor) is WanSelfAttnProcessor for block in pipe.transformer.blocks)
