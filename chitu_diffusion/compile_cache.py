@@ -20,6 +20,9 @@ logger = logging.getLogger(__name__)
 INDUCTOR_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 MODEL_CACHE_NAME = ".chitu-compile-cache"
 USER_CACHE = Path("~/.cache/chitu/compile-cache")
+#: the entries' subfolder, named after what changes inductor's output without entering its cache key (the
+#: engine's choices handler, fused/row_reductions.py): kernels built under other choices are never reused
+CHOICES_FOLDER = "wide-rows-2048"
 
 
 def compile_cache_dir(configured: str, model_dir: Path | None) -> Path:
@@ -32,7 +35,9 @@ def compile_cache_dir(configured: str, model_dir: Path | None) -> Path:
 
 
 def use_compile_cache(folder: Path) -> Path:
-    """Make inductor read and write its caches under `folder` (created) for the rest of this process."""
+    """Make inductor read and write its caches under `folder` (created; in its `CHOICES_FOLDER`) for the rest
+    of this process."""
+    folder = folder / CHOICES_FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     os.environ[INDUCTOR_CACHE_ENV] = str(folder)
     logger.info("torch.compile cache: %s", folder)
