@@ -48,25 +48,13 @@ def inputs(frames: int, height: int, width: int):
     return latents.bfloat16(), torch.tensor([500.0], device="cuda"), text.bfloat16()
 
 
-def batched(forward_args, batch: int):
-    """The forward's inputs for a batch of `batch` CFG branches: the same latents and timestep, a second text."""
-    if batch == 1:
-        return forward_args
-    latents, timestep, text = forward_args
-    other_text = torch.randn(text.shape, device=text.device, generator=torch.Generator("cuda").manual_seed(1))
-    return (
-        latents.expand(batch, *latents.shape[1:]).contiguous(),
-        timestep.expand(batch),
-        torch.cat([text, other_text.to(text.dtype)]),
-    )
-
-
 def build_variant(name: str):
     """A fresh transformer set up like the variant (weights seeded identically). A name is a base (`tuned`, `chitu`:
     today's engine in bf16, `fp8`, `fp8-attention-only`, `fp8-linear-only`) and `+feature`s: `xattn` (cross-attention
-    through FA3 too), `rows` (fused/row_reductions.py), `qkv` (fused/qkv_projection.py), `cfg2` (both CFG branches
-    as one batch of 2: pipeline.batched_guided_noise; its times are per branch), `mk` (inductor's multi-kernel: both
-    reduction kinds, the faster picked at run time), `cdt` (coordinate-descent tuning of Triton block sizes)."""
+    through FA3 too), `rows` (fused/row_reductions.py), `mk` (inductor's multi-kernel: both reduction kinds, the
+    faster picked at run time), `cdt` (coordinate-descent tuning of Triton block sizes). Tried at 4efea96 and
+    dropped: `qkv` (one q/k/v GEMM: slower) and `cfg2` (both CFG branches as one batch: no faster), see
+    bench/results/README.md."""
     from torch._inductor.choices import InductorChoices
     from torch._inductor.virtualized import V
 
@@ -75,7 +63,7 @@ def build_variant(name: str):
     from chitu_diffusion.fused.row_reductions import WideRowChoices
 
     base, *features = name.split("+")
-    unknown = set(features) - {"xattn", "rows", "mk", "cdt", "qkv", "cfg2"}
+    unknown = set(features) - {"xattn", "rows", "mk", "cdt"}
     if unknown:
         raise ValueError(f"unknown variant features {sorted(unknown)}")
     torch._dynamo.reset()  # nothing compiled for an earlier variant may serve this one
@@ -99,10 +87,6 @@ def build_variant(name: str):
             plan.restore()
     elif base == "chitu":
         fuse_gelu_epilogues(transformer.blocks)
-        if "qkv" in features:
-            from chitu_diffusion.fused.qkv_projection import fuse_qkv_projections
-
-            fuse_qkv_projections(transformer.blocks, ("attn1", "attn2"))
     else:
         raise ValueError(f"unknown variant {base!r}")
     set_self_attention(transformer, "blocks", "attn1", kernel)
@@ -124,8 +108,7 @@ def time_forwards(transformer, args_, repeats: int) -> list[float]:
     return times
 
 
-def profile(transformer, args_, per_forward: int = 1) -> dict:
-    """Kernel seconds of one forward (of one branch, when a batch holds `per_forward` branches) by category."""
+def profile(transformer, args_) -> dict:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
@@ -139,9 +122,8 @@ def profile(transformer, args_, per_forward: int = 1) -> dict:
         device_us = getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0)
         if device_us <= 0 or event.key.startswith("ProfilerStep"):
             continue
-        seconds = device_us / 2e6 / per_forward  # 2 forwards profiled
-        totals[category(event.key)] = totals.get(category(event.key), 0.0) + seconds
-        kernels[event.key] = seconds
+        totals[category(event.key)] = totals.get(category(event.key), 0.0) + device_us / 2e6  # s per forward
+        kernels[event.key] = device_us / 2e6
     top = dict(sorted(kernels.items(), key=lambda kv: -kv[1])[:25])
     return {"seconds_per_forward_by_category": totals, "top_kernels_s_per_forward": top}
 
@@ -317,14 +299,12 @@ def main() -> None:
         for name in args.variants.split(","):
             try:
                 transformer = build_variant(name)
-                batch = 2 if "cfg2" in name.split("+") else 1  # times below are per branch either way
-                args_ = batched(forward_args, batch)
                 start = time.perf_counter()
-                output = transformer(*args_, return_dict=False)[0][:1]
+                output = transformer(*forward_args, return_dict=False)[0]
                 torch.cuda.synchronize()
                 entry = {"first_forward_s (compile)": time.perf_counter() - start}
-                times = [t / batch for t in time_forwards(transformer, args_, args.repeats)]
-                entry.update(median_s=statistics.median(times), times_s=times, **profile(transformer, args_, batch))
+                times = time_forwards(transformer, forward_args, args.repeats)
+                entry.update(median_s=statistics.median(times), times_s=times, **profile(transformer, forward_args))
                 if reference is None:
                     reference = output.float()
                 entry["rel_l2_vs_first_variant"] = rel_l2(output, reference)

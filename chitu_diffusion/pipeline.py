@@ -6,9 +6,8 @@ parallelism need seams inside it that `WanPipeline.__call__` does not offer:
 - `PredictNoise(branch, latents, step)`: one transformer forward for one CFG branch ("cond" / "uncond"), run
   inside `transformer.cache_context(...)` (the FlexCache contract, flex_cache/base.py). Context parallelism
   changes the attention inside the transformer, not this call.
-- `Guide(latents, step)`: the guided noise of a step. `guided_noise` runs both branches on this device;
-  `batched_guided_noise` runs them as one batch of two (branch `CFG_BATCH`); CFG parallelism swaps in a guide
-  that runs one branch per rank and exchanges the predictions.
+- `Guide(latents, step)`: the guided noise of a step. `guided_noise` runs both branches on this device; CFG
+  parallelism swaps in a guide that runs one branch per rank and exchanges the predictions.
 
 Everything is seeded from one CPU generator, so the same seed gives the same noise on any device and rank.
 """
@@ -28,8 +27,6 @@ from chitu_diffusion.metrics import StageTimer
 
 # WanPipeline's max_sequence_length: Wan2.1 was trained with 512 text tokens (padding included).
 TEXT_TOKENS = 512
-#: the branch name of one forward that predicts both CFG branches, cond first (its parts joined by "+")
-CFG_BATCH = "cond+uncond"
 
 
 @dataclass(frozen=True)
@@ -76,25 +73,18 @@ def initial_noise(
 
 
 def transformer_noise_predictor(transformer: torch.nn.Module, embeds: dict[str, torch.Tensor]) -> PredictNoise:
-    """`PredictNoise` for one device: a plain forward of `transformer` with the branch's text embeddings; branch
-    `CFG_BATCH` stacks the branches' embeddings and repeats the latents to match (one forward of batch 2)."""
-    if "uncond" in embeds:
-        embeds = {**embeds, CFG_BATCH: torch.cat([embeds[name] for name in CFG_BATCH.split("+")])}
+    """`PredictNoise` for one device: a plain forward of `transformer` with the branch's text embeddings."""
 
     def predict_noise(branch: str, latents: torch.Tensor, step: DenoiseStep) -> torch.Tensor:
-        text = embeds[branch]  # (B', 512, text_dim)
-        hidden = latents.to(transformer.dtype)  # (1, C, F', H', W')
-        if text.shape[0] != hidden.shape[0]:
-            hidden = hidden.expand(text.shape[0], *hidden.shape[1:]).contiguous()
         with transformer.cache_context(
             branch, step_index=step.index, num_inference_steps=step.num_steps, timestep=step.timestep, sigma=step.sigma
         ):
             return transformer(
-                hidden_states=hidden,  # (B', C, F', H', W')
-                timestep=step.timestep.expand(hidden.shape[0]),  # (B',)
-                encoder_hidden_states=text,
+                hidden_states=latents.to(transformer.dtype),  # (B, C, F', H', W')
+                timestep=step.timestep.expand(latents.shape[0]),  # (B,)
+                encoder_hidden_states=embeds[branch],  # (B, 512, text_dim)
                 return_dict=False,
-            )[0]  # (B', C, F', H', W') flow velocity
+            )[0]  # (B, C, F', H', W') flow velocity
 
     return predict_noise
 
@@ -108,16 +98,6 @@ def guided_noise(
     if guidance_scale <= 1.0:
         return cond
     uncond = predict_noise("uncond", latents, step)
-    return uncond + guidance_scale * (cond - uncond)
-
-
-def batched_guided_noise(
-    predict_noise: PredictNoise, guidance_scale: float, latents: torch.Tensor, step: DenoiseStep
-) -> torch.Tensor:
-    """`guided_noise` with both branches in one forward of batch 2: the same function (each sample of a batch is
-    computed independently), and on a GPU the attention kernel's last wave of tiles is a smaller share of a twice
-    larger grid. Needs guidance_scale > 1 and no FlexCache strategy (they keep one cache per branch)."""
-    cond, uncond = predict_noise(CFG_BATCH, latents, step).chunk(2)  # (1, C, F', H', W') each
     return uncond + guidance_scale * (cond - uncond)
 
 

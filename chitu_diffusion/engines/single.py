@@ -30,7 +30,6 @@ from chitu_diffusion.engines.checks import check_output_name, check_request, che
 from chitu_diffusion.flex_cache.base import FlexCacheStrategy
 from chitu_diffusion.flex_cache.registry import get_strategy
 from chitu_diffusion.fused.gelu_epilogue import fuse_gelu_epilogues
-from chitu_diffusion.fused.qkv_projection import fuse_qkv_projections
 from chitu_diffusion.fused.row_reductions import use_wide_row_reductions
 from chitu_diffusion.metrics import StageTimer, peak_memory, reset_peak_memory, versions, write_metrics
 from chitu_diffusion.models.adapter import adapter_for
@@ -40,7 +39,6 @@ from chitu_diffusion.pipeline import (
     Guide,
     PredictNoise,
     StepCallback,
-    batched_guided_noise,
     decode_latent_chunks,
     denoise,
     encode_text,
@@ -112,10 +110,6 @@ class Engine:
         self.device = self.transformer.device
         self.model_dir = Path(model_dir) if model_dir is not None else None
         self.load_s: float | None = None
-        #: both CFG branches in one forward of batch 2 when no FlexCache strategy is attached: on a GPU the same
-        #: function in fewer, fuller kernel grids (pipeline.batched_guided_noise); on the CPU the branches stay
-        #: separate forwards, as WanPipeline's, so the CPU result is diffusers' to the bit
-        self.batches_cfg = self.device.type == "cuda"
         self._configure_transformer()
 
     @staticmethod
@@ -160,7 +154,6 @@ class Engine:
         self.precision = apply_precision(blocks, settings.precision, self.device)
         if settings.precision == "bf16" and self.device.type == "cuda":
             fuse_gelu_epilogues(blocks)  # exact: the FFN's GELU in its GEMM's epilogue
-            fuse_qkv_projections(blocks, (self.adapter.self_attention_attr, self.adapter.cross_attention_attr))
         self.bf16_kernel = get_kernel(backend)  # also the bf16 reference of a precision check
         if self.precision.attention_kernel is not None or backend != "sdpa":  # sdpa: keep diffusers' processor
             self._set_self_attention(self.precision.attention_kernel or self.bf16_kernel)
@@ -200,14 +193,9 @@ class Engine:
         self, params: DiffusionUserParams, predict_noise: PredictNoise
     ) -> Iterator[tuple[Guide, FlexCacheStrategy]]:
         """The guide of the denoising loop and the request's FlexCache strategy, attached for this request only.
-        Both CFG branches on this device, in one batch where `batches_cfg` allows; `ParallelEngine` swaps in its
-        gang's layout here."""
+        Both CFG branches on this device; `ParallelEngine` swaps in its gang's layout here."""
         with attached(get_strategy(params.cache.strategy)(params.cache, self.adapter), self.transformer) as strategy:
-            batched = self.batches_cfg and params.do_classifier_free_guidance and strategy.name == "none"
-            yield (
-                partial(batched_guided_noise if batched else guided_noise, predict_noise, params.guidance_scale),
-                strategy,
-            )
+            yield partial(guided_noise, predict_noise, params.guidance_scale), strategy
 
     @torch.no_grad()
     def sample(

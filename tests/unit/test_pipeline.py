@@ -133,30 +133,6 @@ def test_cfg_runs_both_branches(tiny_pipeline):
     assert [d["branch"] for d in decisions] == ["cond", "uncond"] * STEPS
 
 
-def test_cfg_batch_is_the_same_function_in_half_the_forwards(tiny_pipeline, monkeypatch):
-    """A GPU engine stacks both branches into one forward when no strategy is attached: the same latents within
-    fp32 noise, one forward per step, both branches still in the log; a strategy keeps them apart."""
-    reference = tiny_pipeline.sample(request(guidance_scale=5.0))
-    monkeypatch.setattr(tiny_pipeline, "batches_cfg", True)
-    batches = []
-    handle = tiny_pipeline.transformer.register_forward_pre_hook(
-        lambda module, args, kwargs: batches.append(kwargs["hidden_states"].shape[0]), with_kwargs=True
-    )
-    try:
-        batched = tiny_pipeline.sample(request(guidance_scale=5.0))
-        assert batches == [2] * STEPS
-        assert [d["branch"] for d in batched.cache["summary"]["decisions"]] == ["cond", "uncond"] * STEPS
-        assert (batched.latents - reference.latents).norm() / reference.latents.norm() < 1e-5
-        batches.clear()
-        tiny_pipeline.sample(request(guidance_scale=5.0, flexcache_params=dict(strategy="teacache", cache_ratio=0.0)))
-        assert set(batches) == {1}
-        batches.clear()
-        tiny_pipeline.sample(request(guidance_scale=1.0))
-        assert batches == [1] * STEPS
-    finally:
-        handle.remove()
-
-
 @pytest.mark.parametrize("strategy", SINGLE_DEVICE_STRATEGIES)
 def test_strategy_hooks_are_removed_after_each_request(tiny_pipeline, strategy):
     params = request(num_inference_steps=5, flexcache_params=dict(strategy=strategy, cache_ratio=1.0))

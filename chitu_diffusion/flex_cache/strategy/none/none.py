@@ -18,8 +18,7 @@ class _LogComputeHook(StatefulHook):
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         context = self.state_manager.context
-        for branch in context.name.split("+"):  # a CFG batch (pipeline.CFG_BATCH) computes each of its branches
-            self.log.record(current_step(context), branch, "blocks", Decision.COMPUTE)
+        self.log.record(current_step(context), context.name, "blocks", Decision.COMPUTE)
         return self.fn_ref.original_forward(*args, **kwargs)
 
 
