@@ -1,9 +1,9 @@
 """Pyramid Attention Broadcast on a tiny Wan2.1 transformer driven by a fake CFG denoising loop."""
 
 import torch
-from flexcache_loop import STEPS, decisions, denoise, make_strategy, run
+from flexcache_loop import STEPS, decisions, denoise, make_strategy, run, tiny_transformer
 
-from chitu_diffusion.flex_cache.strategy.pab.pab import PABConfig
+from chitu_diffusion.flex_cache.strategy.pab.pab import PABAttentionProcessor, PABConfig
 
 
 def test_ratio_zero_is_bit_identical_to_no_cache_and_holds_nothing(transformer, reference):
@@ -87,3 +87,23 @@ def test_reports_the_peak_memory_of_broadcast_outputs(transformer):
     assert summary["units_reused"] > 0
     one_output = 48 * 64 * 4  # fp32 (1, 48 tokens, 64 channels)
     assert memory == 2 * 4 * 2 * one_output  # every (attn1, attn2) of 4 blocks held for both branches at once
+
+
+def test_pab_wraps_processors_and_leaves_every_module_forward_alone():
+    """Inside the compiled blocks PAB changes only processors. An instance-level `forward` (what a diffusers hook
+    installs) is guarded by identity in dynamo 2.11, the worker image's: one variant per block, and past 8 blocks
+    the rest ran eagerly on the GPU. Removing PAB puts the very same processors back."""
+    transformer = tiny_transformer()
+    before = {name: module.processor for name, module in transformer.named_modules() if hasattr(module, "processor")}
+    strategy = make_strategy("pab", 0.5, transformer=transformer)
+    strategy.apply(transformer)
+    try:
+        assert [name for name, module in transformer.blocks.named_modules() if "forward" in module.__dict__] == []
+        wrapped = {name: m.processor for name, m in transformer.named_modules() if name in before}
+        assert all(type(p) is PABAttentionProcessor for p in wrapped.values()) and len(wrapped) == 2 * len(
+            transformer.blocks
+        )
+        assert all(wrapped[name].inner is before[name] for name in before)
+    finally:
+        strategy.remove(transformer)
+    assert {name: m.processor for name, m in transformer.named_modules() if name in before} == before
