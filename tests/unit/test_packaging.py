@@ -239,11 +239,14 @@ def test_image_sources_build_a_wheel_of_only_its_own_parts(path, tmp_path):
 
 
 def test_worker_image_runs_what_the_benchmarks_measured():
-    """The README's GPU numbers come from bench/results: the image pins the same torch (and CUDA) and FA3 build."""
+    """The README's GPU numbers come from bench/results: the image pins the same torch (and CUDA) and FA3 build,
+    and pyproject pins that torch, so the tests run the dynamo and inductor that ship."""
     dockerfile = ROOT / "worker" / "Dockerfile"
     args = dict(arg.split("=", 1) for arg in arguments(dockerfile, "ARG") if "=" in arg)
     versions = json.loads((ROOT / "bench" / "results" / "engine_h200.json").read_text())["versions"]
     assert args["BASE_IMAGE"] == f"pytorch/pytorch:{versions['torch']}-cuda{versions['cuda']}-cudnn9-runtime"
+    torch_pin = {str(r.specifier) for r in requirements("engine") if canonicalize_name(r.name) == "torch"}
+    assert torch_pin == {f"=={versions['torch']}"}
     recorded = re.search(r"`fa3-fwd` (\S+?)[.,]? ", (ROOT / "bench" / "results" / "README.md").read_text())
     assert recorded and args["FA3_FWD_VERSION"] == recorded.group(1)
     assert any("fa3-fwd==${FA3_FWD_VERSION}" in run for run in arguments(dockerfile, "RUN"))
