@@ -8,9 +8,10 @@ then k, then q, and receives what `stage` returned: a distributed core starts mo
 being normalised and rotated (one fused pass each on CUDA: fused/qk_norm_rope.py).
 
 Text-to-video cross-attention gets the same kernel through `WanCrossAttnProcessor`: diffusers' processor
-dispatches it to SDPA (cuDNN on Hopper), 6.5 ms of a 0.45 s forward on an H200 (bench/results/profile_h200.json),
-where a tuned diffusers runs FA3 for both attentions. Its queries are this device's tokens and its 512 text keys
-are whole on every rank, so the one-device kernel is exact under every parallel layout too.
+dispatches it to SDPA (cuDNN on Hopper), 6.5 ms of a 0.44 s forward on an H200 where FA3 takes 5.9 ms
+(bench/results/profile_rows_xattn_h200.json), and a tuned diffusers runs FA3 for both attentions. Its queries are
+this device's tokens and its 512 text keys are whole on every rank, so the one-device kernel is exact under every
+parallel layout too.
 """
 
 from __future__ import annotations
