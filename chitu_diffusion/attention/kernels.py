@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -67,13 +68,45 @@ def _math_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[t
     return out.to(q.dtype), lse
 
 
-_KERNELS: dict[str, Kernel] = {"sdpa": _sdpa, "fa3": _fa3, "math": lambda q, k, v: _math_with_lse(q, k, v)[0]}
+_KERNELS: dict[str, Kernel] = {
+    "sdpa": _sdpa,
+    "fa3": _fa3,
+    "cudnn": lambda q, k, v: _cudnn_with_lse(q, k, v)[0],
+    "flash": lambda q, k, v: _flash_with_lse(q, k, v)[0],
+    "math": lambda q, k, v: _math_with_lse(q, k, v)[0],
+}
 _LSE_KERNELS: dict[str, LseKernel] = {
     "fa3": _fa3_with_lse,
     "cudnn": _cudnn_with_lse,
     "flash": _flash_with_lse,
     "math": _math_with_lse,
 }
+#: every kernel a `NamedKernel` can call: the exact ones above (lse variants as "<name>+lse") and those other
+#: modules register (precision/fp8_attention.py)
+_REGISTRY: dict[str, Callable] = {**_KERNELS, **{f"{name}+lse": kernel for name, kernel in _LSE_KERNELS.items()}}
+
+
+def register_kernel(name: str, kernel: Callable) -> NamedKernel:
+    """Make `kernel` callable as `NamedKernel(name)`; a name stands for one function for the whole process."""
+    if _REGISTRY.setdefault(name, kernel) is not kernel:
+        raise ValueError(f"attention kernel {name!r} is already registered to another function")
+    return NamedKernel(name)
+
+
+@dataclass(frozen=True)
+class NamedKernel:
+    """A registered attention kernel, held by its name.
+
+    torch.compile tells two plain functions apart only by identity, and torch's caching_precompile (which lets a
+    fresh process skip tracing: compile_cache.py) drops identity guards: a block compiled around one kernel would
+    be reused with another, in one process or in the next one that shares the cache folder (jobs on one model
+    volume may set different `attention_backend`s). A name is guarded by value: each kernel keeps its own graph.
+    """
+
+    name: str
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        return _REGISTRY[self.name](q, k, v)
 
 
 def resolve_backend(name: str | None, device: torch.device, dtype: torch.dtype) -> str:
@@ -90,11 +123,13 @@ def resolve_backend(name: str | None, device: torch.device, dtype: torch.dtype) 
 
 
 def get_kernel(backend: str) -> Kernel:
-    return _KERNELS.get(backend) or (lambda q, k, v: _LSE_KERNELS[backend](q, k, v)[0])
+    if backend not in _KERNELS:
+        raise ValueError(f"attention kernel must be one of {', '.join(_KERNELS)}, got {backend!r}")
+    return NamedKernel(backend)
 
 
 def get_lse_kernel(backend: str, device: torch.device) -> LseKernel:
     """A kernel returning (out, lse); `sdpa` has none, so it maps to the lse-capable kernel for the device."""
-    if backend in _LSE_KERNELS:
-        return _LSE_KERNELS[backend]
-    return _cudnn_with_lse if device.type == "cuda" else _math_with_lse
+    if backend not in _LSE_KERNELS:
+        backend = "cudnn" if device.type == "cuda" else "math"
+    return NamedKernel(f"{backend}+lse")

@@ -18,6 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from chitu_diffusion.attention.kernels import NamedKernel, fa3_available, register_kernel
 from chitu_diffusion.precision.fp8_scaling import dequantize, quantize
 
 # (B, L, H, D): one scale per batch element and head, over tokens and head_dim
@@ -53,12 +54,14 @@ def _fa3_fp8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 def fp8_kernel_available(device: torch.device) -> bool:
     """FA3's FP8 forward runs on Hopper (compute capability 9.x) with `fa3-fwd` installed."""
-    from chitu_diffusion.attention.kernels import fa3_available
-
     return device.type == "cuda" and fa3_available() and torch.cuda.get_device_capability(device)[0] == 9
 
 
-def fp8_attention_kernel(device: torch.device):
+_FA3_FP8 = register_kernel("fp8-fa3", _fa3_fp8)
+_FP8_REFERENCE = register_kernel("fp8-reference", fp8_attention_reference)
+
+
+def fp8_attention_kernel(device: torch.device) -> NamedKernel:
     """The FP8 attention `Kernel` for `device`: FA3 FP8 on Hopper, its reference math elsewhere. Chosen once,
-    not per call, so a compiled block sees one plain function."""
-    return _fa3_fp8 if fp8_kernel_available(device) else fp8_attention_reference
+    not per call, so a compiled block sees one kernel."""
+    return _FA3_FP8 if fp8_kernel_available(device) else _FP8_REFERENCE

@@ -66,7 +66,10 @@ def test_fp8_attention_reference_is_close_to_exact_and_smoothing_helps():
 
 
 def test_fp8_attention_kernel_off_hopper_is_the_reference():
-    assert fp8_attention_kernel(torch.device("cpu")) is fp8_attention_reference
+    kernel = fp8_attention_kernel(torch.device("cpu"))
+    assert kernel.name == "fp8-reference"
+    q, k, v = (torch.randn(1, 16, 2, 8, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    assert torch.equal(kernel(q, k, v), fp8_attention_reference(q, k, v))
 
 
 @pytest.mark.parametrize("bias", [True, False])
