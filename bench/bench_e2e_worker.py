@@ -249,7 +249,9 @@ def dynamo_counts() -> dict:
     """What dynamo compiled in this process: graphs, graph breaks by reason, frames compiled (each recompile is
     one more). A strategy that keeps the blocks compiled adds a few graphs and no break
     (tests/unit/test_flexcache_compile.py); frames at the recompile limit mean later variants ran eagerly (the
-    mode's log then holds dynamo's "hit config.recompile_limit" warning; TORCH_LOGS=recompiles says why)."""
+    mode's log then holds dynamo's "hit config.recompile_limit" warning; TORCH_LOGS=recompiles says why). A
+    fresh process that installed its traced code from the compile cache (compile_cache.py) has dynamo_cache hits
+    and no frames."""
     from torch._dynamo import config
     from torch._dynamo.utils import compile_times, counters
 
@@ -259,6 +261,7 @@ def dynamo_counts() -> dict:
         "graph_breaks": dict(counters["graph_break"]),
         "frames": dict(counters["frames"]),
         "recompile_limit": config.recompile_limit,
+        "dynamo_cache": dict(counters["dynamo_cache"]),  # traced code installed from the compile cache (hits)
     }
 
 

@@ -6,13 +6,26 @@ Triton kernels) under one folder, named by TORCHINDUCTOR_CACHE_DIR; by default t
 with the pod. We point it at a folder that outlives the process: next to the model when the model folder is
 writable (a model volume shared by every pod of a job, so one pod's compile serves them all), else under the
 user's cache. Entries are keyed by inductor by graph, torch version and device, so one folder serves several.
+
+Inductor's cache alone still leaves a fresh process tracing every block's Python again (dynamo: 0.8 s of a
+first video's 1.96 s warm compile on an H200, bench/results/README.md). Torch's `caching_precompile` keeps
+dynamo's traced code and guards in the same folder (`dynamo/`) and installs them when the blocks are wrapped, so
+the first forward traces nothing. It keeps only guards that survive a process: those on a value or a type, never
+on an object's identity, so whatever the engine swaps in one process is told apart by value (attention kernels
+are `NamedKernel`s) or type (FP8 linears, FlexCache processors); tests/unit/test_compile_cache.py holds that.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+import re
+import sys
 from pathlib import Path
+
+import torch
+from torch._dynamo.utils import counters
 
 logger = logging.getLogger(__name__)
 
@@ -34,11 +47,51 @@ def compile_cache_dir(configured: str, model_dir: Path | None) -> Path:
     return USER_CACHE.expanduser()
 
 
-def use_compile_cache(folder: Path) -> Path:
+def use_compile_cache(folder: Path, keep_traced_code: bool = True) -> Path:
     """Make inductor read and write its caches under `folder` (created; in its `CHOICES_FOLDER`) for the rest
-    of this process."""
+    of this process; with `keep_traced_code`, dynamo's traced code and guards too (caching_precompile)."""
     folder = folder / CHOICES_FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     os.environ[INDUCTOR_CACHE_ENV] = str(folder)
+    torch._dynamo.config.caching_precompile = keep_traced_code  # read when a function is wrapped: before compiling
     logger.info("torch.compile cache: %s", folder)
     return folder
+
+
+# names dynamo numbers from one process-wide counter when it installs helpers into a module's globals
+_NUMBERED_GLOBAL = re.compile(
+    r"^(?:__builtins_dict__|__resume_at_\d+|___context_manager_\d+|__comprehension_\w+)_(\d+)$"
+)
+
+
+def number_after_installed_code() -> None:
+    """Make dynamo's later traces number their globals past those the installed traced code brought.
+
+    Installed code keeps the names of the process that traced it (`__builtins_dict___0`, ...), while this
+    process's counter starts at 0 again: torch 2.11 then fails the first new trace (a new FlexCache variant, a
+    new shape) on a name already taken. Call after the compiled blocks are wrapped (where code is installed)."""
+    taken = [
+        int(match.group(1))
+        for module in list(sys.modules.values())
+        for name in list(getattr(module, "__dict__", {}))
+        if name.startswith("__") and (match := _NUMBERED_GLOBAL.match(name))
+    ]
+    if taken:
+        from torch._dynamo import bytecode_transformation
+
+        bytecode_transformation._unique_id_counter = itertools.count(max(taken) + 1)
+
+
+_graphs_saved = 0  # dynamo's count of graphs this process compiled, at the last `save_traced_code`
+
+
+def save_traced_code() -> bool:
+    """Write dynamo's code and guards for what this process compiled since the last call into the cache folder
+    (the next process installs them instead of tracing); False, at no cost, when nothing new was compiled."""
+    global _graphs_saved
+    compiled = counters["stats"]["unique_graphs"]
+    if not torch._dynamo.config.caching_precompile or compiled == _graphs_saved:
+        return False
+    torch.compiler.save_cache_artifacts()  # with caching_precompile on, this writes dynamo's entries
+    _graphs_saved = compiled
+    return True

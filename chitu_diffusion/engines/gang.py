@@ -74,6 +74,9 @@ class ParallelEngine(Engine):
         return self.groups.layout
 
     compiles_at_load = False  # `parallelize` compiles last, after the gang's processors and hooks
+    # the gang's token-splitting hooks run inside the first block's compiled call, as closures that dynamo tells
+    # apart by identity only: not yet proven safe with identity guards dropped (compile_cache.py)
+    keeps_traced_code = False
 
     def _seed(self, params: DiffusionUserParams) -> int:
         """The request's seed, or rank 0's random draw sent to every rank (all ranks must start from one noise)."""

@@ -24,7 +24,12 @@ from diffusers import WanPipeline
 
 from chitu_diffusion.attention.kernels import get_kernel, resolve_backend
 from chitu_diffusion.attention.processor import set_cross_attention, set_self_attention
-from chitu_diffusion.compile_cache import compile_cache_dir, use_compile_cache
+from chitu_diffusion.compile_cache import (
+    compile_cache_dir,
+    number_after_installed_code,
+    save_traced_code,
+    use_compile_cache,
+)
 from chitu_diffusion.config import ConfigError, EngineConfig
 from chitu_diffusion.engines.checks import check_output_name, check_request, check_single_process
 from chitu_diffusion.flex_cache.base import FlexCacheStrategy
@@ -138,6 +143,8 @@ class Engine:
 
     #: whether the blocks are compiled at load; a gang's `parallelize` compiles last, after its own processors
     compiles_at_load = True
+    #: whether dynamo's traced code is kept in the compile cache for the next process (compile_cache.py)
+    keeps_traced_code = True
 
     def _configure_transformer(self) -> None:
         """Precision and exact fusions, attention kernel, then compile (last: it traces whatever the forward is)."""
@@ -163,13 +170,14 @@ class Engine:
         self.attention_backend = backend
         self.compile = settings.resolved_compile(self.device.type)
         if self.compile:
-            use_compile_cache(compile_cache_dir(settings.compile_cache_dir, self.model_dir))
+            use_compile_cache(compile_cache_dir(settings.compile_cache_dir, self.model_dir), self.keeps_traced_code)
             use_wide_row_reductions()  # 1536-wide norms in one pass (fused/row_reductions.py)
             if self.compiles_at_load:
                 # FlexCache strategies add no graph break (their decisions are taken outside the blocks:
                 # tests/unit/test_flexcache_compile.py); fullgraph=False so a kernel dynamo cannot trace runs
                 # eagerly instead of failing the load.
                 self.transformer.compile_repeated_blocks(fullgraph=False)
+                number_after_installed_code()
 
     def _set_self_attention(self, kernel) -> None:
         set_self_attention(self.transformer, self.adapter.blocks_attr, self.adapter.self_attention_attr, kernel)
@@ -220,6 +228,8 @@ class Engine:
             with timer.stage("denoise"):
                 latents = denoise(latents, scheduler, params.num_inference_steps, guide, timer, on_step)
             report, files = cache_report(strategy, visualisation_dir)
+        if self.compile and self.keeps_traced_code and save_traced_code():
+            logger.info("saved what this request compiled for the next process (compile cache)")
         return Sample(latents, seed, report, files)
 
     @torch.no_grad()

@@ -27,13 +27,14 @@ class GraphCounter:
         return graph.forward
 
 
-@pytest.fixture
-def compiled():
-    """A fresh tiny transformer whose blocks are compiled with fullgraph=True, and the graph counter."""
+@pytest.fixture(params=[False, True], ids=["identity-guards", "precompile"])
+def compiled(request):
+    """A fresh tiny transformer whose blocks are compiled with fullgraph=True, and the graph counter; with
+    dynamo's identity guards, and without them as the engine compiles (caching_precompile: compile_cache.py)."""
     torch._dynamo.reset()  # the blocks share `Module._call_impl`'s code object with any module compiled before
-    transformer, counter = tiny_transformer(), GraphCounter()
-    transformer.compile_repeated_blocks(fullgraph=True, backend=counter)
-    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True, caching_precompile=request.param):
+        transformer, counter = tiny_transformer(), GraphCounter()
+        transformer.compile_repeated_blocks(fullgraph=True, backend=counter)
         yield transformer, counter
     torch._dynamo.reset()
 
