@@ -39,6 +39,7 @@ from diffusers import UniPCMultistepScheduler
 
 from chitu_diffusion.attention.kernels import get_kernel, resolve_backend
 from chitu_diffusion.attention.processor import restore_self_attention, set_self_attention
+from chitu_diffusion.compile_cache import compile_blocks
 from chitu_diffusion.engines.parallelize import parallelized
 from chitu_diffusion.metrics import StageTimer, versions
 from chitu_diffusion.models.adapter import adapter_for
@@ -114,7 +115,7 @@ def run_mode(mode: str, transformer, args, device, rank: int, cache_ratio: float
             return None
         with engine_attention(transformer, args, device):
             if args.compile:
-                transformer.compile_repeated_blocks(fullgraph=False)  # as Engine._configure_transformer does
+                compile_blocks(transformer.blocks, fullgraph=False)  # as Engine._configure_transformer does
             latents, seconds = timed_loop(transformer, args, device, single_guide)
         return {"latents": latents, "seconds": seconds}
     cp_size, up_limit = LAYOUTS[mode]

@@ -25,6 +25,7 @@ from benchlib import commit, rel_l2
 
 from chitu_diffusion.attention.kernels import get_kernel
 from chitu_diffusion.attention.processor import set_self_attention
+from chitu_diffusion.compile_cache import compile_blocks
 from chitu_diffusion.metrics import versions
 from chitu_diffusion.models.random_init import build_wan21_1_3b_transformer, build_wan21_vae
 
@@ -92,7 +93,7 @@ def build_variant(name: str):
     set_self_attention(transformer, "blocks", "attn1", kernel)
     if "xattn" in features:
         set_cross_attention(transformer, "blocks", "attn2", get_kernel("fa3"))
-    transformer.compile_repeated_blocks(fullgraph=False)  # as the engine
+    compile_blocks(transformer.blocks, fullgraph=False)  # as the engine
     return transformer
 
 

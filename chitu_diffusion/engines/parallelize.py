@@ -12,7 +12,7 @@ Applied per request and undone by `remove` (reverse order), so the transformer i
 the single-device engine leaves it. Whether the request's strategy fits the layout (DiTango: ring >= 2) is
 checked before, with the request (engines/checks.py); a strategy that finds no ring attention to work on still
 refuses to attach. Steps 1-3 only register hooks and processors (microseconds); the compiled
-blocks are kept across requests (`compile_repeated_blocks` once).
+blocks are kept across requests (compiled once).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from chitu_diffusion.compile_cache import compile_blocks
 from chitu_diffusion.flex_cache.base import FlexCacheStrategy
 from chitu_diffusion.flex_cache.registry import get_strategy
 from chitu_diffusion.models.adapter import ModelAdapter
@@ -60,12 +61,11 @@ class Parallelized:
             self.context_parallel.remove()
 
 
-def _compile_blocks(transformer: torch.nn.Module) -> None:
-    blocks = getattr(transformer, "blocks", [])
+def _compile_blocks(blocks: torch.nn.ModuleList) -> None:
     if any(getattr(block, "_compiled_call_impl", None) is not None for block in blocks):
         return  # compiled by an earlier request; dynamo re-guards on the hooks now attached
     # fullgraph=False: the distributed attention core is kept out of the graphs (FlexCache strategies add no break).
-    transformer.compile_repeated_blocks(fullgraph=False)
+    compile_blocks(blocks, fullgraph=False)
 
 
 def parallelize(
@@ -88,7 +88,7 @@ def parallelize(
             strategy.apply(transformer)
             result.strategy = strategy
         if compile:
-            _compile_blocks(transformer)
+            _compile_blocks(adapter.blocks(transformer))
     except BaseException:
         result.remove()
         raise

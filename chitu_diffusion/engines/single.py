@@ -25,6 +25,7 @@ from diffusers import WanPipeline
 from chitu_diffusion.attention.kernels import get_kernel, resolve_backend
 from chitu_diffusion.attention.processor import set_cross_attention, set_self_attention
 from chitu_diffusion.compile_cache import (
+    compile_blocks,
     compile_cache_dir,
     number_after_installed_code,
     save_traced_code,
@@ -176,7 +177,7 @@ class Engine:
                 # FlexCache strategies add no graph break (their decisions are taken outside the blocks:
                 # tests/unit/test_flexcache_compile.py); fullgraph=False so a kernel dynamo cannot trace runs
                 # eagerly instead of failing the load.
-                self.transformer.compile_repeated_blocks(fullgraph=False)
+                compile_blocks(self.adapter.blocks(self.transformer), fullgraph=False)
                 number_after_installed_code()
 
     def _set_self_attention(self, kernel) -> None:

@@ -75,14 +75,13 @@ def test_kernels_are_values_with_one_function_per_name():
 
 
 def eager_backend_compile(monkeypatch):
-    """The engine's own compile call, with dynamo's `eager` backend added."""
-    model_class = type(build_random_pipeline().transformer)
-    compile_blocks = model_class.compile_repeated_blocks
+    """The engine's own compile calls, with dynamo's `eager` backend added."""
+    compile_module = torch.nn.Module.compile
 
     def compile_eagerly(self, **options):
-        return compile_blocks(self, backend="eager", **options)
+        return compile_module(self, backend="eager", **options)
 
-    monkeypatch.setattr(model_class, "compile_repeated_blocks", compile_eagerly)
+    monkeypatch.setattr(torch.nn.Module, "compile", compile_eagerly)
 
 
 def test_fp8_precision_check_compiled_compares_with_bf16(precompiling, monkeypatch, tmp_path):

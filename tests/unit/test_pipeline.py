@@ -191,7 +191,7 @@ def inductor_choices():
 def test_compile_and_attention_backend_settings(monkeypatch, tmp_path, inductor_choices):
     compiled = []
     pipe = build_random_pipeline()
-    monkeypatch.setattr(type(pipe.transformer), "compile_repeated_blocks", lambda self, **kw: compiled.append(kw))
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: compiled.append((type(self).__name__, kw)))
     monkeypatch.setenv(INDUCTOR_CACHE_ENV, "unset")  # restored after the test
     settings = [
         "infer.diffusion.compile=true",
@@ -199,7 +199,7 @@ def test_compile_and_attention_backend_settings(monkeypatch, tmp_path, inductor_
         f"infer.diffusion.compile_cache_dir={tmp_path / 'compiled'}",
     ]
     engine = Engine(pipe, EngineConfig.from_overrides(settings))
-    assert compiled == [{"fullgraph": False}]
+    assert compiled == [("WanTransformerBlock", {"fullgraph": False})] * len(pipe.transformer.blocks)
     assert os.environ[INDUCTOR_CACHE_ENV] == str(tmp_path / "compiled" / CHOICES_FOLDER)
     assert (tmp_path / "compiled" / CHOICES_FOLDER).is_dir()
     assert isinstance(V.choices, WideRowChoices)  # the kernels that folder holds are built with these choices
