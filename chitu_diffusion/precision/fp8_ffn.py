@@ -97,6 +97,18 @@ def _triton_gelu_quantize(rows_per_program: int = 4, chunk: int = 1024, num_warp
     return launch
 
 
+@torch.library.custom_op("chitu::gelu_quantize", mutates_args=())
+def _fused_gelu_quantize(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernel as an operator (as fused/qk_norm_rope.py's): compiled code holds its name, which torch's
+    caching_precompile can save; a launcher held by the module made it fail (a Triton kernel does not pickle)."""
+    return _triton_gelu_quantize()(h)
+
+
+@_fused_gelu_quantize.register_fake
+def _(h):
+    return h.new_empty(h.shape, dtype=E4M3), h.new_empty((h.shape[0], 1), dtype=torch.float32)
+
+
 class Fp8FeedForward(torch.nn.Module):
     """Replaces a diffusers `FeedForward` whose activation is GELU(tanh): net[0].proj, GELU, net[2]."""
 
@@ -106,13 +118,14 @@ class Fp8FeedForward(torch.nn.Module):
         if getattr(activation, "approximate", None) != "tanh":
             raise ValueError("Fp8FeedForward fuses GELU(tanh) only")
         self.up, self.down = Fp8Linear(activation.proj), Fp8Linear(down)
-        self.gelu_quantize = _triton_gelu_quantize() if self.up.use_scaled_mm else gelu_quantize_reference
+        self.fused = self.up.use_scaled_mm  # the Triton kernel where the GEMMs are FP8; else its PyTorch twin
         self.original = [ffn]  # not a child: outside state_dict and .to()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.up.in_features)  # (M, dim)
         hidden = self.up(rows)  # (M, ffn_dim) in x's dtype
-        out = self.down.matmul(*self.gelu_quantize(hidden), x.dtype)  # (M, dim)
+        quantized = _fused_gelu_quantize(hidden) if self.fused else gelu_quantize_reference(hidden)
+        out = self.down.matmul(*quantized, x.dtype)  # (M, dim)
         return out.reshape(*x.shape[:-1], self.down.out_features)
 
 
