@@ -48,6 +48,17 @@ def compile_cache_dir(configured: str, model_dir: Path | None) -> Path:
     return USER_CACHE.expanduser()
 
 
+class DroppedGuardWarnings(logging.Filter):
+    """Drops dynamo's warning per identity guard it leaves out under caching_precompile (tens per compiled graph,
+    in every pod's log): the engine opted into that, and keeps what it swaps apart by value or type instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "is dropped with caching_precompile=True" not in record.getMessage()
+
+
+_DYNAMO_GUARDS_LOG = logging.getLogger("torch._dynamo.guards")
+
+
 def use_compile_cache(folder: Path, keep_traced_code: bool = True) -> Path:
     """Make inductor read and write its caches under `folder` (created; in its `CHOICES_FOLDER`) for the rest
     of this process; with `keep_traced_code`, dynamo's traced code and guards too (caching_precompile)."""
@@ -55,7 +66,9 @@ def use_compile_cache(folder: Path, keep_traced_code: bool = True) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     os.environ[INDUCTOR_CACHE_ENV] = str(folder)
     torch._dynamo.config.caching_precompile = keep_traced_code  # read when a function is wrapped: before compiling
-    logger.info("torch.compile cache: %s", folder)
+    if keep_traced_code and not any(isinstance(f, DroppedGuardWarnings) for f in _DYNAMO_GUARDS_LOG.filters):
+        _DYNAMO_GUARDS_LOG.addFilter(DroppedGuardWarnings())
+    logger.info("torch.compile cache: %s (dynamo's traced code kept: %s)", folder, keep_traced_code)
     return folder
 
 

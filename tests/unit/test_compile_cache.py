@@ -8,6 +8,7 @@ a block compiled around one kernel must never run for another. These tests compi
 """
 
 import json
+import logging
 import subprocess
 import sys
 
@@ -20,7 +21,7 @@ from torch._inductor.virtualized import V
 
 from chitu_diffusion.attention.kernels import NamedKernel, get_kernel, register_kernel
 from chitu_diffusion.attention.processor import set_cross_attention, set_self_attention
-from chitu_diffusion.compile_cache import INDUCTOR_CACHE_ENV
+from chitu_diffusion.compile_cache import INDUCTOR_CACHE_ENV, use_compile_cache
 from chitu_diffusion.config import EngineConfig
 from chitu_diffusion.engines.single import Engine
 from chitu_diffusion.models.random_init import build_random_pipeline
@@ -148,3 +149,14 @@ def test_a_fresh_process_installs_the_traced_code_instead_of_tracing(tiny_model_
     assert second["pab"]["traced"] >= 1
     third = fresh_process(tiny_model_dir, cache, "pab")
     assert third["installed"] >= 1 and third["pab"] == {**second["pab"], "traced": 0}
+
+
+def test_only_dynamos_dropped_guard_warnings_are_filtered(tmp_path, caplog, monkeypatch):
+    monkeypatch.setenv(INDUCTOR_CACHE_ENV, "unset")
+    with torch._dynamo.config.patch(caching_precompile=False):
+        use_compile_cache(tmp_path, keep_traced_code=True)
+    guards_log = logging.getLogger("torch._dynamo.guards")
+    with caplog.at_level(logging.WARNING, logger="torch._dynamo.guards"):
+        guards_log.warning("%s guard on %s is dropped with caching_precompile=True.", "ID_MATCH", "L['x']")
+        guards_log.warning("some other guard problem")
+    assert [record.getMessage() for record in caplog.records] == ["some other guard problem"]
