@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import sys
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -33,19 +34,24 @@ logger = logging.getLogger(__name__)
 #: inductor's own switch for its cache root (read on every lookup, so setting it before the first compile works)
 INDUCTOR_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 MODEL_CACHE_NAME = ".chitu-compile-cache"
-USER_CACHE = Path("~/.cache/chitu/compile-cache")
 #: the entries' subfolder, named after what changes inductor's output without entering its cache key (the
 #: engine's choices handler, fused/row_reductions.py): kernels built under other choices are never reused
 CHOICES_FOLDER = "wide-rows-2048"
 
 
+def user_cache() -> Path:
+    """The user's cache folder for compiled code: $XDG_CACHE_HOME/chitu/compile-cache (default ~/.cache). The
+    worker image points XDG_CACHE_HOME at its writable cache volume: its home is on a read-only root."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "chitu" / "compile-cache"
+
+
 def compile_cache_dir(configured: str, model_dir: Path | None) -> Path:
-    """The cache folder: `configured` unless it is "auto"; auto = next to the model if writable, else user cache."""
+    """The cache folder: `configured` unless it is "auto"; auto = next to the model if writable, else `user_cache`."""
     if configured != "auto":
         return Path(configured).expanduser()
     if model_dir is not None and os.access(model_dir, os.W_OK):
         return Path(model_dir) / MODEL_CACHE_NAME
-    return USER_CACHE.expanduser()
+    return user_cache()
 
 
 class DroppedGuardWarnings(logging.Filter):
@@ -63,7 +69,15 @@ def use_compile_cache(folder: Path, keep_traced_code: bool = True) -> Path:
     """Make inductor read and write its caches under `folder` (created; in its `CHOICES_FOLDER`) for the rest
     of this process; with `keep_traced_code`, dynamo's traced code and guards too (caching_precompile)."""
     folder = folder / CHOICES_FOLDER
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK):
+            raise PermissionError("not writable")
+    except OSError as err:  # a cache only saves time: never a reason to fail the load
+        fallback = Path(tempfile.gettempdir()) / "chitu-compile-cache" / CHOICES_FOLDER
+        logger.warning("torch.compile cache %s is unusable (%s); using %s, which this pod loses", folder, err, fallback)
+        folder = fallback
+        folder.mkdir(parents=True, exist_ok=True)
     os.environ[INDUCTOR_CACHE_ENV] = str(folder)
     torch._dynamo.config.caching_precompile = keep_traced_code  # read when a function is wrapped: before compiling
     if keep_traced_code and not any(isinstance(f, DroppedGuardWarnings) for f in _DYNAMO_GUARDS_LOG.filters):

@@ -9,8 +9,11 @@ a block compiled around one kernel must never run for another. These tests compi
 
 import json
 import logging
+import os
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,7 +24,13 @@ from torch._inductor.virtualized import V
 
 from chitu_diffusion.attention.kernels import NamedKernel, get_kernel, register_kernel
 from chitu_diffusion.attention.processor import set_cross_attention, set_self_attention
-from chitu_diffusion.compile_cache import INDUCTOR_CACHE_ENV, use_compile_cache
+from chitu_diffusion.compile_cache import (
+    CHOICES_FOLDER,
+    INDUCTOR_CACHE_ENV,
+    MODEL_CACHE_NAME,
+    compile_cache_dir,
+    use_compile_cache,
+)
 from chitu_diffusion.config import EngineConfig
 from chitu_diffusion.engines.single import Engine
 from chitu_diffusion.models.random_init import build_random_pipeline
@@ -160,3 +169,23 @@ def test_only_dynamos_dropped_guard_warnings_are_filtered(tmp_path, caplog, monk
         guards_log.warning("%s guard on %s is dropped with caching_precompile=True.", "ID_MATCH", "L['x']")
         guards_log.warning("some other guard problem")
     assert [record.getMessage() for record in caplog.records] == ["some other guard problem"]
+
+
+def test_auto_folder_is_next_to_a_writable_model_else_the_users_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert compile_cache_dir("auto", tmp_path) == tmp_path / MODEL_CACHE_NAME
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # a read-only model volume
+    assert compile_cache_dir("auto", tmp_path) == tmp_path / "xdg" / "chitu" / "compile-cache"
+    assert compile_cache_dir("~/elsewhere", tmp_path) == Path("~/elsewhere").expanduser()
+
+
+def test_an_unusable_cache_folder_falls_back_instead_of_failing_the_load(tmp_path, monkeypatch, caplog):
+    """The worker's home is on a read-only root: a folder that cannot be made must not fail the engine."""
+    monkeypatch.setenv(INDUCTOR_CACHE_ENV, "unset")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "a-file").write_text("")
+    with torch._dynamo.config.patch(caching_precompile=False), caplog.at_level(logging.WARNING):
+        folder = use_compile_cache(tmp_path / "a-file" / "cache")  # under a file: mkdir fails
+    assert folder == tmp_path / "tmp" / "chitu-compile-cache" / CHOICES_FOLDER and folder.is_dir()
+    assert os.environ[INDUCTOR_CACHE_ENV] == str(folder)
+    assert "a-file/cache/wide-rows-2048 is unusable" in caplog.text

@@ -23,6 +23,8 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from chitu_api.operatorconfig import SCRATCH_MOUNTS
+
 ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 PROJECT = PYPROJECT["project"]
@@ -229,6 +231,16 @@ def test_image_structure(path):
     assert installed_extras(dockerfile) == {extra}
     assert not {s for s in copied_sources(dockerfile) if s.startswith(("tests", "devcluster", ".venv", "bench"))}
     assert not [args for args in arguments(dockerfile, "RUN") if re.search(r"\b(pytest|ruff|\[dev\])", args)]
+
+
+def test_worker_image_caches_live_on_the_pods_writable_scratch():
+    """The pod's root is read-only (restricted template): the model copies and the compile cache (under
+    XDG_CACHE_HOME when the model folder is read-only: compile_cache.user_cache) must be on a scratch mount."""
+    env = dict(
+        token.split("=", 1) for args in arguments(ROOT / "worker/Dockerfile", "ENV") for token in shlex.split(args)
+    )
+    for name in ("CHITU_MODEL_CACHE", "XDG_CACHE_HOME"):
+        assert any(Path(env[name]).is_relative_to(mount) for mount in SCRATCH_MOUNTS), (name, env.get(name))
 
 
 @pytest.mark.parametrize("path", sorted(IMAGES))
