@@ -23,7 +23,8 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -65,9 +66,9 @@ class DroppedGuardWarnings(logging.Filter):
 _DYNAMO_GUARDS_LOG = logging.getLogger("torch._dynamo.guards")
 
 
-def use_compile_cache(folder: Path, keep_traced_code: bool = True) -> Path:
-    """Make inductor read and write its caches under `folder` (created; in its `CHOICES_FOLDER`) for the rest
-    of this process; with `keep_traced_code`, dynamo's traced code and guards too (caching_precompile)."""
+def use_compile_cache(folder: Path) -> Path:
+    """Make inductor (and dynamo, where `keeping_traced_code`) read and write its caches under `folder` (created;
+    in its `CHOICES_FOLDER`) for the rest of this process."""
     folder = folder / CHOICES_FOLDER
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -79,23 +80,34 @@ def use_compile_cache(folder: Path, keep_traced_code: bool = True) -> Path:
         folder = fallback
         folder.mkdir(parents=True, exist_ok=True)
     os.environ[INDUCTOR_CACHE_ENV] = str(folder)
-    torch._dynamo.config.caching_precompile = keep_traced_code  # read when a function is wrapped: before compiling
-    if keep_traced_code and not any(isinstance(f, DroppedGuardWarnings) for f in _DYNAMO_GUARDS_LOG.filters):
-        _DYNAMO_GUARDS_LOG.addFilter(DroppedGuardWarnings())
-    logger.info("torch.compile cache: %s (dynamo's traced code kept: %s)", folder, keep_traced_code)
+    logger.info("torch.compile cache: %s", folder)
     return folder
 
 
-def compile_blocks(blocks: Iterable[torch.nn.Module], **options) -> None:
-    """Regional compile (what diffusers' `compile_repeated_blocks` does), installing dynamo's saved code once.
+@contextmanager
+def keeping_traced_code(enabled: bool = True) -> Iterator[None]:
+    """Torch's caching_precompile on while the engine wraps and traces its own blocks (`enabled`), and only
+    then: dropping identity guards is safe for the engine's code (module docstring), not for whatever else the
+    process compiles."""
+    if not enabled:
+        yield
+        return
+    if not any(isinstance(f, DroppedGuardWarnings) for f in _DYNAMO_GUARDS_LOG.filters):
+        _DYNAMO_GUARDS_LOG.addFilter(DroppedGuardWarnings())
+    with torch._dynamo.config.patch(caching_precompile=True):
+        yield
+
+
+def compile_blocks(blocks: Iterable[torch.nn.Module], keep_traced_code: bool = False, **options) -> None:
+    """Regional compile (what diffusers' `compile_repeated_blocks` does); with `keep_traced_code`, dynamo's saved
+    code is installed, once.
 
     Every block runs one code object (`Module._call_impl`), so the code installed through the first block's
     wrapper serves them all; with caching_precompile on for each, every wrapper installed it again (30 blocks:
     2.9 s of an H200 load). A variant first traced by the first block is saved; blocks run in order, so
     that is every variant that depends on the step, not on the block."""
-    keep = torch._dynamo.config.caching_precompile
     for index, block in enumerate(blocks):
-        with torch._dynamo.config.patch(caching_precompile=keep and index == 0):
+        with keeping_traced_code(keep_traced_code and index == 0):
             block.compile(**options)
 
 
@@ -131,8 +143,9 @@ def save_traced_code() -> bool:
     (the next process installs them instead of tracing); False, at no cost, when nothing new was compiled."""
     global _graphs_saved
     compiled = counters["stats"]["unique_graphs"]
-    if not torch._dynamo.config.caching_precompile or compiled == _graphs_saved:
+    if compiled == _graphs_saved:
         return False
-    torch.compiler.save_cache_artifacts()  # with caching_precompile on, this writes dynamo's entries
+    with keeping_traced_code():
+        torch.compiler.save_cache_artifacts()  # with caching_precompile on, this writes dynamo's entries
     _graphs_saved = compiled
     return True

@@ -27,6 +27,7 @@ from chitu_diffusion.attention.processor import set_cross_attention, set_self_at
 from chitu_diffusion.compile_cache import (
     compile_blocks,
     compile_cache_dir,
+    keeping_traced_code,
     number_after_installed_code,
     save_traced_code,
     use_compile_cache,
@@ -171,13 +172,13 @@ class Engine:
         self.attention_backend = backend
         self.compile = settings.resolved_compile(self.device.type)
         if self.compile:
-            use_compile_cache(compile_cache_dir(settings.compile_cache_dir, self.model_dir), self.keeps_traced_code)
+            use_compile_cache(compile_cache_dir(settings.compile_cache_dir, self.model_dir))
             use_wide_row_reductions()  # 1536-wide norms in one pass (fused/row_reductions.py)
             if self.compiles_at_load:
                 # FlexCache strategies add no graph break (their decisions are taken outside the blocks:
                 # tests/unit/test_flexcache_compile.py); fullgraph=False so a kernel dynamo cannot trace runs
                 # eagerly instead of failing the load.
-                compile_blocks(self.adapter.blocks(self.transformer), fullgraph=False)
+                compile_blocks(self.adapter.blocks(self.transformer), self.keeps_traced_code, fullgraph=False)
                 number_after_installed_code()
 
     def _set_self_attention(self, kernel) -> None:
@@ -225,11 +226,12 @@ class Engine:
             )
         latents = initial_noise(self.pipe, params.num_frames, params.height, params.width, seed, self.device)
         scheduler = type(self.pipe.scheduler).from_config(self.pipe.scheduler.config)  # per-request solver state
+        keeps_traced_code = self.compile and self.keeps_traced_code
         with self._denoiser(params, transformer_noise_predictor(self.transformer, embeds)) as (guide, strategy):
-            with timer.stage("denoise"):
+            with timer.stage("denoise"), keeping_traced_code(keeps_traced_code):  # traces new variants with it
                 latents = denoise(latents, scheduler, params.num_inference_steps, guide, timer, on_step)
             report, files = cache_report(strategy, visualisation_dir)
-        if self.compile and self.keeps_traced_code and save_traced_code():
+        if keeps_traced_code and save_traced_code():
             logger.info("saved what this request compiled for the next process (compile cache)")
         return Sample(latents, seed, report, files)
 

@@ -29,6 +29,7 @@ from chitu_diffusion.compile_cache import (
     INDUCTOR_CACHE_ENV,
     MODEL_CACHE_NAME,
     compile_cache_dir,
+    keeping_traced_code,
     use_compile_cache,
 )
 from chitu_diffusion.config import EngineConfig
@@ -38,14 +39,13 @@ from chitu_diffusion.precision.fp8_attention import fp8_attention_kernel
 
 
 @pytest.fixture
-def precompiling(monkeypatch):
-    """Dynamo as the engine runs it (identity guards dropped), with nothing compiled before or left after; what
-    an engine sets for its process (cache folder, inductor choices) is put back."""
+def fresh_dynamo(monkeypatch):
+    """Nothing compiled before or left after; what an engine sets for its process (cache folder, inductor
+    choices) is put back."""
     monkeypatch.setenv(INDUCTOR_CACHE_ENV, "unset")
     choices = V.choices
     torch._dynamo.reset()
-    with torch._dynamo.config.patch(caching_precompile=True):
-        yield
+    yield
     torch._dynamo.reset()
     V.set_choices_handler(choices)
 
@@ -58,7 +58,7 @@ def forward(transformer: torch.nn.Module) -> torch.Tensor:
         return transformer(latents, torch.tensor([500.0]), text, return_dict=False)[0]
 
 
-def test_each_attention_kernel_keeps_its_own_compiled_graph(precompiling):
+def test_each_attention_kernel_keeps_its_own_compiled_graph(fresh_dynamo):
     kernels = {"exact": get_kernel("math"), "fp8": fp8_attention_kernel(torch.device("cpu"))}
     eager = {}
     for name, kernel in kernels.items():
@@ -70,10 +70,11 @@ def test_each_attention_kernel_keeps_its_own_compiled_graph(precompiling):
 
     transformer = tiny_transformer()
     set_cross_attention(transformer, "blocks", "attn2", get_kernel("math"))
-    transformer.compile_repeated_blocks(fullgraph=True, backend="eager")
-    for name in ("exact", "fp8", "exact", "fp8"):  # each swap back must find its own graph, not the last one
-        set_self_attention(transformer, "blocks", "attn1", kernels[name])
-        assert torch.equal(forward(transformer), eager[name]), name
+    with keeping_traced_code():  # as the engine compiles and traces: identity guards dropped
+        transformer.compile_repeated_blocks(fullgraph=True, backend="eager")
+        for name in ("exact", "fp8", "exact", "fp8"):  # each swap back must find its own graph, not the last one
+            set_self_attention(transformer, "blocks", "attn1", kernels[name])
+            assert torch.equal(forward(transformer), eager[name]), name
 
 
 def test_kernels_are_values_with_one_function_per_name():
@@ -94,7 +95,7 @@ def eager_backend_compile(monkeypatch):
     monkeypatch.setattr(torch.nn.Module, "compile", compile_eagerly)
 
 
-def test_fp8_precision_check_compiled_compares_with_bf16(precompiling, monkeypatch, tmp_path):
+def test_fp8_precision_check_compiled_compares_with_bf16(fresh_dynamo, monkeypatch, tmp_path):
     """The check's bf16 rerun puts the bf16 linears and kernel back inside compiled blocks, then the next video
     swaps FP8 in again: a graph reused across the swap would report a distance of 0 or drift from the uncompiled
     check."""
@@ -160,14 +161,18 @@ def test_a_fresh_process_installs_the_traced_code_instead_of_tracing(tiny_model_
     assert third["installed"] >= 1 and third["pab"] == {**second["pab"], "traced": 0}
 
 
-def test_only_dynamos_dropped_guard_warnings_are_filtered(tmp_path, caplog, monkeypatch):
-    monkeypatch.setenv(INDUCTOR_CACHE_ENV, "unset")
-    with torch._dynamo.config.patch(caching_precompile=False):
-        use_compile_cache(tmp_path, keep_traced_code=True)
+def test_identity_guards_are_dropped_only_for_the_engines_code_and_only_their_warnings_filtered(caplog):
+    """caching_precompile is on inside `keeping_traced_code` only: other code the process compiles keeps its
+    identity guards. Inside, dynamo's warning per dropped guard is filtered; other guard warnings pass."""
+    assert not torch._dynamo.config.caching_precompile
     guards_log = logging.getLogger("torch._dynamo.guards")
-    with caplog.at_level(logging.WARNING, logger="torch._dynamo.guards"):
+    with keeping_traced_code(), caplog.at_level(logging.WARNING, logger="torch._dynamo.guards"):
+        assert torch._dynamo.config.caching_precompile
         guards_log.warning("%s guard on %s is dropped with caching_precompile=True.", "ID_MATCH", "L['x']")
         guards_log.warning("some other guard problem")
+    assert not torch._dynamo.config.caching_precompile
+    with keeping_traced_code(enabled=False):
+        assert not torch._dynamo.config.caching_precompile
     assert [record.getMessage() for record in caplog.records] == ["some other guard problem"]
 
 
@@ -184,7 +189,7 @@ def test_an_unusable_cache_folder_falls_back_instead_of_failing_the_load(tmp_pat
     monkeypatch.setenv(INDUCTOR_CACHE_ENV, "unset")
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "a-file").write_text("")
-    with torch._dynamo.config.patch(caching_precompile=False), caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.WARNING):
         folder = use_compile_cache(tmp_path / "a-file" / "cache")  # under a file: mkdir fails
     assert folder == tmp_path / "tmp" / "chitu-compile-cache" / CHOICES_FOLDER and folder.is_dir()
     assert os.environ[INDUCTOR_CACHE_ENV] == str(folder)

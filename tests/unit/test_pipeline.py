@@ -180,11 +180,9 @@ def test_name_must_be_a_plain_file_stem(tiny_pipeline, tmp_path, name):
 
 @pytest.fixture
 def inductor_choices():
-    """The engine installs its inductor choices and dynamo's caching_precompile for the process; put back what
-    was there after the test."""
+    """The engine installs its inductor choices for the process; put back what was there after the test."""
     previous = V.choices
-    with torch._dynamo.config.patch(caching_precompile=torch._dynamo.config.caching_precompile):
-        yield
+    yield
     V.set_choices_handler(previous)
 
 
@@ -203,7 +201,7 @@ def test_compile_and_attention_backend_settings(monkeypatch, tmp_path, inductor_
     assert os.environ[INDUCTOR_CACHE_ENV] == str(tmp_path / "compiled" / CHOICES_FOLDER)
     assert (tmp_path / "compiled" / CHOICES_FOLDER).is_dir()
     assert isinstance(V.choices, WideRowChoices)  # the kernels that folder holds are built with these choices
-    assert torch._dynamo.config.caching_precompile  # dynamo's traced code kept there too
+    assert not torch._dynamo.config.caching_precompile  # on only while the engine compiles its own blocks
     assert not Engine(build_random_pipeline(), EngineConfig()).compile  # unset: off on CPU
     assert engine.attention_backend == "math"
     assert all(type(block.attn1.processor) is WanSelfAttnProcessor for block in pipe.transformer.blocks)
