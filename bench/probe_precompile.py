@@ -31,7 +31,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--precompile", action="store_true", help="torch._dynamo.config.caching_precompile")
     parser.add_argument("--save", action="store_true", help="torch.compiler.save_cache_artifacts() afterwards")
-    parser.add_argument("--backend", default="inductor", help="torch.compile backend (eager: no code generation)")
     args = parser.parse_args()
     torch._dynamo.config.caching_precompile = args.precompile
     torch.manual_seed(0)
@@ -39,7 +38,7 @@ def main() -> None:
     set_self_attention(transformer, "blocks", "attn1", get_kernel("math"))
     set_cross_attention(transformer, "blocks", "attn2", get_kernel("math"))
     start = time.perf_counter()
-    transformer.compile_repeated_blocks(fullgraph=False, backend=args.backend)
+    transformer.compile_repeated_blocks(fullgraph=False)
     wrap_s = time.perf_counter() - start
     config = transformer.config
     generator = torch.Generator().manual_seed(0)

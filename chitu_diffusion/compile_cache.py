@@ -109,6 +109,8 @@ def compile_blocks(blocks: Iterable[torch.nn.Module], keep_traced_code: bool = F
     for index, block in enumerate(blocks):
         with keeping_traced_code(keep_traced_code and index == 0):
             block.compile(**options)
+    if keep_traced_code:
+        _number_after_installed_code()
 
 
 # names dynamo numbers from one process-wide counter when it installs helpers into a module's globals
@@ -117,12 +119,12 @@ _NUMBERED_GLOBAL = re.compile(
 )
 
 
-def number_after_installed_code() -> None:
+def _number_after_installed_code() -> None:
     """Make dynamo's later traces number their globals past those the installed traced code brought.
 
     Installed code keeps the names of the process that traced it (`__builtins_dict___0`, ...), while this
     process's counter starts at 0 again: torch 2.11 then fails the first new trace (a new FlexCache variant, a
-    new shape) on a name already taken. Call after the compiled blocks are wrapped (where code is installed)."""
+    new shape) on a name already taken."""
     taken = [
         int(match.group(1))
         for module in list(sys.modules.values())

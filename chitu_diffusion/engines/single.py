@@ -28,7 +28,6 @@ from chitu_diffusion.compile_cache import (
     compile_blocks,
     compile_cache_dir,
     keeping_traced_code,
-    number_after_installed_code,
     save_traced_code,
     use_compile_cache,
 )
@@ -179,7 +178,6 @@ class Engine:
                 # tests/unit/test_flexcache_compile.py); fullgraph=False so a kernel dynamo cannot trace runs
                 # eagerly instead of failing the load.
                 compile_blocks(self.adapter.blocks(self.transformer), self.keeps_traced_code, fullgraph=False)
-                number_after_installed_code()
 
     def _set_self_attention(self, kernel) -> None:
         set_self_attention(self.transformer, self.adapter.blocks_attr, self.adapter.self_attention_attr, kernel)

@@ -150,7 +150,7 @@ def fresh_process(model_dir, cache_dir, *strategies) -> dict:
 def test_a_fresh_process_installs_the_traced_code_instead_of_tracing(tiny_model_dir, tmp_path):
     """Three processes share one cache folder, compiling with inductor as the engine does: the first traces and
     saves; the second installs that code (traces nothing for it, same latents) and still traces a new variant
-    (PAB's; torch 2.11 failed that without `number_after_installed_code`); the third installs both."""
+    (PAB's; torch 2.11 failed that without `compile_blocks` renumbering); the third installs both."""
     cache = tmp_path / "cache"
     first = fresh_process(tiny_model_dir, cache, "none")
     assert first["installed"] == 0 and first["none"]["traced"] >= 1
