@@ -10,6 +10,7 @@ videos.
     python bench/bench_e2e.py --out bench/results/e2e_h200.json                 # one GPU, every one-GPU mode
     python bench/bench_e2e.py --gpus 2 --out bench/results/e2e_h200x2.json      # every 2-GPU layout (torchrun)
     python bench/bench_e2e.py --arch tiny --steps 2 --frames 5 --height 64 --width 64 --out /tmp/e2e.json  # CPU smoke
+    python bench/bench_e2e.py --modes stock,cachedit --extend e2e_h200.json --out ...  # a next call, same machine
 
 One-GPU modes: `stock` (WanPipeline's own loop, eager, diffusers' default attention: cuDNN SDPA on Hopper);
 `tuned` (diffusers tuned in two lines: `set_attention_backend("_flash_3")` + `compile_repeated_blocks(
@@ -97,6 +98,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "chitu-bench-e2e")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run one mode in this process
     parser.add_argument("--timeout", type=int, default=900, help="seconds one mode may take")
+    parser.add_argument(
+        "--extend",
+        type=Path,
+        help="a JSON this driver wrote in an earlier call on the same machine (same GPUs, shapes and --work-dir, "
+        "whose files it names): its modes are kept and compared with this call's, as one run",
+    )
     return parser.parse_args()
 
 
@@ -117,10 +124,13 @@ def main() -> None:
         "benchmark": "wan2.1 t2v end to end, one video per mode, fresh process per mode",
         "weights": f"random (seed 0), {args.arch}; tiny text encoder",
         "gpus": args.gpus,
+        "gpu_uuids": gpu_uuids(),
         "shapes": shapes(args),
         "modes": {},
         "failed": {},
     }
+    if args.extend:
+        results = extended(json.loads(args.extend.read_text()), results)
     for mode in modes:
         started = time.perf_counter()
         try:
@@ -132,6 +142,30 @@ def main() -> None:
         summarise(results)
         write(results, args.out)
     print_table(results)
+
+
+def gpu_uuids() -> list[str]:
+    """The cards this call runs on (a later call that extends it must find the same)."""
+    try:
+        listing = subprocess.run(
+            ["nvidia-smi", "--query-gpu=uuid", "--format=csv,noheader"], capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return []
+    return listing.stdout.split()
+
+
+def extended(previous: dict, fresh: dict) -> dict:
+    """`previous` with this call's header checked against it: the same cards and shapes, or it is another run."""
+    for key in ("gpus", "gpu_uuids", "shapes", "weights"):
+        if previous.get(key) != fresh[key]:
+            raise SystemExit(f"--extend: {key} differ ({previous.get(key)!r} there, {fresh[key]!r} here)")
+    for entry in previous["modes"].values():
+        for key in ("latents_file", "frames_file"):
+            if not Path(entry[key]).is_file():
+                raise SystemExit(f"--extend: {entry[key]} is gone: the machine is not the one that wrote it")
+    previous["calls"] = previous.get("calls", 1) + 1
+    return previous
 
 
 def make_model(args: argparse.Namespace) -> Path:
