@@ -16,6 +16,7 @@ verifies before it stores the object; multipart uploads get a checksum per part 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
@@ -115,34 +116,45 @@ class S3Store:
             raise
         return True
 
-    def upload_file(self, path: Path, uri: str) -> None:
+    def upload_file(self, path: Path, uri: str, *, log: bool = True) -> None:
+        """`ObjectStore.upload_file`; `log=False` leaves the line per file to the caller (many small files)."""
         bucket, key = split_uri(uri)
         extra = {"ContentType": content_type(path), "ChecksumAlgorithm": "SHA256"}
         self._retrying(
             lambda: self.client.upload_file(str(path), bucket, key, ExtraArgs=extra, Config=self.transfer),
             f"upload {uri}",
         )
-        logger.info("uploaded %s (%d bytes) to %s", path.name, path.stat().st_size, uri)
+        if log:
+            logger.info("uploaded %s (%d bytes) to %s", path.name, path.stat().st_size, uri)
 
     def download_prefix(self, uri: str, dest: Path) -> int:
-        bucket, prefix = split_uri(uri.rstrip("/") + "/")
+        bucket, _ = split_uri(uri)
         count = 0
+        for relative, obj in self._objects_under(uri):
+            target = dest / _safe_relative(relative, uri)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._retrying(
+                lambda key=obj["Key"], target=target: self.client.download_file(
+                    bucket, key, str(target), ExtraArgs={"ChecksumMode": "ENABLED"}, Config=self.transfer
+                ),
+                f"download s3://{bucket}/{obj['Key']}",
+            )
+            count += 1
+        logger.info("downloaded %d objects from %s to %s", count, uri, dest)
+        return count
+
+    def object_sizes(self, uri: str) -> dict[str, int]:
+        """The size in bytes of every object under the prefix `uri`, by its key relative to the prefix."""
+        return {relative: obj["Size"] for relative, obj in self._objects_under(uri)}
+
+    def _objects_under(self, uri: str) -> Iterator[tuple[str, dict]]:
+        """(key relative to the prefix `uri`, listing entry) of each object under it."""
+        bucket, prefix = split_uri(uri.rstrip("/") + "/")
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             for obj in page.get("Contents", []):
                 relative = obj["Key"][len(prefix) :]
-                if not relative or relative.endswith("/"):  # the prefix itself, or a folder marker
-                    continue
-                target = dest / _safe_relative(relative, uri)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                self._retrying(
-                    lambda key=obj["Key"], target=target: self.client.download_file(
-                        bucket, key, str(target), ExtraArgs={"ChecksumMode": "ENABLED"}, Config=self.transfer
-                    ),
-                    f"download s3://{bucket}/{obj['Key']}",
-                )
-                count += 1
-        logger.info("downloaded %d objects from %s to %s", count, uri, dest)
-        return count
+                if relative and not relative.endswith("/"):  # not the prefix itself, nor a folder marker
+                    yield relative, obj
 
     def abort_incomplete_uploads(self, uri: str) -> int:
         """Abort the multipart uploads left unfinished under the prefix `uri` (by an attempt cut off midway:
