@@ -170,8 +170,10 @@ class Engine:
             set_cross_attention(self.transformer, adapter.blocks_attr, adapter.cross_attention_attr, self.bf16_kernel)
         self.attention_backend = backend
         self.compile = settings.resolved_compile(self.device.type)
+        #: where compiled code is kept (None when not compiling); a worker shares it when it is in the model folder
+        self.compile_cache_folder: Path | None = None
         if self.compile:
-            use_compile_cache(compile_cache_dir(settings.compile_cache_dir, self.model_dir))
+            self.compile_cache_folder = use_compile_cache(compile_cache_dir(settings.compile_cache_dir, self.model_dir))
             use_wide_row_reductions()  # 1536-wide norms in one pass (fused/row_reductions.py)
             if self.compiles_at_load:
                 # FlexCache strategies add no graph break (their decisions are taken outside the blocks:
