@@ -26,6 +26,7 @@ import torch.distributed as dist
 from chitu_diffusion.engines import check_launch, load_engine
 from chitu_diffusion.parallel.launch import DistributedEnv, init_distributed, leave_gang
 from chitu_worker import outputs
+from chitu_worker.compilecache import shared_compile_cache
 from chitu_worker.diskspace import writing_into
 from chitu_worker.failures import EXIT_FAILED, exit_code, one_line, write_rank_error_file
 from chitu_worker.filestore import RoutedStore
@@ -102,7 +103,11 @@ def run_rank(plan: WorkerPlan, env: DistributedEnv) -> None:
                 reporter.finish()
             return
         logger.info("prompts to generate: %s of %d", pending, len(plan.prompts))
-        engine = load_engine(resolve_model(plan.model_uri, store, plan.model_cache), plan.engine)
+        model_dir = resolve_model(plan.model_uri, store, plan.model_cache)
+        engine = load_engine(model_dir, plan.engine)
+        compile_cache = (
+            shared_compile_cache(plan.model_uri, model_dir, engine.compile_cache_folder, plan.s3) if leader else None
+        )
         for index in pending:
             params = plan.prompts[index]
             with (
@@ -115,6 +120,8 @@ def run_rank(plan: WorkerPlan, env: DistributedEnv) -> None:
                     policies = outputs.upload(store, prefix, result)
                     reporter.prompt_done(outputs.status_entry(index, params.prompt, prefix, policies))
             logger.info("prompt %d done", index)
+            if compile_cache is not None:  # what this prompt compiled, for the model's next pods
+                compile_cache.upload_new()
         if reporter is not None:
             reporter.finish()
 
