@@ -1,5 +1,5 @@
 """The test tiers, and fixtures shared by every tier: a tiny random Wan2.1 model folder and an engine loaded from it,
-built once; SeaweedFS as S3.
+built once; SeaweedFS as S3, and the worker's store on it.
 
 A test's tier is its folder: everything under tests/e2e is marked ``e2e`` and everything under tests/distributed
 ``distributed`` here, so ``-m "not e2e"`` deselects a whole folder and no file can forget its marker.
@@ -67,3 +67,19 @@ def bucket(seaweedfs) -> str:
     name = f"t-{uuid.uuid4().hex[:12]}"
     seaweedfs.client().create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture
+def s3_env(seaweedfs, monkeypatch):
+    """`seaweedfs`'s variables, as a pod has them, in this process (boto3 reads the keys from the environment)."""
+    for name, value in seaweedfs.env().items():
+        monkeypatch.setenv(name, value)
+    return seaweedfs
+
+
+@pytest.fixture
+def store(s3_env):
+    """The worker's `S3Store` on `seaweedfs`."""
+    from chitu_worker.storage import S3Settings, S3Store
+
+    return S3Store.connect(S3Settings(endpoint=s3_env.endpoint, region=s3_env.region))

@@ -22,7 +22,6 @@ from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
 from chitu_api import objectkeys
-from chitu_devcluster.s3 import S3Credentials
 from chitu_worker import outputs
 from chitu_worker.env import PodEnv
 from chitu_worker.failures import InvalidInput
@@ -38,19 +37,6 @@ GENERATION = {"steps": 4, "height": 64, "width": 64, "frames": 9, "fps": 8, "see
 @pytest.fixture
 def s3(seaweedfs):
     return seaweedfs
-
-
-@pytest.fixture
-def s3_env(s3, monkeypatch) -> S3Credentials:
-    """The pod's S3 variables in this process (boto3 reads the keys from the environment)."""
-    for name, value in s3.env().items():
-        monkeypatch.setenv(name, value)
-    return s3
-
-
-@pytest.fixture
-def store(s3_env) -> S3Store:
-    return S3Store.connect(S3Settings(endpoint=s3_env.endpoint, region=s3_env.region))
 
 
 class CountingStore:
