@@ -53,7 +53,8 @@ def build_variant(name: str):
     """A fresh transformer set up like the variant (weights seeded identically). A name is a base (`tuned`, `chitu`:
     today's engine in bf16, `fp8`, `fp8-attention-only`, `fp8-linear-only`) and `+feature`s: `xattn` (cross-attention
     through FA3 too), `rows` (fused/row_reductions.py), `mk` (inductor's multi-kernel: both reduction kinds, the
-    faster picked at run time), `cdt` (coordinate-descent tuning of Triton block sizes). Tried at 4efea96 and
+    faster picked at run time), `cdt` (coordinate-descent tuning of Triton block sizes), `fastacc` (FP8 GEMMs with
+    cuBLAS's fast accumulation). Tried at 4efea96 and
     dropped: `qkv` (one q/k/v GEMM: slower) and `cfg2` (both CFG branches as one batch: no faster), see
     bench/results/README.md."""
     from torch._inductor.choices import InductorChoices
@@ -64,7 +65,7 @@ def build_variant(name: str):
     from chitu_diffusion.fused.row_reductions import WideRowChoices
 
     base, *features = name.split("+")
-    unknown = set(features) - {"xattn", "rows", "mk", "cdt"}
+    unknown = set(features) - {"xattn", "rows", "mk", "cdt", "fastacc"}
     if unknown:
         raise ValueError(f"unknown variant features {sorted(unknown)}")
     torch._dynamo.reset()  # nothing compiled for an earlier variant may serve this one
@@ -86,6 +87,9 @@ def build_variant(name: str):
             kernel = plan.attention_kernel
         if base == "fp8-attention-only":
             plan.restore()
+        for module in transformer.modules():
+            if hasattr(module, "fast_accum"):
+                module.fast_accum = "fastacc" in features
     elif base == "chitu":
         fuse_gelu_epilogues(transformer.blocks)
     else:

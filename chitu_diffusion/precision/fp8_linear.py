@@ -34,6 +34,9 @@ class Fp8Linear(torch.nn.Module):
         self.original = [linear]  # a list: not registered as a child, so it stays out of state_dict and .to()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.use_scaled_mm = scaled_mm_available(linear.weight.device)  # decided once: compiled code sees a constant
+        # Hopper's FP8 tensor cores accumulate in reduced precision unless cuBLAS promotes the sum to fp32 every few
+        # k-steps; that promotion (False) is the exact-accumulation default
+        self.fast_accum = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)  # (M, K)
@@ -44,7 +47,13 @@ class Fp8Linear(torch.nn.Module):
         """(M, N) in `dtype` from activations already quantised per row: (M, K) e4m3 and (M, 1) fp32 scales."""
         if self.use_scaled_mm:
             return torch._scaled_mm(
-                x8, self.weight8.t(), scale_a=x_scale, scale_b=self.weight_scale, bias=self.bias, out_dtype=dtype
+                x8,
+                self.weight8.t(),
+                scale_a=x_scale,
+                scale_b=self.weight_scale,
+                bias=self.bias,
+                out_dtype=dtype,
+                use_fast_accum=self.fast_accum,
             )
         weight = dequantize(self.weight8, self.weight_scale.reshape(-1, 1))
         out = F.linear(dequantize(x8, x_scale), weight, None if self.bias is None else self.bias.float())
