@@ -3,8 +3,8 @@ on the fly, one `torch._scaled_mm` with both scale vectors (row-wise scaling) an
 
 Under `torch.compile` the activation's amax, division and cast fuse into the kernel that produced it, so what is
 left is the FP8 GEMM itself (twice bf16's tensor-core rate on Hopper). Off Hopper (CPU tests) the same function
-is computed from the dequantised operands in fp32: the rounding is identical, only the accumulation order
-differs.
+is computed from the dequantised operands in fp32: the operands' rounding is identical, only the accumulation
+differs (its order, and on the GPU the tensor cores' own precision: `fast_accum`).
 """
 
 from __future__ import annotations
