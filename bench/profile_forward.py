@@ -301,7 +301,7 @@ def main() -> None:
         print(name, results[name], flush=True)
         args.out.write_text(json.dumps(results, indent=2, default=str))
     with torch.no_grad():
-        for name in args.variants.split(","):
+        for name in filter(None, args.variants.split(",")):  # "" = the checks only
             try:
                 transformer = build_variant(name)
                 start = time.perf_counter()
