@@ -5,7 +5,8 @@ MASTER_PORT) and no restarts: a failed rank fails the pod, and the operator rest
 gets RANK, LOCAL_RANK, WORLD_SIZE and the rendezvous address in its env, as the engine expects.
 
 A rank that fails writes its one-line reason to torchrun's error file (failures.write_rank_error_file); the
-launcher picks the rank that failed first, preferring a reported reason to a rank killed because a peer died.
+launcher picks the rank that failed first, preferring a reported reason to a rank killed because a peer died, and
+any other reason to a collective that lost its peer (EXIT_PEER_LOST).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from torch.distributed import run as torchrun
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
-from chitu_worker.failures import EXIT_FAILED, truncate
+from chitu_worker.failures import EXIT_FAILED, EXIT_PEER_LOST, truncate
 from chitu_worker.gpus import check_visible_gpus
 from chitu_worker.plan import Topology, WorkerPlan
 from chitu_worker.rank import SINGLE, run_rank
@@ -71,12 +72,13 @@ def torchrun_argv(topology: Topology, plan_file: Path) -> list[str]:
 
 
 def first_failure(failures: dict[int, ProcessFailure]) -> RankFailure:
-    """The root cause among failed ranks: reported reasons first, then the earliest, then the lowest rank."""
+    """The root cause among failed ranks: reported reasons first, a lost peer's last among them, then the earliest,
+    then the lowest rank."""
 
-    def order(item: tuple[int, ProcessFailure]) -> tuple[bool, int, int]:
+    def order(item: tuple[int, ProcessFailure]) -> tuple[bool, bool, int, int]:
         rank, failure = item
         time_ns = failure.error_file_data.get("time_ns", failure.timestamp * 10**9)
-        return (_reported(failure) is None, int(time_ns), rank)
+        return (_reported(failure) is None, failure.exitcode == EXIT_PEER_LOST, int(time_ns), rank)
 
     rank, failure = min(failures.items(), key=order)
     line = _reported(failure)

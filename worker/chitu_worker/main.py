@@ -4,7 +4,8 @@
     chitu-worker --job-file FILE   run a GenerationJob manifest without a cluster (progress goes to the log)
         [--output DIR]             ... writing the outputs to DIR/prompt-NNNN/ instead of S3 (`chitu run`)
 
-Exit codes: 0 done, 1 failed, 2 invalid input (the spec or the pod env; the one-line reason names the field).
+Exit codes (chitu_api.exitcodes): 0 done, 1 failed, 2 invalid input (the spec or the pod env; the one-line reason
+names the field), 4 GPUs not visible, 5 outputs stored but not reported, 6 a peer rank went away.
 On failure the reason is also written to $CHITU_TERMINATION_LOG (default /dev/termination-log).
 """
 

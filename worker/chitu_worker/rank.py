@@ -28,7 +28,7 @@ from chitu_diffusion.parallel.launch import DistributedEnv, init_distributed, le
 from chitu_worker import outputs
 from chitu_worker.compilecache import shared_compile_cache
 from chitu_worker.diskspace import writing_into
-from chitu_worker.failures import EXIT_FAILED, exit_code, one_line, write_rank_error_file
+from chitu_worker.failures import EXIT_FAILED, EXIT_PEER_LOST, exit_code, one_line, write_rank_error_file
 from chitu_worker.filestore import RoutedStore
 from chitu_worker.kube import custom_objects_api, status_publisher
 from chitu_worker.logs import configure_logging
@@ -136,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         run_rank(WorkerPlan.model_validate_json(args.plan.read_text()), env)
     except Exception as exc:
         line, code = one_line(exc, prefix=f"rank {env.rank}: "), exit_code(exc)
-        logger.error("%s", line, exc_info=code == EXIT_FAILED)
+        # A crash's traceback, and a lost peer's: it shows which collective broke.
+        logger.error("%s", line, exc_info=code in (EXIT_FAILED, EXIT_PEER_LOST))
         write_rank_error_file(line)
         return code
     return 0
