@@ -8,11 +8,12 @@ Gang semantics follow Kubeflow's PyTorchJob and JobSet: the pods of one attempt 
 together. A failed rank (or a rank lost while the gang runs) deletes the whole attempt; once its
 pods are gone, the next attempt's pods (same names, label restart-attempt = status.restarts) are
 created (after runPolicy.restartBackoffSeconds, doubling with each restart), until
-runPolicy.backoffLimit restarts are spent. A rank that exits with a permanent exit code
-(chitu_api.exitcodes: invalid input, such as a model path that does not exist) fails the job at once: the
-same input would fail again; spec.runPolicy.podFailurePolicy rules may fail the job or restart without
-counting. A queued job (Kueue, docs/kueue.md) has no pod until its Workload is admitted and loses its gang,
-without a restart being counted, when evicted. A job without a status is new (or its first status was
+runPolicy.backoffLimit restarts are spent. The failed rank quoted is the root cause (rootcause.py): a rank
+whose collective only lost its peer yields to any other failure, which is waited for briefly. A rank that exits
+with a permanent exit code (chitu_api.exitcodes: invalid input, such as a model path that does not exist) fails
+the job at once: the same input would fail again; spec.runPolicy.podFailurePolicy rules may fail the job or
+restart without counting. A queued job (Kueue, docs/kueue.md) has no pod until its Workload is admitted and
+loses its gang, without a restart being counted, when evicted. A job without a status is new (or its first status was
 lost with the operator): it is started. A gang that has not failed but stopped working (no progress for
 runPolicy.stallTimeoutSeconds, or a rank on a node that stopped reporting: health.py) is restarted like one that
 failed. Rules are checked in this order: suspension, the queue, activeDeadlineSeconds,
@@ -36,7 +37,7 @@ from chitu_api.generationjob import GenerationJobSpec, parse_spec
 from chitu_api.names import KUEUE_QUEUE_LABEL, pod_name
 from chitu_api.operatorconfig import OperatorConfig, with_platform_defaults
 
-from . import health
+from . import health, rootcause
 from . import status as st
 from .pods import FAILED, PENDING, RUNNING, SUCCEEDED, PodView, parse_time
 from .queueing import QueueView
@@ -274,14 +275,16 @@ def _stuck_before_running(job: Job, owned: Sequence[PodView], now: datetime.date
 
 def _rank_lost(job: Job, owned: Sequence[PodView], now: datetime.datetime) -> Decision | None:
     """A failed rank ends the attempt (and the job, on invalid input); so does a rank deleted or gone while the
-    gang was running."""
+    gang was running. The failure quoted is the root cause's (rootcause.py)."""
     current = _current(job, owned)
-    failed = sorted((p for p in current if p.phase == FAILED), key=lambda p: (p.finished or now, p.rank))
+    failed = rootcause.in_quoting_order((p for p in current if p.phase == FAILED), now)
     invalid = next((p for p in failed if p.failed_permanently), None)
     if invalid:
         return _finish(
             job, current, now, st.FAILED, st.INVALID_INPUT, f"{invalid.failure()} (invalid input: not retried)"
         )
+    if rootcause.awaiting_root_cause(current, now):
+        return WAIT
     if failed and failed[0].exit_code == EXIT_REPORT_LOST:
         lost = "every output is stored, the next attempt reports them"
         return _restart_or_fail(job, current, now, failed[0].failure(), counted=False, uncounted_because=lost)

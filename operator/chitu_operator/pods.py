@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from chitu_api.exitcodes import PERMANENT_EXIT_CODES
+from chitu_api.exitcodes import EXIT_PEER_LOST, PERMANENT_EXIT_CODES
 from chitu_api.names import ATTEMPT_LABEL, RANK_LABEL, WORKER_CONTAINER
 
 RUNNING, SUCCEEDED, FAILED, PENDING = "Running", "Succeeded", "Failed", "Pending"
@@ -102,6 +102,11 @@ class PodView:
     def failed_permanently(self) -> bool:
         """The worker container exited with a code that says running it again cannot succeed (invalid input)."""
         return self.phase == FAILED and self.exit_code in PERMANENT_EXIT_CODES
+
+    @property
+    def lost_a_peer(self) -> bool:
+        """The worker container exited because a collective lost its partner: a symptom of another rank's failure."""
+        return self.phase == FAILED and self.exit_code == EXIT_PEER_LOST
 
     def failure(self) -> str:
         """One line on why this pod failed, for conditions and events."""

@@ -20,10 +20,12 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from chitu_api.exitcodes import EXIT_PEER_LOST
 from chitu_api.names import GROUP, PLURAL, VERSION, rendezvous_port
 from chitu_devcluster.paths import VENV_BIN
 from chitu_devcluster.podrunner import SIMULATE_WAITING_ANNOTATION
 from chitu_devcluster.waiting import wait_for
+from chitu_operator.rootcause import PEER_LOSS_GRACE_SECONDS
 
 TIMEOUT = 60
 
@@ -48,6 +50,34 @@ FAIL_RANK_1_ONCE = """
         if os.environ["NODE_RANK"] == "1":
             open(os.environ["CHITU_TERMINATION_LOG"], "w").write("NCCL timeout on rank 1")
             sys.exit(3)
+        time.sleep(600)
+"""
+
+# Attempt 0: rank 0 fails as a rank whose collective lost its peer does (EXIT_PEER_LOST); rank 1, the cause, fails 2 s
+# after rank 0's exit, so its pod finishes later. Later attempts succeed.
+PEER_LOST_BEFORE_ITS_CAUSE = f"""
+    import os, pathlib, sys, time
+    if os.environ["CHITU_RESTART_ATTEMPT"] == "0":
+        lost = pathlib.Path(os.environ["OUT"]) / "peer-lost"
+        if os.environ["NODE_RANK"] == "0":
+            open(os.environ["CHITU_TERMINATION_LOG"], "w").write("rank 0: RuntimeError: Connection closed by peer")
+            lost.touch()
+            sys.exit({EXIT_PEER_LOST})
+        while not lost.exists():
+            time.sleep(0.1)
+        time.sleep(2)
+        open(os.environ["CHITU_TERMINATION_LOG"], "w").write("CUDA out of memory on rank 1")
+        sys.exit(3)
+"""
+# Attempt 0: rank 0 loses its peer and writes when it exits; rank 1 runs on, so no pod changes after that. Later
+# attempts succeed.
+PEER_LOST_ALONE = f"""
+    import os, pathlib, sys, time
+    if os.environ["CHITU_RESTART_ATTEMPT"] == "0":
+        if os.environ["NODE_RANK"] == "0":
+            open(os.environ["CHITU_TERMINATION_LOG"], "w").write("rank 0: RuntimeError: Connection closed by peer")
+            (pathlib.Path(os.environ["OUT"]) / "peer-lost").write_text(str(time.time()))
+            sys.exit({EXIT_PEER_LOST})
         time.sleep(600)
 """
 
@@ -251,6 +281,32 @@ def test_failed_rank_restarts_the_whole_gang(jobs, tmp_path):
         in jobs.events("flaky", "RankFailed")["RankFailed"]
     )
     assert {p.metadata.labels["chitu.dev/restart-attempt"] for p in jobs.pods("flaky")} == {"1"}
+
+
+def test_the_cause_is_quoted_when_its_pod_finishes_after_a_peer_that_lost_it(jobs, tmp_path):
+    jobs.create(job_manifest("victim", PEER_LOST_BEFORE_ITS_CAUSE, tmp_path))
+    done = jobs.wait_phase("victim", "Succeeded")
+    assert done["status"]["restarts"] == 1
+    cause = "rank 1 (pod victim-worker-1) failed with exit code 3: CUDA out of memory on rank 1"
+    assert done["status"]["firstFailure"] == cause
+    assert cause in jobs.events("victim", "RankFailed")["RankFailed"]
+
+
+def test_a_peer_loss_alone_restarts_the_gang_once_the_grace_is_over(jobs, k8s, namespace, tmp_path):
+    """Nothing changes in the cluster after rank 0 fails: the reconcile timer alone ends the wait."""
+    jobs.create(job_manifest("lonely", PEER_LOST_ALONE, tmp_path))
+    done = jobs.wait_phase("lonely", "Succeeded")
+    assert done["status"]["restarts"] == 1
+    quoted = f"rank 0 (pod lonely-worker-0) failed with exit code {EXIT_PEER_LOST}: rank 0: RuntimeError: Connection"
+    (event,) = [
+        e
+        for e in k8s.core.list_namespaced_event(namespace, field_selector="involvedObject.name=lonely").items
+        if e.reason == "RankFailed"
+    ]
+    assert event.message.startswith(quoted), event.message
+    exited = float((tmp_path / "peer-lost").read_text())
+    waited = event.metadata.creation_timestamp.timestamp() - exited
+    assert PEER_LOSS_GRACE_SECONDS - 2 <= waited < PEER_LOSS_GRACE_SECONDS + 10, waited  # whole-second timestamps
 
 
 def test_backoff_limit_exceeded_fails_the_job(jobs, tmp_path):

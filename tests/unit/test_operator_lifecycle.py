@@ -7,11 +7,12 @@ import datetime
 
 import pytest
 
-from chitu_api.exitcodes import EXIT_FAILED, EXIT_INVALID_INPUT, PERMANENT_EXIT_CODES
+from chitu_api.exitcodes import EXIT_FAILED, EXIT_INVALID_INPUT, EXIT_PEER_LOST, PERMANENT_EXIT_CODES
 from chitu_api.generationjob import parse_spec
 from chitu_operator import status as st
 from chitu_operator.lifecycle import WAIT, Job, decide, reject_invalid, seconds_until_expiry
 from chitu_operator.pods import PodView
+from chitu_operator.rootcause import PEER_LOSS_GRACE_SECONDS, awaiting_root_cause, in_quoting_order
 
 NOW = datetime.datetime(2026, 1, 1, 12, 0, tzinfo=datetime.UTC)
 UID = "job-uid"
@@ -115,6 +116,59 @@ def test_first_failure_is_reported_when_several_ranks_fail():
     )
     late = pod(0, "Failed", exit_code=1, termination_message="peer gone", finished=NOW)
     assert "root cause" in decide(job(st.RUNNING), [late, early], NOW).transition.message
+
+
+# --- the root cause: a rank that lost its peer is a symptom ----------------------------------------
+
+PEER_LOST = "rank 0: RuntimeError: [/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:547] Connection closed by peer"
+
+
+def lost_peer(rank: int, seconds_ago: float) -> PodView:
+    finished = NOW - datetime.timedelta(seconds=seconds_ago)
+    return pod(rank, "Failed", exit_code=EXIT_PEER_LOST, termination_message=PEER_LOST, finished=finished)
+
+
+def crashed(rank: int, seconds_ago: float, code: int = EXIT_FAILED, message: str = "injected crash") -> PodView:
+    finished = NOW - datetime.timedelta(seconds=seconds_ago)
+    return pod(rank, "Failed", exit_code=code, termination_message=message, finished=finished)
+
+
+def test_a_crash_is_quoted_before_a_peer_loss_that_finished_earlier():
+    for victim, cause in ((lost_peer(0, 9), crashed(1, 0)), (lost_peer(0, 0), crashed(1, 0))):  # earlier; same second
+        assert in_quoting_order([victim, cause], NOW) == [cause, victim]
+        decision = decide(job(st.RUNNING), [victim, cause], NOW)
+        quoted = "rank 1 (pod cats-worker-1) failed with exit code 1: injected crash"
+        assert decision.transition.reason == st.RANK_FAILED and decision.transition.message.startswith(quoted)
+        assert decision.status["firstFailure"] == quoted
+
+
+def test_peer_losses_wait_for_their_cause_while_another_rank_runs():
+    within = PEER_LOSS_GRACE_SECONDS - 1
+    assert awaiting_root_cause([lost_peer(0, within), pod(1)], NOW)
+    assert decide(job(st.RUNNING), [lost_peer(0, within), pod(1)], NOW) == WAIT
+    # the cause arrives within the grace: quoted
+    assert "injected crash" in decide(job(st.RUNNING), [lost_peer(0, within), crashed(1, 0)], NOW).transition.message
+
+
+def test_after_the_grace_a_peer_loss_is_quoted():
+    pods = [lost_peer(0, PEER_LOSS_GRACE_SECONDS), pod(1)]
+    assert not awaiting_root_cause(pods, NOW)
+    decision = decide(job(st.RUNNING), pods, NOW)
+    assert decision.transition.phase == st.RESTARTING and decision.transition.reason == st.RANK_FAILED
+    assert decision.transition.message.startswith(f"rank 0 (pod cats-worker-0) failed with exit code 6: {PEER_LOST}")
+    assert names(decision.delete_pods) == ["cats-worker-0", "cats-worker-1"]
+
+
+def test_peer_losses_with_no_rank_left_to_report_restart_at_once():
+    pods = [lost_peer(0, 0), lost_peer(1, 0)]
+    assert not awaiting_root_cause(pods, NOW)
+    assert decide(job(st.RUNNING), pods, NOW).transition.phase == st.RESTARTING
+
+
+def test_invalid_input_wins_over_peer_losses_at_once():
+    invalid = crashed(1, 0, EXIT_INVALID_INPUT, "spec.model.uri: missing")
+    decision = decide(job(st.RUNNING), [lost_peer(0, 1), invalid], NOW)
+    assert decision.transition.reason == st.INVALID_INPUT and "spec.model.uri: missing" in decision.transition.message
 
 
 def test_invalid_input_exit_fails_the_job_at_once_with_the_workers_reason():
