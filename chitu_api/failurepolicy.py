@@ -1,6 +1,7 @@
 """spec.runPolicy.podFailurePolicy: what a failed rank means for the job, as Kubernetes' Job podFailurePolicy says it.
 
-Rules are checked in order against the first failed rank of an attempt; the first that matches decides:
+Rules are checked in order against the failed rank an attempt quotes (its root cause: operator/chitu_operator/
+rootcause.py); the first that matches decides:
 ``FailJob`` ends the job at once (no restart), ``Ignore`` restarts the gang without counting against
 backoffLimit (a preempted node, a drained machine), ``Count`` restarts it and counts (the default when no
 rule matches). The worker's own classes come first and need no rule: exit code 2 (invalid input,
