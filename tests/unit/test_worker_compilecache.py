@@ -181,7 +181,7 @@ def test_a_jobs_leader_uploads_what_its_engine_compiled(store, s3_env, bucket, m
     the engine left in the model copy, dynamo's traced code included."""
     job_file = tmp_path / "job.yaml"
     spec = job("compiled", model_uri, f"s3://{bucket}/runs", ["A cat walking on grass"], engine={"compile": True})
-    spec["spec"]["generation"] |= {"steps": 2, "height": 32, "width": 32, "frames": 5}
+    spec["spec"]["generation"] = {**spec["spec"]["generation"], "steps": 2, "height": 32, "width": 32, "frames": 5}
     job_file.write_text(yaml.safe_dump(spec))
     proc, message = run_worker(job_file, {**s3_env.env(), "CHITU_MODEL_CACHE": str(tmp_path / "cache")}, tmp_path)
     assert proc.returncode == 0 and message == "", proc.stderr[-3000:]

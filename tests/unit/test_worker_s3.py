@@ -75,7 +75,7 @@ def job(name: str, model_uri: str, output_uri: str, prompts: list[str], **spec) 
         "spec": {
             "model": {"uri": model_uri},
             "prompts": prompts,
-            "generation": GENERATION,
+            "generation": dict(GENERATION),  # a copy: a test that changes its job's settings changes no other's
             "output": {"uri": output_uri},
             "worker": {"image": "unused"},
             **spec,
