@@ -21,25 +21,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from benchlib import commit, rel_l2
+from benchlib import commit, cuda_times_ms, rel_l2
 
 from chitu_diffusion.metrics import versions
+from chitu_diffusion.precision.fp8_attention import smooth_keys
+from chitu_diffusion.precision.fp8_scaling import quantize
 
-E4M3_MAX = 448.0
-
-
-def time_ms(fn, repeats: int) -> list[float]:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return times
+PER_TENSOR = (0, 1, 2, 3)  # one scale for all of q, k or v: what cuDNN's FP8 graph takes
 
 
 def reference(q, k, v, rows: int) -> torch.Tensor:
@@ -47,11 +35,6 @@ def reference(q, k, v, rows: int) -> torch.Tensor:
     qf, kf, vf = (x.float().transpose(1, 2) for x in (q[:, :rows], k, v))
     with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
         return F.scaled_dot_product_attention(qf, kf, vf).transpose(1, 2)
-
-
-def per_tensor_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    descale = (x.abs().amax().float() / E4M3_MAX).clamp(min=1e-12)
-    return (x.float() / descale).to(torch.float8_e4m3fn), descale.reshape(1, 1, 1, 1)
 
 
 class CudnnSdpa:
@@ -177,8 +160,8 @@ def main() -> None:
 
     def cudnn_fp8(out_dtype, smooth_k: bool, s_scale: float):
         def build():
-            keys = k - k.mean(dim=1, keepdim=True) if smooth_k else k
-            (q8, qd), (k8, kd), (v8, vd) = (per_tensor_fp8(x) for x in (q, keys, v))
+            keys = smooth_keys(k) if smooth_k else k
+            (q8, qd), (k8, kd), (v8, vd) = (quantize(x, PER_TENSOR) for x in (q, keys, v))
             sdpa = CudnnSdpa(q, fp8=True, out_dtype=out_dtype, s_scale=s_scale)
 
             def run():
@@ -210,7 +193,7 @@ def main() -> None:
             out = run()
             out = out[0] if isinstance(out, tuple) else out
             out = getattr(run, "dequantize", lambda x: x)(out)
-            times = time_ms(run, args.repeats)
+            times = cuda_times_ms(run, args.repeats)
             median = statistics.median(times)
             entry = {
                 "median_ms": median,

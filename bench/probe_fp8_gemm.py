@@ -16,7 +16,7 @@ import statistics
 from pathlib import Path
 
 import torch
-from benchlib import commit, rel_l2
+from benchlib import commit, cuda_times_ms, rel_l2
 
 from chitu_diffusion.metrics import versions
 from chitu_diffusion.precision.fp8_scaling import quantize
@@ -24,20 +24,6 @@ from chitu_diffusion.precision.fp8_scaling import quantize
 # (K, N, GEMMs of this shape per block)
 SHAPES = [(1536, 1536, 6), (1536, 8960, 1), (8960, 1536, 1)]
 BLOCKS = 30
-
-
-def time_ms(fn, repeats: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def variants(x: torch.Tensor, w: torch.Tensor) -> dict:
@@ -76,7 +62,7 @@ def main() -> None:
         flop = 2 * args.tokens * k * n
         entry = {}
         for name, fn in variants(x, w).items():
-            ms = time_ms(fn, args.repeats)
+            ms = statistics.median(cuda_times_ms(fn, args.repeats))
             entry[name] = {"ms": ms, "tflops": flop / (ms * 1e-3) / 1e12, "rel_l2_vs_fp32": rel_l2(fn(), exact)}
             per_forward[name] = per_forward.get(name, 0.0) + BLOCKS * count * ms
         results[f"{args.tokens}x{k} @ {k}x{n} (x{count} per block)"] = entry
