@@ -161,11 +161,24 @@ def check_fp8_kernels() -> dict:
     hidden = 3 * torch.randn(32760, 8960, device="cuda", dtype=torch.bfloat16, generator=generator)
     reference = gelu_quantize_reference(hidden)
     configs = {"eager_reference": gelu_quantize_reference}
-    for rows, chunk, warps in ((4, 1024, 4), (1, 1024, 4), (2, 2048, 8), (8, 512, 4), (1, 16384, 16), (16, 256, 4)):
-        configs[f"fused_rows{rows}_chunk{chunk}_warps{warps}"] = _triton_gelu_quantize(rows, chunk, warps)
+    for rows, chunk, warps, approx in (
+        (4, 1024, 4, False),
+        (4, 1024, 4, True),
+        (1, 1024, 4, True),
+        (2, 2048, 8, True),
+        (8, 512, 4, True),
+        (16, 256, 4, True),
+        (8, 1024, 8, True),
+    ):
+        tanh = "approx" if approx else "exact"
+        configs[f"fused_rows{rows}_chunk{chunk}_warps{warps}_{tanh}_tanh"] = _triton_gelu_quantize(
+            rows, chunk, warps, approx
+        )
     for name, fn in configs.items():
         fused = fn(hidden)
         out[f"gelu_quantize_{name}_vs_reference"] = rel_l2(dequantize(*fused), dequantize(*reference))
+        codes_differ = fused[0].view(torch.uint8) != reference[0].view(torch.uint8)
+        out[f"gelu_quantize_{name}_e4m3_codes_differing"] = codes_differ.float().mean().item()
         torch.cuda.synchronize()
         start = time.perf_counter()
         for _ in range(10):
