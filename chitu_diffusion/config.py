@@ -77,8 +77,8 @@ class DiffusionConfig(BaseModel):
     precision_check: PrecisionCheck
     parallel_decode: bool = Field(
         False,
-        description="in a gang, split the VAE decode across the ranks (strips with a halo, "
-        "chitu_diffusion.parallel.vae_decode): faster, approximate at the strip seams",
+        description="in a gang, split the VAE decode across the ranks (each decodes a slice of the frame and trades "
+        "slice edges with its neighbours, chitu_diffusion.parallel.vae_decode): faster, the whole decode's video",
     )
 
     def resolved_device(self, cuda_available: bool) -> str:

@@ -119,13 +119,12 @@ class ParallelEngine(Engine):
         return None
 
     def _decode_chunks(self, latents: torch.Tensor) -> Iterator[np.ndarray]:
-        """Rank 0 decodes the whole video, or, with infer.diffusion.parallel_decode, every rank decodes one strip
+        """Rank 0 decodes the whole video, or, with infer.diffusion.parallel_decode, every rank decodes its slice
         and all get the frames (the decode stage's time on rank 0 is then the gang's)."""
         if not self.config.diffusion.parallel_decode:
             return super()._decode_chunks(latents) if self.groups.rank == 0 else iter(())
-        vae = self.pipe.vae
-        whole = lambda z: vae.decode(z, return_dict=False)[0]  # noqa: E731
-        return iter([decode_latents(self.pipe, latents, partial(parallel_decode, whole, group=self.groups.world))])
+        split = partial(parallel_decode, self.pipe.vae, group=self.groups.world)
+        return iter([decode_latents(self.pipe, latents, split)])
 
     def _metrics(self, params, sample: Sample, *args) -> dict:
         metrics = super()._metrics(params, sample, *args)
