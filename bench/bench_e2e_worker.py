@@ -220,7 +220,7 @@ def run_chitu(args: argparse.Namespace, mode: str, model_dir: Path, videos_dir: 
                 print(f"{mode} step {done}/{total}: {memory[-1][-1]:.2f} GiB allocated", file=sys.stderr, flush=True)
 
     results = [engine.generate(params, videos_dir, f"{mode}-{index}", on_step=record_memory) for index in range(videos)]
-    if results[0] is None:  # a gang rank other than 0: it denoised (and decoded its strip); rank 0 reports
+    if results[0] is None:  # a gang rank other than 0: it denoised (and decoded its slice); rank 0 reports
         return {}, samples[-1].latents, None
     runs = [result.metrics for result in results]
     first = runs[0]
