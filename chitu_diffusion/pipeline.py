@@ -15,6 +15,7 @@ Everything is seeded from one CPU generator, so the same seed gives the same noi
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +25,7 @@ from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from chitu_diffusion.metrics import StageTimer
+from chitu_diffusion.parallel.vae_decode import SpatialSplit, split_decoder
 
 # WanPipeline's max_sequence_length: Wan2.1 was trained with 512 text tokens (padding included).
 TEXT_TOKENS = 512
@@ -137,34 +139,41 @@ def _to_frames(pipe: WanPipeline, video: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def decode_latents(
-    pipe: WanPipeline, latents: torch.Tensor, vae_decode: Callable[[torch.Tensor], torch.Tensor] | None = None
-) -> np.ndarray:
-    """Frames (F, H, W, 3) uint8 RGB from normalised latents (1, z_dim, F', H', W'), as WanPipeline decodes.
-    `vae_decode` (VAE-space latents -> (1, 3, F, H, W) pixels) replaces the whole-frame decode, e.g. with a gang's
-    split decode (parallel/vae_decode.py). Never records autograd: a video's decode graph is ~130 GiB."""
+def decode_latents(pipe: WanPipeline, latents: torch.Tensor) -> np.ndarray:
+    """Frames (F, H, W, 3) uint8 RGB from normalised latents (1, z_dim, F', H', W'), as WanPipeline decodes. Never
+    records autograd: a video's decode graph is ~130 GiB."""
     vae = pipe.vae
-    vae_decode = vae_decode or (lambda x: vae.decode(x, return_dict=False)[0])
-    return _to_frames(pipe, vae_decode(_denormalise(vae, latents)))
+    return _to_frames(pipe, vae.decode(_denormalise(vae, latents), return_dict=False)[0])
 
 
 @torch.no_grad()
-def decode_latent_chunks(pipe: WanPipeline, latents: torch.Tensor) -> Iterator[np.ndarray]:
+def decode_latent_chunks(
+    pipe: WanPipeline, latents: torch.Tensor, split: SpatialSplit | None = None
+) -> Iterator[np.ndarray]:
     """`decode_latents` one latent frame at a time: (f, H, W, 3) uint8 chunks as the Wan VAE's causal decoder
     makes them (1 frame, then 4 per latent frame), so an mp4 encoder can work on the first frames while the GPU
     decodes the rest. The computation is `AutoencoderKLWan._decode`'s loop with its causal feature cache (diffusers
-    keeps that loop inside `decode` and concatenates before returning); a unit test holds the two equal."""
+    keeps that loop inside `decode` and concatenates before returning); a unit test holds the two equal.
+
+    With `split` (a gang's exact split decode, parallel/vae_decode.py) this rank decodes its slice of each latent
+    frame and every chunk's pixels are gathered: every rank of the split's group must take the chunks alike, and
+    each gets every frame."""
     vae = pipe.vae
-    z = vae.post_quant_conv(_denormalise(vae, latents))
-    vae.clear_cache()
-    try:
-        for index in range(z.shape[2]):
-            vae._conv_idx = [0]
-            pixels = vae.decoder(
-                z[:, :, index : index + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx, first_chunk=index == 0
-            )
-            if vae.config.patch_size is not None:
-                pixels = unpatchify(pixels, patch_size=vae.config.patch_size)
-            yield _to_frames(pipe, pixels.clamp(-1.0, 1.0))
-    finally:
+    if split is not None:
+        latents = split.take(latents)  # (1, z_dim, F', ., .): this rank's columns
+    z = vae.post_quant_conv(_denormalise(vae, latents))  # 1x1x1: a slice maps onto the same slice
+    with nullcontext() if split is None else split_decoder(vae, split):  # restores the decoder on close too
         vae.clear_cache()
+        try:
+            for index in range(z.shape[2]):
+                vae._conv_idx = [0]
+                pixels = vae.decoder(
+                    z[:, :, index : index + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx, first_chunk=index == 0
+                )
+                if vae.config.patch_size is not None:
+                    pixels = unpatchify(pixels, patch_size=vae.config.patch_size)
+                if split is not None:
+                    pixels = split.gather(pixels)  # (1, 3, f, H, W) from every rank's slice
+                yield _to_frames(pipe, pixels.clamp(-1.0, 1.0))
+        finally:
+            vae.clear_cache()

@@ -2,8 +2,9 @@
 
 Loading, text encoding, noise and decoding are the single-device engine's; per request `sample` wraps the
 transformer with `parallelize` (CFG split -> context parallelism -> FlexCache with a gang-wide reducer -> compile)
-and removes it afterwards. Every rank denoises; after the last step all ranks hold the same latents and only rank
-0 decodes and writes the video, metrics and policy pictures (`generate` returns None elsewhere).
+and removes it afterwards. Every rank denoises; after the last step all ranks hold the same latents, rank 0 decodes
+(or, with infer.diffusion.parallel_decode, every rank its slice of each latent frame) and only rank 0 writes the
+video, metrics and policy pictures (`generate` returns None elsewhere).
 
 Every check that can fail runs on every rank before the first collective, with the same inputs, so a bad request
 fails on all ranks alike instead of leaving peers waiting in a collective (the request check is the single
@@ -17,7 +18,6 @@ import secrets
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +36,8 @@ from chitu_diffusion.models.loading import load_wan_pipeline
 from chitu_diffusion.parallel.degrees import ParallelLayout
 from chitu_diffusion.parallel.groups import ParallelGroups, build_groups
 from chitu_diffusion.parallel.launch import DistributedEnv, init_distributed
-from chitu_diffusion.parallel.vae_decode import parallel_decode
-from chitu_diffusion.pipeline import Guide, PredictNoise, StepCallback, decode_latents
+from chitu_diffusion.parallel.vae_decode import SpatialSplit
+from chitu_diffusion.pipeline import Guide, PredictNoise, StepCallback, decode_latent_chunks
 from chitu_diffusion.task import DiffusionUserParams
 
 logger = logging.getLogger(__name__)
@@ -120,11 +120,11 @@ class ParallelEngine(Engine):
 
     def _decode_chunks(self, latents: torch.Tensor) -> Iterator[np.ndarray]:
         """Rank 0 decodes the whole video, or, with infer.diffusion.parallel_decode, every rank decodes its slice
-        and all get the frames (the decode stage's time on rank 0 is then the gang's)."""
+        of each latent frame and all get each chunk's frames, so rank 0's mp4 encoder starts on the first while the
+        gang decodes the rest (the decode stage's time on rank 0 is then the gang's)."""
         if not self.config.diffusion.parallel_decode:
             return super()._decode_chunks(latents) if self.groups.rank == 0 else iter(())
-        split = partial(parallel_decode, self.pipe.vae, group=self.groups.world)
-        return iter([decode_latents(self.pipe, latents, split)])
+        return decode_latent_chunks(self.pipe, latents, SpatialSplit.of(latents, self.groups.world))
 
     def _metrics(self, params, sample: Sample, *args) -> dict:
         metrics = super()._metrics(params, sample, *args)

@@ -1,5 +1,6 @@
 """VAE decode split exactly across the ranks of a gang: each rank decodes its own slice of the latents along the
-longer spatial axis (width for landscape video), and the pixel slices are gathered into the whole video.
+longer spatial axis (width for landscape video), and the pixel slices of each latent frame's chunk are gathered
+(`pipeline.decode_latent_chunks` with a `SpatialSplit`), so every rank streams the whole video chunk by chunk.
 
 Wan2.1's VAE decoder is local in space except for two kinds of layers, which `split_decoder` makes rank-aware on
 the module instances for the time of one decode (and puts back afterwards, also on error):
@@ -54,6 +55,14 @@ class SpatialSplit:
     rank: int
     sizes: tuple[int, ...]
     axis: int
+
+    @classmethod
+    def of(cls, latents: torch.Tensor, group: dist.ProcessGroup) -> SpatialSplit:
+        """This rank's part in decoding (B, C, F', H', W') latents split along their longer spatial axis across
+        `group`; the latents must be the same on every rank (they are: a gang ends the denoising loop with them)."""
+        axis = split_axis(latents)
+        sizes = slice_sizes(latents.shape[axis], dist.get_world_size(group))
+        return cls(group, dist.get_rank(group), tuple(sizes), axis)
 
     @property
     def from_end(self) -> int:
@@ -165,20 +174,6 @@ def _swapped(obj: object, name: str, value: object) -> Iterator[None]:
             setattr(obj, name, before)
         else:
             delattr(obj, name)
-
-
-def parallel_decode(vae: AutoencoderKLWan, latents: torch.Tensor, group: dist.ProcessGroup | None) -> torch.Tensor:
-    """The whole video (B, 3, F, H, W) on every rank of `group` from VAE-space latents (B, z_dim, F', H', W'), each
-    rank having decoded its slice. `latents` must be the same on every rank (they are: every rank of a gang ends the
-    denoising loop with them). A group of one (or None) decodes everything here."""
-    world = 1 if group is None else dist.get_world_size(group)
-    if world == 1:
-        return vae.decode(latents, return_dict=False)[0]
-    axis = split_axis(latents)
-    split = SpatialSplit(group, dist.get_rank(group), tuple(slice_sizes(latents.shape[axis], world)), axis)
-    with split_decoder(vae, split):
-        pixels = vae.decode(split.take(latents), return_dict=False)[0]  # (B, 3, F, ., .): this rank's slice
-    return split.gather(pixels)
 
 
 def _pad_end(axis: int, dims: int, amount: int) -> tuple[int, ...]:

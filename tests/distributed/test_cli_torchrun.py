@@ -8,6 +8,7 @@ import pytest
 from harness import free_port
 
 from chitu_diffusion.flex_cache.strategy.ditango.ditango import POLICY_FILE
+from chitu_diffusion.video import read_mp4
 
 pytestmark = pytest.mark.distributed
 
@@ -45,7 +46,8 @@ def test_generate_ditango_on_a_ring_of_2(tiny_model_dir, tmp_path):
 
 
 def test_cfg_gang_splits_the_decode_and_checks_fp8_against_bf16(tiny_model_dir, tmp_path):
-    """Every rank takes part in the split decode and in the bf16 reference run (rank 0 alone writes)."""
+    """Every rank takes part in the split decode, chunk by chunk, and in the bf16 reference run (rank 0 alone
+    writes, every chunk)."""
     torchrun_generate(
         tiny_model_dir, tmp_path, "infer.diffusion.parallel_decode=true", "infer.diffusion.precision=fp8",
         "infer.diffusion.precision_check=true",
@@ -53,4 +55,5 @@ def test_cfg_gang_splits_the_decode_and_checks_fp8_against_bf16(tiny_model_dir, 
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["parallel"]["cfg"] == 2 and metrics["parallel_decode"] is True
     assert metrics["runtime"]["precision"] == "fp8" and metrics["precision_check"]["psnr_db_frames"] > 10
-    assert (tmp_path / "video.mp4").stat().st_size > 0
+    video = read_mp4(tmp_path / "video.mp4")
+    assert (video.num_frames, video.height, video.width) == (9, 64, 64)  # 1 + 4 + 4 frames, whole width
