@@ -53,8 +53,9 @@ def build_variant(name: str):
     """A fresh transformer set up like the variant (weights seeded identically). A name is a base (`tuned`, `chitu`:
     today's engine in bf16, `fp8`, `fp8-attention-only`, `fp8-linear-only`) and `+feature`s: `xattn` (cross-attention
     through FA3 too), `rows` (fused/row_reductions.py), `mk` (inductor's multi-kernel: both reduction kinds, the
-    faster picked at run time), `cdt` (coordinate-descent tuning of Triton block sizes), `fastacc` (FP8 GEMMs with
-    cuBLAS's fast accumulation). Tried at 4efea96 and
+    faster picked at run time), `cdt` (coordinate-descent tuning of Triton block sizes), `mat` (inductor's
+    max_autotune_pointwise: more block sizes tried for elementwise and reduction kernels), `fastacc` (FP8 GEMMs
+    with cuBLAS's fast accumulation). Tried at 4efea96 and
     dropped: `qkv` (one q/k/v GEMM: slower) and `cfg2` (both CFG branches as one batch: no faster), see
     bench/results/README.md."""
     from torch._inductor.choices import InductorChoices
@@ -65,11 +66,12 @@ def build_variant(name: str):
     from chitu_diffusion.fused.row_reductions import WideRowChoices
 
     base, *features = name.split("+")
-    unknown = set(features) - {"xattn", "rows", "mk", "cdt", "fastacc"}
+    unknown = set(features) - {"xattn", "rows", "mk", "cdt", "mat", "fastacc"}
     if unknown:
         raise ValueError(f"unknown variant features {sorted(unknown)}")
     torch._dynamo.reset()  # nothing compiled for an earlier variant may serve this one
     torch._inductor.config.coordinate_descent_tuning = "cdt" in features
+    torch._inductor.config.max_autotune_pointwise = "mat" in features
     torch._inductor.config.triton.multi_kernel = int("mk" in features)
     V.set_choices_handler(WideRowChoices() if "rows" in features else InductorChoices())
     torch.manual_seed(0)
