@@ -24,7 +24,7 @@ from chitu_api.names import WORKER_IDENTITY
 from chitu_api.podpolicy import PodPolicy, pod_value_problems
 from chitu_api.podtemplate import KubeObject, PodTemplateFields
 from chitu_api.schema import FREE_FORM, ContractModel, cel, error_message, immutable, rules
-from chitu_diffusion.config import CompileBlocks, ModelDtype, Precision, PrecisionCheck
+from chitu_diffusion.config import CompileBlocks, ModelDtype, ParallelDecode, Precision, PrecisionCheck
 from chitu_diffusion.flex_cache.registry import requires_ring_attention, strategy_names, strategy_problem
 from chitu_diffusion.parallel.degrees import MAX_CFG_DEGREE, RING_ATTENTION_CEL
 from chitu_diffusion.task import FRAME_STRIDE, SPATIAL_STRIDE, frames_problem, spatial_problem
@@ -244,6 +244,7 @@ class Engine(ContractModel):
     compile: CompileBlocks
     precision: Precision
     precision_check: PrecisionCheck
+    parallel_decode: ParallelDecode
 
 
 class WorkerTemplate(PodTemplateFields):

@@ -50,6 +50,15 @@ PrecisionCheck = Annotated[
         "PSNR against it in metrics.json (twice the time).",
     ),
 ]
+ParallelDecode = Annotated[
+    bool,
+    Field(
+        False,
+        description="In a gang (world size > 1), split the VAE decode across the ranks: each decodes a slice of "
+        "every frame and trades slice edges with its neighbours, so the video equals a whole decode. A single "
+        "process decodes whole either way.",
+    ),
+]
 
 
 class DiffusionConfig(BaseModel):
@@ -75,11 +84,7 @@ class DiffusionConfig(BaseModel):
     )
     precision: Precision
     precision_check: PrecisionCheck
-    parallel_decode: bool = Field(
-        False,
-        description="in a gang, split the VAE decode across the ranks (each decodes a slice of the frame and trades "
-        "slice edges with its neighbours, chitu_diffusion.parallel.vae_decode): faster, the whole decode's video",
-    )
+    parallel_decode: ParallelDecode
 
     def resolved_device(self, cuda_available: bool) -> str:
         if self.device == "auto":

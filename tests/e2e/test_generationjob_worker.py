@@ -142,6 +142,7 @@ def test_two_prompts_with_teacache_end_to_end(cluster, k8s, namespace, s3, opera
     metrics = json.loads(s3.client.get_object(Bucket=s3.name, Key=f"{prefix}/prompt-0001/metrics.json")["Body"].read())
     assert metrics["params"]["flexcache_params"]["strategy"] == "teacache"
     assert metrics["output"]["num_frames"] == 5 and metrics["cache"]["summary"]["units_computed"] > 0
+    assert metrics["parallel"]["cfg"] == 2 and metrics["parallel_decode"] is True  # spec.engine.parallelDecode
     row = printer_row(cluster, namespace, name)
     assert (row["STATUS"], row["PROGRESS%"], row["PROMPTS"], row["RESTARTS"]) == ("Succeeded", "100", "2/2", "0")
 

@@ -70,9 +70,12 @@ def test_spec_maps_to_one_request_per_prompt():
 
 
 def test_engine_precision_and_compile_default_reach_the_engine():
-    diffusion = plan_of(with_value("spec.engine", {"precision": "fp8", "precisionCheck": True})).engine.diffusion
+    engine = {"precision": "fp8", "precisionCheck": True, "parallelDecode": True}
+    diffusion = plan_of(with_value("spec.engine", engine)).engine.diffusion
     assert (diffusion.precision, diffusion.precision_check, diffusion.compile) == ("fp8", True, None)
-    assert plan_of(JOB).engine.diffusion.precision == "bf16"
+    assert diffusion.parallel_decode is True
+    defaults = plan_of(JOB).engine.diffusion
+    assert (defaults.precision, defaults.parallel_decode) == ("bf16", False)
 
 
 def test_job_identity_keys_and_storage_settings():

@@ -100,6 +100,7 @@ ENGINE_FIELDS = {
     "infer.diffusion.compile": ("spec.engine.compile", lambda spec: spec.engine.compile),
     "infer.diffusion.precision": ("spec.engine.precision", lambda spec: spec.engine.precision),
     "infer.diffusion.precision_check": ("spec.engine.precisionCheck", lambda spec: spec.engine.precision_check),
+    "infer.diffusion.parallel_decode": ("spec.engine.parallelDecode", lambda spec: spec.engine.parallel_decode),
 }
 
 
