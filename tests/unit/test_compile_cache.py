@@ -39,10 +39,11 @@ from chitu_diffusion.precision.fp8_attention import fp8_attention_kernel
 
 
 @pytest.fixture
-def fresh_dynamo(monkeypatch):
+def fresh_dynamo(monkeypatch, tmp_path):
     """Nothing compiled before or left after; what an engine sets for its process (cache folder, inductor
-    choices) is put back."""
-    monkeypatch.setenv(INDUCTOR_CACHE_ENV, "unset")
+    choices) is put back. Until an engine sets the cache folder, anything compiled goes under tmp_path (a bare
+    relative name left an empty folder in the checkout)."""
+    monkeypatch.setenv(INDUCTOR_CACHE_ENV, str(tmp_path / "inductor-cache-before-the-engine"))
     choices = V.choices
     torch._dynamo.reset()
     yield
@@ -186,7 +187,7 @@ def test_auto_folder_is_next_to_a_writable_model_else_the_users_cache(tmp_path, 
 
 def test_an_unusable_cache_folder_falls_back_instead_of_failing_the_load(tmp_path, monkeypatch, caplog):
     """The worker's home is on a read-only root: a folder that cannot be made must not fail the engine."""
-    monkeypatch.setenv(INDUCTOR_CACHE_ENV, "unset")
+    monkeypatch.setenv(INDUCTOR_CACHE_ENV, str(tmp_path / "inductor-cache-before-the-engine"))
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "a-file").write_text("")
     with caplog.at_level(logging.WARNING):

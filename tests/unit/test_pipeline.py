@@ -190,7 +190,7 @@ def test_compile_and_attention_backend_settings(monkeypatch, tmp_path, inductor_
     compiled = []
     pipe = build_random_pipeline()
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: compiled.append((type(self).__name__, kw)))
-    monkeypatch.setenv(INDUCTOR_CACHE_ENV, "unset")  # restored after the test
+    monkeypatch.setenv(INDUCTOR_CACHE_ENV, str(tmp_path / "inductor-cache-before-the-engine"))  # restored after
     settings = [
         "infer.diffusion.compile=true",
         "infer.diffusion.attention_backend=math",
