@@ -29,6 +29,11 @@ SERVICE = "s3"
 #: The S3 port when it is free (SeaweedFS's own default): the address a user's shell and notes keep across `up`s.
 #: A second dev cluster on the machine (a test session beside a developer's cluster) gets a free one instead.
 STABLE_PORT = 8333
+#: Volumes the volume server may hold. Every bucket is its own collection with at least one volume, and weed mini's
+#: automatic limit is free disk / volume size (73 with 74 GiB free, 1 GiB volumes): past that many buckets every
+#: PutObject to a new bucket fails with InternalError ("no free volumes left"), as the last tests of a CI session did
+#: on a fuller disk. Volumes are not preallocated, so the count costs nothing until data is written.
+MAX_VOLUMES = 4096
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,7 @@ def start_s3(state: StateDir, procs: ProcessTable, timeout: float = 60) -> S3Cre
             f"-admin.port={admin}",
             f"-admin.port.grpc={admin + 10000}",
             "-admin.ui=false",
+            f"-volume.max={MAX_VOLUMES}",
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
             "-webdav=false",
