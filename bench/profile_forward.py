@@ -5,7 +5,8 @@ median seconds per forward (CUDA events, after a compiling warm-up), and a torch
 whose GPU kernel time is grouped into attention, GEMM, fused elementwise (Triton) and the rest, so the bench
 says what is left to fuse beyond attention and GEMMs. Also: FA3 FP8 attention and the row-wise FP8 linear against
 their reference math on the GPU, the VAE decode of a whole frame vs one rank's slice (what each GPU of a 2-GPU
-split decodes), and the mp4 encode.
+split decodes), and the mp4 encode; with `--checks norm_quantize`, the staged fused FP8 norm kernel
+(precision/fp8_norm.py) against inductor's.
 
     python bench/profile_forward.py --out /tmp/profile.json [--variants tuned,chitu,chitu+xattn+rows,fp8]
 """
@@ -244,6 +245,49 @@ def norm_rope_kernel(frames: int, height: int, width: int) -> dict:
     return result
 
 
+def norm_quantize_kernel(frames: int, height: int, width: int) -> dict:
+    """The fused gated residual + LayerNorm + modulation + FP8 quantise (precision/fp8_norm.py) against the same
+    function compiled by inductor, for each of a Wan block's three norms, on one block's shape. Per use: ms per
+    call of each, rel-L2 of the dequantised rows and the share of e4m3 codes that differ. A forward runs each use
+    once per block (30 blocks); today's FP8 block spends 17.5 ms per forward on these three norms."""
+    from chitu_diffusion.precision.fp8_norm import norm_quantize_reference, triton_norm_quantize
+    from chitu_diffusion.precision.fp8_scaling import dequantize
+
+    generator = torch.Generator("cuda").manual_seed(0)
+    dim = 1536
+    tokens = ((frames - 1) // 4 + 1) * (height // 16) * (width // 16)
+
+    def randn(*shape, dtype=torch.float32):
+        return torch.randn(*shape, device="cuda", generator=generator).to(dtype)
+
+    x, delta = randn(1, tokens, dim, dtype=torch.bfloat16), randn(1, tokens, dim, dtype=torch.bfloat16)
+    gate, scale, shift = randn(1, 1, dim), 0.3 * randn(1, 1, dim), 0.3 * randn(1, 1, dim)
+    uses = {
+        "norm1_modulated": dict(scale=scale, shift=shift),
+        "norm2_gated_residual_affine": dict(delta=delta, gate=gate, weight=randn(dim) + 1, bias=randn(dim)),
+        "norm3_residual_modulated": dict(delta=delta, scale=scale, shift=shift),
+    }
+    configs = {"compiled_reference": torch.compile(norm_quantize_reference)}
+    for rows, warps in ((1, 4), (2, 4), (4, 8), (8, 8)):
+        configs[f"fused_rows{rows}_warps{warps}"] = triton_norm_quantize(rows, warps)
+    result = {"tokens": tokens}
+    for use, kwargs in uses.items():
+        reference = norm_quantize_reference(x, **kwargs)
+        for name, fn in configs.items():
+            out = fn(x, **kwargs)
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(20):
+                fn(x, **kwargs)
+            torch.cuda.synchronize()
+            result[f"{use}_{name}_ms"] = (time.perf_counter() - start) / 20 * 1000
+            result[f"{use}_{name}_rel_l2"] = rel_l2(dequantize(*out[1:]), dequantize(*reference[1:]))
+            codes_differ = out[1].view(torch.uint8) != reference[1].view(torch.uint8)
+            result[f"{use}_{name}_e4m3_codes_differing"] = codes_differ.float().mean().item()
+            result[f"{use}_{name}_stream_equal"] = torch.equal(out[0], reference[0])
+    return result
+
+
 def vae_cudnn_benchmark(frames: int, height: int, width: int) -> dict:
     """Whole decode seconds with cuDNN's algorithm search off, then on (its first call pays the search)."""
     torch.manual_seed(0)
@@ -299,6 +343,7 @@ def main() -> None:
         ("vae_decode", lambda: vae_decode_split(args.frames, args.height, args.width)),
         ("mp4_encode", lambda: mp4_encode(args.frames, args.height, args.width)),
         ("norm_rope", lambda: norm_rope_kernel(args.frames, args.height, args.width)),
+        ("norm_quantize", lambda: norm_quantize_kernel(args.frames, args.height, args.width)),
         ("vae_cudnn_benchmark", lambda: vae_cudnn_benchmark(args.frames, args.height, args.width)),
     ]
     steps = [step for step in steps if step[0] in args.checks.split(",")]

@@ -1,0 +1,58 @@
+"""A Wan block's gated residual + LayerNorm + modulation + FP8 quantise, as one pass over each (tokens, dim) row.
+
+In FP8 every norm of a Wan block feeds FP8 linears: norm1 (modulated) the self-attention's q/k/v, norm2 (affine,
+after the self-attention's gated residual) the cross-attention's q, norm3 (modulated, after the cross-attention's
+residual) the feed-forward's up projection. Compiled, inductor makes these three kernels per block that read the
+row twice or more: 17.5 ms of a 0.337 s FP8 forward on an H200, about ten times what their bytes take
+(bench/results/README.md, sixth session). Here a Triton program holds whole rows in registers (1536 wide in
+Wan2.1-1.3B) and writes the residual stream and the rows' e4m3 codes and scales once.
+
+Staged: `bench/profile_forward.py --checks norm_quantize` times it against the compiled reference on the GPU;
+the FP8 block forward does not use it until that says it is faster. The function is `norm_quantize_reference`;
+on the CPU the tests run the kernel through Triton's interpreter against it.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+from chitu_diffusion.precision.fp8_linear import ROW
+from chitu_diffusion.precision.fp8_scaling import quantize
+
+
+def norm_quantize_reference(
+    x: torch.Tensor,
+    delta: torch.Tensor | None = None,
+    gate: torch.Tensor | None = None,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    scale: torch.Tensor | None = None,
+    shift: torch.Tensor | None = None,
+    eps: float = 1e-6,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, L, C) residual stream `x` -> (the stream after the residual, (B*L, C) e4m3 codes, (B*L, 1) fp32 scales).
+
+    As diffusers' WanTransformerBlock computes it: with `delta`, the stream becomes x + delta * gate in fp32 (or
+    x + delta in x's dtype without a gate) rounded to x's dtype; then LayerNorm in fp32 (`weight`, `bias`: its
+    affine), times (1 + `scale`) plus `shift` (the modulation; (B, 1, C) or (B, L, C) fp32). The normed rows are
+    quantised per row from fp32, one rounding fewer than the bf16 path, which rounds them to bf16 first."""
+    if delta is not None:
+        x = (x.float() + delta.float() * gate).to(x.dtype) if gate is not None else x + delta
+    weight = weight.float() if weight is not None else None
+    normed = F.layer_norm(x.float(), x.shape[-1:], weight, bias.float() if bias is not None else None, eps)
+    if scale is not None:
+        normed = normed * (1 + scale) + shift
+    codes, scales = quantize(normed.reshape(-1, x.shape[-1]), ROW)
+    return x, codes, scales
+
+
+@functools.cache
+def triton_norm_quantize(rows_per_program: int = 4, num_warps: int = 8):
+    """The fused kernel's launcher (fp8_norm_triton.py, imported only where Triton runs it): `rows_per_program`
+    whole rows per program, the row padded to a power of two and masked."""
+    from chitu_diffusion.precision import fp8_norm_triton
+
+    return functools.partial(fp8_norm_triton.norm_quantize, rows_per_program=rows_per_program, num_warps=num_warps)
