@@ -56,7 +56,8 @@ def build_variant(name: str):
     through FA3 too), `rows` (fused/row_reductions.py), `mk` (inductor's multi-kernel: both reduction kinds, the
     faster picked at run time), `cdt` (coordinate-descent tuning of Triton block sizes), `mat` (inductor's
     max_autotune_pointwise: more block sizes tried for elementwise and reduction kernels), `fastacc` (FP8 GEMMs
-    with cuBLAS's fast accumulation). Tried at 4efea96 and
+    with cuBLAS's fast accumulation), `lnq` (FP8: the staged fused norm + quantise blocks, precision/fp8_block.py).
+    Tried at 4efea96 and
     dropped: `qkv` (one q/k/v GEMM: slower) and `cfg2` (both CFG branches as one batch: no faster), see
     bench/results/README.md."""
     from torch._inductor.choices import InductorChoices
@@ -67,7 +68,7 @@ def build_variant(name: str):
     from chitu_diffusion.fused.row_reductions import WideRowChoices
 
     base, *features = name.split("+")
-    unknown = set(features) - {"xattn", "rows", "mk", "cdt", "mat", "fastacc"}
+    unknown = set(features) - {"xattn", "rows", "mk", "cdt", "mat", "fastacc", "lnq"}
     if unknown:
         raise ValueError(f"unknown variant features {sorted(unknown)}")
     torch._dynamo.reset()  # nothing compiled for an earlier variant may serve this one
@@ -85,7 +86,7 @@ def build_variant(name: str):
     if base.startswith("fp8"):
         from chitu_diffusion.precision.apply import apply_precision
 
-        plan = apply_precision(transformer.blocks, "fp8", torch.device("cuda"))
+        plan = apply_precision(transformer.blocks, "fp8", torch.device("cuda"), fused_norms="lnq" in features)
         if base != "fp8-linear-only":
             kernel = plan.attention_kernel
         if base == "fp8-attention-only":

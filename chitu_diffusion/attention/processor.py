@@ -46,13 +46,15 @@ class WanSelfAttnProcessor:
     ) -> torch.Tensor:
         if encoder_hidden_states is not None or attention_mask is not None:
             raise ValueError("WanSelfAttnProcessor handles unmasked self-attention (attn1) only")
-        query, key, value = _get_qkv_projections(attn, hidden_states, None)  # (B, L, C) each
+        # (B, L, C) each; hidden_states may be rows quantised once for all three (precision/fp8_norm.py)
+        query, key, value = _get_qkv_projections(attn, hidden_states, None)
+        dtype = query.dtype
         stage = getattr(self.attention_fn, "stage", _as_is)
         value = stage(value.unflatten(2, (attn.heads, -1)))  # (B, L, H, D); may move while k and q are prepared
         key = stage(norm_rope(key, attn.norm_k, attn.heads, rotary_emb))
         query = norm_rope(query, attn.norm_q, attn.heads, rotary_emb)
         out = self.attention_fn(stage(query), key, value)  # (B, L, H, D)
-        return attn.to_out[1](attn.to_out[0](out.flatten(2, 3).type_as(hidden_states)))
+        return attn.to_out[1](attn.to_out[0](out.flatten(2, 3).to(dtype)))
 
 
 class WanCrossAttnProcessor:

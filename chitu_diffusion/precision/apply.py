@@ -5,7 +5,8 @@ kernel), every other `nn.Linear` inside the repeated blocks an `Fp8Linear` (atte
 cross-attention), and the self-attention kernel becomes `fp8_attention_kernel(device)`. The patch embedding,
 time/text embedders and the output projection run once per forward on few tokens or few channels and stay bf16, as do
 all norms. `bf16` changes nothing. `PrecisionPlan.restore()` puts the bf16 layers back (benchmarks compare both
-precisions on one loaded model).
+precisions on one loaded model). `fused_norms` (staged, off in the engine until a GPU measures it: fp8_norm.py)
+also makes each block a `FusedNormWanBlock`, whose norms quantise their rows once for the linears they feed.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from chitu_diffusion.attention.kernels import Kernel
 from chitu_diffusion.precision import PRECISIONS
 from chitu_diffusion.precision.fp8_attention import fp8_attention_kernel
+from chitu_diffusion.precision.fp8_block import FusedNormWanBlock, fusable_block
 from chitu_diffusion.precision.fp8_ffn import Fp8FeedForward, is_gelu_tanh_feed_forward
 from chitu_diffusion.precision.fp8_linear import Fp8Linear
 
@@ -30,23 +32,33 @@ class PrecisionPlan:
     precision: str
     attention_kernel: Kernel | None = None
     swapped: list[tuple[torch.nn.Module, str, torch.nn.Module]] = field(default_factory=list)
+    #: blocks whose class became `FusedNormWanBlock`, with their class before
+    reclassed: list[tuple[torch.nn.Module, type]] = field(default_factory=list)
 
     def restore(self) -> None:
         for parent, name, linear in self.swapped:
             setattr(parent, name, linear)
+        for block, cls in self.reclassed:
+            block.__class__ = cls
         self.swapped.clear()
+        self.reclassed.clear()
 
     @contextmanager
     def bf16_linears(self) -> Iterator[None]:
-        """The original bf16 linears in place for a while (a reference run), then the FP8 ones again."""
+        """The original bf16 linears (and block forwards) in place for a while (a reference run), then the FP8
+        ones again."""
         fp8 = [(parent, name, getattr(parent, name)) for parent, name, _ in self.swapped]
         for parent, name, linear in self.swapped:
             setattr(parent, name, linear)
+        for block, cls in self.reclassed:
+            block.__class__ = cls
         try:
             yield
         finally:
             for parent, name, module in fp8:
                 setattr(parent, name, module)
+            for block, _ in self.reclassed:
+                block.__class__ = FusedNormWanBlock
 
 
 def check_precision(precision: str) -> None:
@@ -54,7 +66,9 @@ def check_precision(precision: str) -> None:
         raise ValueError(f"engine precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
 
 
-def apply_precision(blocks: torch.nn.ModuleList, precision: str, device: torch.device) -> PrecisionPlan:
+def apply_precision(
+    blocks: torch.nn.ModuleList, precision: str, device: torch.device, fused_norms: bool = False
+) -> PrecisionPlan:
     """Swap the blocks' linear layers for `precision` (in place) and say which attention kernel goes with it."""
     check_precision(precision)
     plan = PrecisionPlan(precision)
@@ -70,5 +84,8 @@ def apply_precision(blocks: torch.nn.ModuleList, precision: str, device: torch.d
                 if type(child) is torch.nn.Linear:
                     setattr(parent, name, Fp8Linear(child))
                     plan.swapped.append((parent, name, child))
+        if fused_norms and fusable_block(block):
+            plan.reclassed.append((block, type(block)))
+            block.__class__ = FusedNormWanBlock
     plan.attention_kernel = fp8_attention_kernel(device)
     return plan

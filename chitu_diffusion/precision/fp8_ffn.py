@@ -16,7 +16,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from chitu_diffusion.precision.fp8_linear import ROW, Fp8Linear
+from chitu_diffusion.precision.fp8_linear import ROW, Fp8Linear, QuantizedRows
 from chitu_diffusion.precision.fp8_scaling import E4M3, quantize
 
 
@@ -72,9 +72,11 @@ class Fp8FeedForward(torch.nn.Module):
         self.fused = self.up.use_scaled_mm  # the Triton kernel where the GEMMs are FP8; else its PyTorch twin
         self.original = [ffn]  # not a child: outside state_dict and .to()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, self.up.in_features)  # (M, dim)
-        hidden = self.up(rows)  # (M, ffn_dim) in x's dtype
+    def forward(self, x: torch.Tensor | QuantizedRows) -> torch.Tensor:
+        if isinstance(x, QuantizedRows):  # the rows (M, dim) came quantised (fp8_norm.py)
+            hidden = self.up.matmul(x.codes, x.scales, x.dtype)  # (M, ffn_dim)
+        else:
+            hidden = self.up(x.reshape(-1, self.up.in_features))  # (M, ffn_dim) in x's dtype
         quantized = _fused_gelu_quantize(hidden) if self.fused else gelu_quantize_reference(hidden)
         out = self.down.matmul(*quantized, x.dtype)  # (M, dim)
         return out.reshape(*x.shape[:-1], self.down.out_features)

@@ -9,6 +9,8 @@ differs (its order, and on the GPU the tensor cores' own precision: `fast_accum`
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -20,6 +22,18 @@ ROW = (-1,)  # activations (M, K) and weights (N, K) are both scaled along K: pe
 def scaled_mm_available(device: torch.device) -> bool:
     """Row-wise scaled FP8 matmuls need compute capability 9.0+ (Hopper)."""
     return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (9, 0)
+
+
+@dataclass(frozen=True)
+class QuantizedRows:
+    """Activations already quantised per row, for every `Fp8Linear` they feed (fp8_norm.py makes them once for a
+    block's q, k and v): (M, K) e4m3 codes, (M, 1) fp32 scales, the (..., K) shape the rows came from and the
+    dtype the linears return."""
+
+    codes: torch.Tensor
+    scales: torch.Tensor
+    shape: torch.Size
+    dtype: torch.dtype
 
 
 class Fp8Linear(torch.nn.Module):
@@ -39,7 +53,9 @@ class Fp8Linear(torch.nn.Module):
         # (3.74% either way, bench/results/fp8_gemm_h200.json); torchao's FP8 inference makes the same choice
         self.fast_accum = True
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | QuantizedRows) -> torch.Tensor:
+        if isinstance(x, QuantizedRows):
+            return self.matmul(x.codes, x.scales, x.dtype).reshape(*x.shape[:-1], self.out_features)
         rows = x.reshape(-1, self.in_features)  # (M, K)
         out = self.matmul(*quantize(rows, ROW), x.dtype)  # from (M, K) e4m3 and (M, 1) fp32 scales
         return out.reshape(*x.shape[:-1], self.out_features)

@@ -22,7 +22,9 @@ from chitu_diffusion.precision.fp8_scaling import dequantize
 INTERPRETED_CHECK = r"""
 import json
 import torch
-from chitu_diffusion.precision.fp8_norm import norm_quantize_reference, triton_norm_quantize
+from chitu_diffusion.precision.fp8_norm import (
+    _fused_norm_quantize, _fused_residual_norm_quantize, norm_quantize_reference, triton_norm_quantize
+)
 
 torch.manual_seed(0)
 batch, tokens, dim = 2, 7, 96  # 14 rows over programs of 4, a row padded from 96 to 128
@@ -51,12 +53,24 @@ for name, kwargs in uses.items():
         "max_step": step.max().item(),
         "scale_rel": ((scales - ref_scales).abs() / ref_scales).max().item(),
     }
+# the operators compiled graphs hold: their fakes agree with the kernel, and they return the kernel's results
+kwargs = uses["norm3_residual_modulated"]
+op_args = (x, delta, None, None, None, kwargs["scale"], kwargs["shift"], 1e-6)
+checks = ("test_schema", "test_faketensor")
+torch.library.opcheck(_fused_residual_norm_quantize, op_args, test_utils=checks)
+torch.library.opcheck(_fused_norm_quantize, (x, weight, bias, scale, shift, 1e-6), test_utils=checks)
+launched = fused_fn(*op_args)
+bits = lambda t: t.view(torch.uint8) if t.dtype == torch.float8_e4m3fn else t
+results["operators_equal_the_launcher"] = all(
+    torch.equal(bits(a), bits(b)) for a, b in zip(_fused_residual_norm_quantize(*op_args), launched)
+)
 print(json.dumps(results))
 """
 
 
 def test_the_kernel_computes_the_reference_for_every_use():
     results = interpreted(INTERPRETED_CHECK)
+    assert results.pop("operators_equal_the_launcher") is True
     assert set(results) == {
         "norm1_modulated",
         "norm2_gated_residual_affine",
