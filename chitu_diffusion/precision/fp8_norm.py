@@ -3,9 +3,10 @@
 In FP8 every norm of a Wan block feeds FP8 linears: norm1 (modulated) the self-attention's q/k/v, norm2 (affine,
 after the self-attention's gated residual) the cross-attention's q, norm3 (modulated, after the cross-attention's
 residual) the feed-forward's up projection. Compiled, inductor makes these three kernels per block that read the
-row twice or more: 17.5 ms of a 0.337 s FP8 forward on an H200, about ten times what their bytes take
-(bench/results/README.md, sixth session). Here a Triton program holds whole rows in registers (1536 wide in
-Wan2.1-1.3B) and writes the residual stream and the rows' e4m3 codes and scales once.
+row twice or more: 17.5 ms of a 0.337 s FP8 forward on an H200 (bench/results/README.md, sixth session). The bytes
+the three passes must move (rows and residuals in, the stream and the e4m3 codes out: 25 GB per forward at
+81x480x832) take about 5 ms at the card's memory speed. Here a Triton program holds whole rows in registers (1536
+wide in Wan2.1-1.3B) and writes the residual stream and the rows' e4m3 codes and scales once.
 
 The function is `norm_quantize_reference`; on the CPU the tests run the kernel through Triton's interpreter
 against it, and off CUDA `norm_quantize` runs the reference. `FusedNormWanBlock` (fp8_block.py) is the block

@@ -109,17 +109,17 @@ def norm_quantize(
     num_warps: int,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """fp8_norm.norm_quantize_reference, fused (the same arguments and results)."""
-    batch, seq_len, n_cols = x.shape
-    n_rows = batch * seq_len
-    x_out = torch.empty((batch, seq_len, n_cols), dtype=x.dtype, device=x.device) if delta is not None else x
-    codes = torch.empty((n_rows, n_cols), dtype=E4M3, device=x.device)
-    row_scales = torch.empty((n_rows, 1), dtype=torch.float32, device=x.device)
     if (scale is None) != (shift is None):
         raise ValueError("the modulation needs both scale and shift")
     if (weight is None) != (bias is None):
         raise ValueError("the LayerNorm affine needs both weight and bias")
     if scale is not None and _strides(scale) != _strides(shift):
         raise ValueError("scale and shift must have one layout")
+    batch, seq_len, n_cols = x.shape
+    n_rows = batch * seq_len
+    x_out = torch.empty((batch, seq_len, n_cols), dtype=x.dtype, device=x.device) if delta is not None else x
+    codes = torch.empty((n_rows, n_cols), dtype=E4M3, device=x.device)
+    row_scales = torch.empty((n_rows, 1), dtype=torch.float32, device=x.device)
     norm_quantize_rows[(triton.cdiv(n_rows, rows_per_program),)](
         x,
         delta,
