@@ -48,6 +48,7 @@ class PrecisionPlan:
         """The original bf16 linears (and block forwards) in place for a while (a reference run), then the FP8
         ones again."""
         fp8 = [(parent, name, getattr(parent, name)) for parent, name, _ in self.swapped]
+        fp8_classes = [(block, type(block)) for block, _ in self.reclassed]
         for parent, name, linear in self.swapped:
             setattr(parent, name, linear)
         for block, cls in self.reclassed:
@@ -57,8 +58,8 @@ class PrecisionPlan:
         finally:
             for parent, name, module in fp8:
                 setattr(parent, name, module)
-            for block, _ in self.reclassed:
-                block.__class__ = FusedNormWanBlock
+            for block, cls in fp8_classes:
+                block.__class__ = cls
 
 
 def check_precision(precision: str) -> None:

@@ -44,8 +44,8 @@ def norm_quantize_reference(
     quantised per row from fp32, one rounding fewer than the bf16 path, which rounds them to bf16 first."""
     if delta is not None:
         x = (x.float() + delta.float() * gate).to(x.dtype) if gate is not None else x + delta
-    weight = weight.float() if weight is not None else None
-    normed = F.layer_norm(x.float(), x.shape[-1:], weight, bias.float() if bias is not None else None, eps)
+    affine = [t.float() if t is not None else None for t in (weight, bias)]
+    normed = F.layer_norm(x.float(), x.shape[-1:], *affine, eps)
     if scale is not None:
         normed = normed * (1 + scale) + shift
     codes, scales = quantize(normed.reshape(-1, x.shape[-1]), ROW)

@@ -14,8 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-#: the bits' integer types of the float widths the kernels cast between: (numpy, torch)
-_BITS = {32: ("int32", "int32"), 16: ("int16", "int16"), 8: ("int8", "int8")}
+#: the float types the kernels cast between, by Triton's name, as torch names them
 _TORCH_FLOATS = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "fp8e4nv": "float8_e4m3fn"}
 
 
@@ -26,12 +25,12 @@ def round_as_the_gpu() -> None:
     import triton.runtime.interpreter as interpreter
 
     def cast(bits, input_dtype, output_dtype, rounding_mode):  # the interpreter's signature; bits in, bits out
-        in_np, in_torch = _BITS[input_dtype.primitive_bitwidth]
-        out_width = output_dtype.primitive_bitwidth
-        values = torch.from_numpy(np.frombuffer(bits.tobytes(), dtype=in_np).copy()).view(getattr(torch, in_torch))
+        in_bits = f"int{input_dtype.primitive_bitwidth}"  # the same name in numpy and torch
+        out_bits = f"int{output_dtype.primitive_bitwidth}"
+        values = torch.from_numpy(np.frombuffer(bits.tobytes(), dtype=in_bits).copy())
         values = values.view(getattr(torch, _TORCH_FLOATS[input_dtype.name]))
-        out = values.to(getattr(torch, _TORCH_FLOATS[output_dtype.name])).view(getattr(torch, _BITS[out_width][1]))
-        return out.numpy().view(getattr(np, f"uint{out_width}")).reshape(bits.shape)
+        out = values.to(getattr(torch, _TORCH_FLOATS[output_dtype.name])).view(getattr(torch, out_bits))
+        return out.numpy().view(f"u{out_bits}").reshape(bits.shape)
 
     interpreter._convert_float = cast
 
